@@ -1,0 +1,349 @@
+"""The domain runtime: what runs inside a protection domain (a child process).
+
+Started by the host as ``python -m nooks.domain.child CONFIG``. It maps the
+kernel arena read-only and the domain arena read-write, imports the driver's
+module, says Hello and waits: that is a warm spare. On Construct it builds the
+driver, unmodified, and serves calls until the host closes the channel.
+
+Rules:
+
+* The host is trusted; the driver is not. Anything the driver raises that its
+  interface does not declare ordinary is reported as a Failure and the domain
+  exits at once: a driver that raised has unknown state.
+* MemoryError is reported with a message encoded at start-up, so reporting it
+  needs no memory.
+* With ``threads == 0`` calls run one at a time on the main thread, which also
+  reads the channel; a kernel call made from that thread reads the channel
+  itself until its reply comes, queueing calls that arrive meanwhile.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import ctypes
+import itertools
+import os
+import queue
+import socket
+import sys
+import threading
+import traceback
+from typing import Any, NoReturn
+
+import msgspec
+
+from nooks.domain.config import MAX_MESSAGE, SOCKET_BUFFER, ChildConfig, apply_seccomp
+from nooks.domain.detect import EXIT_FAILURE_REPORTED, EXIT_RESOURCE
+from nooks.errors import InterfaceError
+from nooks.wrappers import InterfaceSpec, declare, load
+from nooks.xpc import messages as m
+from nooks.xpc.arena import map_readonly, map_writable
+
+_runtime: Runtime | None = None
+
+
+_native_kernel: Any = None
+
+
+def kernel() -> Any:
+    """The kernel-call proxy of the domain this code runs in (for drivers that use it).
+
+    In native mode, the host's kernel implementation itself.
+    """
+    if _runtime is not None and _runtime.kernel is not None:
+        return _runtime.kernel
+    if _native_kernel is not None:
+        return _native_kernel
+    raise RuntimeError("not running in a nooks domain with a kernel interface")
+
+
+def set_native_kernel(k: Any) -> None:
+    global _native_kernel
+    _native_kernel = k
+
+
+def kernel_arena_address() -> int:
+    """Address of the read-only kernel arena in this process."""
+    if _runtime is None:
+        raise RuntimeError("not running in a nooks domain")
+    return _runtime.kernel_arena_address
+
+
+class _Pending:
+    __slots__ = ("event", "msg")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.msg: Any = None
+
+
+class KernelProxy:
+    """Makes kernel calls on behalf of the driver: ``kernel().call("name", args...)``."""
+
+    def __init__(self, rt: Runtime, spec: InterfaceSpec) -> None:
+        self._rt = rt
+        self._spec = spec
+
+    def call(self, name: str, *args: Any) -> Any:
+        return self._rt.kernel_call(self._spec, name, args)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        self._spec.method(name)
+        return lambda *args: self.call(name, *args)
+
+
+class Runtime:
+    def __init__(self, cfg: ChildConfig) -> None:
+        self.cfg = cfg
+        self.sock = socket.socket(fileno=cfg.sock_fd)
+        for opt in (32, 33):  # SO_SNDBUFFORCE, SO_RCVBUFFORCE
+            with contextlib.suppress(PermissionError):
+                self.sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+        self.kernel_arena_address, self.kernel_arena = map_readonly(
+            cfg.kernel_arena_fd, cfg.arena_size)
+        self.domain_arena = map_writable(cfg.domain_arena_fd, cfg.arena_size)
+        os.close(cfg.kernel_arena_fd)
+        os.close(cfg.domain_arena_fd)
+        self.iface = declare(load(cfg.interface))
+        self.kernel: KernelProxy | None = None
+        if cfg.kernel:
+            self.kernel = KernelProxy(self, declare(load(cfg.kernel)))
+        self.decoder = msgspec.msgpack.Decoder(m.ToDomain)
+        self.any_decoder = msgspec.msgpack.Decoder()
+        self.buf = bytearray(MAX_MESSAGE)
+        self.view = memoryview(self.buf)
+        self.send_lock = threading.Lock()
+        self.backlog: collections.deque[Any] = collections.deque()
+        self.pending: dict[int, _Pending] = {}
+        self.ids = itertools.count(1 << 32)  # distinct from the host's ids
+        self.local = threading.local()
+        self.main_thread = threading.get_ident()
+        self.methods: list[Any] = []
+        self.driver: Any = None
+        self.jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.oom_report = m.encode(
+            m.Failure("resource", "MemoryError: the driver ran out of memory"))
+
+    # -- channel -------------------------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        with self.send_lock:
+            self.sock.send(data)
+
+    def recv(self) -> Any:
+        n = self.sock.recv_into(self.buf)
+        if n == 0:
+            os._exit(0)  # the host closed the channel: nothing more to do
+        return self.decoder.decode(bytes(self.view[:n]))
+
+    # -- failure -------------------------------------------------------------------------
+
+    def fail(self, exc: BaseException) -> NoReturn:
+        """Report a failure to the host and exit: the driver's state is unknown now."""
+        if isinstance(exc, MemoryError):
+            try:
+                self.send(self.oom_report)
+            finally:
+                os._exit(EXIT_RESOURCE)
+        try:
+            kind = "misbehaved"
+            detail = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, OSError) and exc.errno in (24, 23, 12):  # EMFILE ENFILE ENOMEM
+                kind = "resource"
+            tb = "".join(traceback.format_exception(exc))
+            self.send(m.encode(m.Failure(kind, detail, tb)))
+        finally:
+            os._exit(EXIT_FAILURE_REPORTED)
+
+    # -- start-up ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        target = load(self.cfg.target)  # imports the driver's module: the spare is warm now
+        self.send(m.encode(m.Hello(os.getpid(), self.kernel_arena_address)))
+        while True:
+            msg = self.recv()
+            if isinstance(msg, m.Inject):
+                self.inject(msg.fault)
+            elif isinstance(msg, m.Construct):
+                break
+        try:
+            args = self.any_decoder.decode(msg.args)
+            kwargs = self.any_decoder.decode(msg.kwargs)
+            self.driver = target(*args, **kwargs)
+            self.methods = [self._bind(spec.name) for spec in self.iface.methods]
+        except BaseException as e:
+            self.fail(e)
+        if self.cfg.seccomp is not None:
+            apply_seccomp(self.cfg.seccomp)
+        self.send(m.encode(m.Ready()))
+
+    def _bind(self, name: str) -> Any:
+        if self.cfg.call_style == "__call__":
+            call = self.driver.__call__
+            return lambda *args: call(name, *args)
+        return getattr(self.driver, name, None)
+
+    # -- serving -------------------------------------------------------------------------
+
+    def serve(self) -> NoReturn:
+        if self.cfg.threads:
+            for _ in range(self.cfg.threads):
+                threading.Thread(target=self._worker, daemon=True).start()
+        backlog = self.backlog
+        while True:
+            msg = backlog.popleft() if backlog else self.recv()
+            if self.cfg.threads and isinstance(msg, (m.Call, m.Batch)):
+                self.jobs.put(msg)
+            else:
+                self.handle(msg)
+
+    def _worker(self) -> None:
+        while True:
+            self.handle(self.jobs.get())
+
+    def handle(self, msg: Any) -> None:
+        try:
+            if isinstance(msg, m.Call):
+                self.send(self.run_call(msg))
+            elif isinstance(msg, m.Batch):
+                results = [self.decoder.decode(self.run_call(m.Call(i, meth, args)))
+                           for i, (meth, args) in enumerate(msg.calls)]
+                self.send(m.encode(m.BatchReply(msg.id, results)))
+            elif isinstance(msg, (m.Reply, m.Raise, m.Reject)):
+                self.deliver(msg)
+            elif isinstance(msg, m.Inject):
+                self.inject(msg.fault)
+        except BaseException as e:
+            self.fail(e)
+
+    def run_call(self, msg: m.Call) -> bytes:
+        """Run one driver call; the encoded Reply, Raise or Reject."""
+        cid = msg.id
+        try:
+            spec = self.iface.methods[msg.method]
+            args = msgspec.structs.astuple(spec.args_decoder.decode(msg.args))
+        except (IndexError, msgspec.ValidationError) as e:
+            return m.encode(m.Reject(cid, f"bad call from the host: {e}"))
+        if spec.bulk_args:
+            args = self._resolve_bulk(args, spec.bulk_args)
+        method = self.methods[msg.method]
+        if method is None:
+            return m.encode(m.Reject(cid, f"the driver does not implement {spec.name}"))
+        local = self.local
+        outer = getattr(local, "current", 0)
+        local.current = cid
+        try:
+            result = method(*args)
+        except BaseException as e:
+            k = self.iface.ordinary_index(e)
+            if k < 0:
+                raise
+            return m.encode_raise(cid, k, getattr(e, self.iface.ordinary[k].attr, None))
+        finally:
+            local.current = outer
+        if (spec.bulk_result and msg.out is not None
+                and isinstance(result, (bytes, bytearray, memoryview))
+                and self.cfg.inline_max < len(result) <= msg.out.length):
+            n = len(result)
+            self.domain_arena[msg.out.offset:msg.out.offset + n] = result
+            result = m.ArenaRef(msg.out.offset, n)
+        try:
+            return m.encode_reply(cid, result)
+        except (TypeError, OverflowError) as e:
+            raise TypeError(f"{spec.name} returned a value that cannot cross: {e}") from None
+
+    def _resolve_bulk(self, args: tuple[Any, ...], where: tuple[int, ...]) -> tuple[Any, ...]:
+        out = list(args)
+        for i in where:
+            ref = out[i]
+            if isinstance(ref, m.ArenaRef):
+                out[i] = bytes(self.kernel_arena[ref.offset:ref.offset + ref.length])
+        return tuple(out)
+
+    # -- kernel calls --------------------------------------------------------------------
+
+    def kernel_call(self, spec: InterfaceSpec, name: str, args: tuple[Any, ...]) -> Any:
+        meth = spec.method(name)
+        args = meth.bind(args, {})
+        cid = next(self.ids)
+        parent = getattr(self.local, "current", 0)
+        p = _Pending()
+        self.pending[cid] = p
+        try:
+            self.send(m.encode_call(cid, meth.index, args, parent))
+            if threading.get_ident() == self.main_thread:
+                self._pump(cid, p)
+            else:
+                p.event.wait()
+        finally:
+            self.pending.pop(cid, None)
+        msg = p.msg
+        if isinstance(msg, m.Reply):
+            return meth.result_decoder.decode(msg.result)
+        if isinstance(msg, m.Raise):
+            o = spec.ordinary[msg.error]
+            raise o.rebuild(spec.ordinary_decoders[msg.error].decode(msg.value))
+        raise InterfaceError(f"kernel call {name} refused: {msg.message}")
+
+    def _pump(self, cid: int, p: _Pending) -> None:
+        """Read the channel on the main thread until call ``cid`` is answered."""
+        while p.msg is None:
+            msg = self.recv()
+            if isinstance(msg, (m.Reply, m.Raise, m.Reject)):
+                self.deliver(msg)
+            elif isinstance(msg, m.Call) and msg.parent == cid:
+                self.send(self.run_call(msg))  # the host calls back into the driver
+            else:
+                self.backlog.append(msg)
+
+    def deliver(self, msg: m.Reply | m.Raise | m.Reject) -> None:
+        p = self.pending.get(msg.id)
+        if p is not None:
+            p.msg = msg
+            p.event.set()
+
+    # -- fault injection -----------------------------------------------------------------
+
+    def inject(self, fault: str) -> None:
+        inject(fault)
+
+
+def inject(fault: str) -> None:
+    """Fail now, in the named way."""
+    if fault == "segv":
+        ctypes.string_at(0)
+    elif fault == "abort":
+        os.abort()
+    elif fault == "exit":
+        os._exit(0)
+    elif fault == "exception":
+        raise RuntimeError("injected exception")
+    elif fault == "hang":
+        while True:
+            pass
+    elif fault == "memory":
+        hog = []
+        while True:
+            hog.append(bytearray(64 << 20))
+    else:
+        raise ValueError(f"unknown fault {fault!r}")
+
+
+
+
+def main(argv: list[str]) -> NoReturn:
+    global _runtime
+    cfg = msgspec.json.decode(argv[1], type=ChildConfig)
+    rt = _runtime = Runtime(cfg)
+    try:
+        rt.start()
+    except BaseException as e:
+        rt.fail(e)
+    rt.serve()
+
+
+if __name__ == "__main__":
+    main(sys.argv)

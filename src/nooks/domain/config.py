@@ -1,0 +1,52 @@
+"""What the host tells a new domain at start-up (passed on its command line)."""
+
+from __future__ import annotations
+
+import msgspec
+
+FAULTS = ("segv", "abort", "exit", "exception", "hang", "memory")
+MAX_MESSAGE = 4 << 20  # largest datagram on the channel
+SOCKET_BUFFER = 8 << 20
+
+
+class ChildConfig(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    target: str  # module:attribute of the driver class or factory
+    interface: str  # module:attribute of the driver's Interface declaration
+    kernel: str | None  # module:attribute of the kernel-call Interface, if any
+    sock_fd: int
+    kernel_arena_fd: int
+    domain_arena_fd: int
+    arena_size: int
+    inline_max: int
+    threads: int = 0  # 0: calls run one at a time on the main thread
+    call_style: str = "method"  # "method": getattr(driver, name); "__call__": driver(name, ...)
+    seccomp: list[str] | None = None  # syscalls allowed once the driver is constructed
+
+
+def apply_seccomp(extra: list[str]) -> None:
+    """Kill the process (SIGSYS) on any syscall outside the runtime's needs plus ``extra``."""
+    import pyseccomp
+
+    f = pyseccomp.SyscallFilter(defaction=pyseccomp.KILL_PROCESS)
+    for name in (*RUNTIME_SYSCALLS, *extra):
+        try:
+            f.add_rule(pyseccomp.ALLOW, name)
+        except (ValueError, RuntimeError, OSError):
+            # a name this architecture does not have
+            continue
+    f.load()
+
+
+# What the domain runtime itself needs to serve calls once the driver is built:
+# the channel, memory, time, threads, signals and dying.
+RUNTIME_SYSCALLS = (
+    "read", "write", "readv", "writev", "recvfrom", "sendto", "recvmsg", "sendmsg",
+    "close", "fstat", "newfstatat", "lseek", "futex", "mmap", "munmap", "mremap", "mprotect",
+    "brk", "madvise", "clock_gettime", "clock_nanosleep", "nanosleep", "gettimeofday",
+    "getpid", "gettid", "getrandom", "sched_yield", "sched_getaffinity", "poll", "ppoll",
+    "select", "pselect6", "epoll_wait", "epoll_pwait", "epoll_ctl", "rt_sigprocmask",
+    "rt_sigaction", "rt_sigreturn", "sigaltstack", "tgkill", "kill", "exit", "exit_group",
+    "restart_syscall", "set_robust_list", "rseq", "clone", "clone3", "getrusage",
+    "fcntl", "ioctl", "dup", "getcwd", "getuid", "geteuid", "getgid", "getegid",
+)

@@ -1,0 +1,384 @@
+"""Domains: a driver in its own protection domain, as the host uses it.
+
+``Domain`` runs a driver in a child process (an ``Incarnation``), makes calls
+to it through XPC and wrappers, and restarts it from a warm spare after a
+failure. It does not decide *when* to restart or what to replay: that is the
+shadow driver's job. What it guarantees:
+
+* every reply is checked against the interface declaration before it is
+  returned; a reply that breaks it fails the domain (``DomainMisbehaved``);
+* every failure raises a ``DomainFailed`` whose ``report`` says the kind, the
+  call in flight and, when there is one, the driver's traceback;
+* after ``close`` no process, fd, arena or tracked object is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from nooks.domain import detect
+from nooks.domain.config import FAULTS
+from nooks.domain.incarnation import Incarnation
+from nooks.domain.spec import DriverSpec
+from nooks.errors import Closed, DomainFailed, FailureKind, FailureReport, InterfaceError
+from nooks.wrappers import InterfaceSpec, MethodSpec, declare
+from nooks.xpc import messages as m
+
+
+@dataclass(frozen=True)
+class Restart:
+    """Timing of one restart: failure seen → spare ready, and → driver constructed."""
+
+    ready_ms: float
+    constructed_ms: float
+
+
+class Deferred:
+    """The result of a deferred call, available once its batch is flushed."""
+
+    __slots__ = ("_domain", "_done", "_error", "_value")
+
+    def __init__(self, domain: Domain) -> None:
+        self._domain = domain
+        self._done = False
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+    def _set(self, value: Any = None, error: BaseException | None = None) -> None:
+        self._value, self._error, self._done = value, error, True
+
+    def result(self) -> Any:
+        if not self._done:
+            self._domain.flush()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+class Domain:
+    def __init__(self, spec: DriverSpec, *, warm_spare: bool = True, batch_size: int = 64,
+                 start: bool = True) -> None:
+        self.spec = spec
+        self.name = spec.label
+        self.iface: InterfaceSpec = declare(spec.interface)
+        self.warm_spare = warm_spare
+        self.batch_size = batch_size
+        self.calls = 0
+        self.failures: list[FailureReport] = []
+        self.restarts: list[Restart] = []
+        self._ids = itertools.count(1)
+        self._inc: Incarnation | None = None
+        self._spare: Incarnation | None = None
+        self._retired: list[Incarnation] = []
+        self._closed = False
+        self._batch: list[tuple[MethodSpec, tuple[Any, ...], Deferred]] = []
+        self._batch_lock = threading.Lock()
+        self._lifecycle = threading.Lock()
+        if start:
+            self.start()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def _take_spare(self) -> Incarnation:
+        inc, self._spare = self._spare, None
+        if inc is None or not inc.alive:
+            if inc is not None:
+                self._retire(inc)
+            inc = Incarnation(self.spec)
+        inc.wait_hello()
+        return inc
+
+    def _refill_spare(self) -> None:
+        if self.warm_spare and self._spare is None and not self._closed:
+            self._spare = Incarnation(self.spec)
+
+    def start(self) -> None:
+        """Start the driver: spare (or new) domain, then construct it."""
+        with self._lifecycle:
+            if self._closed:
+                raise Closed(f"domain {self.name} is closed")
+            inc = self._take_spare()
+            self._refill_spare()
+            try:
+                inc.construct(self.spec.args, self.spec.kwargs)
+            except DomainFailed as e:
+                self.failures.append(e.report)
+                self._retire(inc)
+                raise
+            self._inc = inc
+
+    def wait_failed(self, timeout: float) -> FailureReport | None:
+        """Wait until the current domain fails (even while idle); its report, or None."""
+        inc = self._inc
+        if inc is None or not inc.failed.wait(timeout):
+            return None
+        return inc.report
+
+    def wait_spare(self) -> None:
+        """Wait until the warm spare is up (no-op without one)."""
+        spare = self._spare
+        if spare is not None and spare.alive:
+            with contextlib.suppress(DomainFailed):
+                spare.wait_hello()
+
+    def restart(self) -> Restart:
+        """Replace a failed (or live) domain by a new one with a freshly constructed driver.
+
+        Releases everything the old domain held. Raises DomainFailed if the new
+        driver fails while being constructed.
+        """
+        with self._lifecycle:
+            if self._closed:
+                raise Closed(f"domain {self.name} is closed")
+            t0 = time.monotonic()
+            old, self._inc = self._inc, None
+            if old is not None:
+                self._retire(old)
+            inc = self._take_spare()
+            ready = time.monotonic()
+            self._refill_spare()
+            try:
+                inc.construct(self.spec.args, self.spec.kwargs)
+            except DomainFailed as e:
+                self.failures.append(e.report)
+                self._retire(inc)
+                raise
+            self._inc = inc
+            r = Restart((ready - t0) * 1e3, (time.monotonic() - t0) * 1e3)
+            self.restarts.append(r)
+            return r
+
+    def _retire(self, inc: Incarnation) -> None:
+        inc.close(wait=False)
+        self._retired = [i for i in self._retired if i.pidfd >= 0]
+        self._retired.append(inc)
+
+    def close(self) -> None:
+        """Stop the domain and its spare; reap them; release all they held."""
+        with self._lifecycle:
+            self._closed = True
+            for inc in (self._inc, self._spare, *self._retired):
+                if inc is not None:
+                    inc.close(wait=False)
+            for inc in (self._inc, self._spare, *self._retired):
+                if inc is not None:
+                    inc.reap()
+            self._inc = self._spare = None
+            self._retired = []
+
+    def __enter__(self) -> Domain:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- state ---------------------------------------------------------------------------
+
+    @property
+    def pid(self) -> int | None:
+        return self._inc.pid if self._inc is not None else None
+
+    @property
+    def state(self) -> str:
+        if self._closed:
+            return "closed"
+        inc = self._inc
+        if inc is None:
+            return "down"
+        return "live" if inc.alive else "failed"
+
+    @property
+    def report(self) -> FailureReport | None:
+        """The failure of the current domain, if it has failed."""
+        inc = self._inc
+        return inc.report if inc is not None else None
+
+    @property
+    def incarnation(self) -> Incarnation:
+        inc = self._inc
+        if inc is None:
+            raise Closed(f"domain {self.name} is {self.state}")
+        return inc
+
+    def __repr__(self) -> str:
+        return (f"<Domain {self.name} pid={self.pid} {self.state} calls={self.calls} "
+                f"recoveries={len(self.restarts)}>")
+
+    # -- calls ---------------------------------------------------------------------------
+
+    def call(self, name: str, *args: Any, deadline: float | None = None, **kwargs: Any) -> Any:
+        """Call the driver's ``name`` and return its checked result.
+
+        Raises what the interface declares ordinary (rebuilt on this side),
+        InterfaceError if the call itself breaks the declaration, and
+        DomainFailed if the driver fails.
+        """
+        inc = self._inc
+        if inc is None:
+            raise Closed(f"domain {self.name} is {self.state}")
+        try:
+            spec = self.iface.by_name[name]
+        except KeyError:
+            raise InterfaceError(f"{self.iface.name} declares no method {name!r}") from None
+        vals = spec.bind(args, kwargs)
+        self.calls += 1
+        held: list[tuple[Any, int]] = []
+        try:
+            out = None
+            if spec.bulk_args:
+                vals = self._stage(inc, spec, vals, held)
+            if spec.bulk_result:
+                slot = inc.darena.slots.acquire(self.spec.deadline)  # type: ignore[union-attr]
+                if slot is not None:
+                    held.append((inc.darena, slot))
+                    out = m.ArenaRef(inc.darena.offset(slot), inc.darena.slot_size)  # type: ignore[union-attr]
+            cid = next(self._ids)
+            ch = inc.channel
+            w = ch.register(cid, time.monotonic() + (deadline or self.spec.deadline), name)
+            try:
+                data = m.encode_call(cid, spec.index, vals, 0, out)
+            except (TypeError, OverflowError) as e:
+                ch.forget(cid)
+                raise InterfaceError(f"{name}: arguments cannot cross: {e}") from None
+            ch.send(data)
+            msg = ch.wait(w)
+            return self._result(inc, spec, msg, out)
+        except DomainFailed as e:
+            self._note(e)
+            raise
+        finally:
+            for arena, slot in held:
+                arena.slots.release(slot)
+
+    def _stage(self, inc: Incarnation, spec: MethodSpec, vals: tuple[Any, ...],
+               held: list[tuple[Any, int]]) -> tuple[Any, ...]:
+        """Move large bytes arguments into the kernel arena."""
+        arena = inc.karena
+        assert arena is not None
+        out = list(vals)
+        for i in spec.bulk_args:
+            v = out[i]
+            if isinstance(v, (bytes, bytearray, memoryview)) and \
+                    self.spec.inline_max < len(v) <= arena.slot_size:
+                slot = arena.slots.acquire(self.spec.deadline)
+                if slot is None:
+                    continue  # every slot busy: send it inline
+                held.append((arena, slot))
+                off = arena.offset(slot)
+                arena.map[off:off + len(v)] = v
+                out[i] = m.ArenaRef(off, len(v))
+        return tuple(out)
+
+    def _result(self, inc: Incarnation, spec: MethodSpec, msg: Any, out: m.ArenaRef | None) -> Any:
+        if type(msg) is m.Reply:
+            try:
+                value = spec.result_decoder.decode(msg.result)
+            except msgspec.ValidationError as e:
+                raise self._misbehaved(inc, f"{spec.name} returned a bad result: {e}",
+                                       spec.name) from None
+            if type(value) is m.ArenaRef:
+                value = self._copy_out(inc, spec, value, out)
+            return value
+        if type(msg) is m.Raise:
+            iface = self.iface
+            if not 0 <= msg.error < len(iface.ordinary):
+                raise self._misbehaved(inc, f"{spec.name} raised unknown error #{msg.error}",
+                                       spec.name)
+            try:
+                value = iface.ordinary_decoders[msg.error].decode(msg.value)
+            except msgspec.ValidationError as e:
+                raise self._misbehaved(inc, f"{spec.name} raised a bad "
+                                       f"{iface.ordinary[msg.error].exc_type.__name__}: {e}",
+                                       spec.name) from None
+            raise iface.ordinary[msg.error].rebuild(value)
+        if type(msg) is m.Reject:
+            raise InterfaceError(f"{spec.name}: {msg.message}")
+        raise self._misbehaved(inc, f"answered {spec.name} with {type(msg).__name__}", spec.name)
+
+    def _copy_out(self, inc: Incarnation, spec: MethodSpec, ref: m.ArenaRef,
+                  out: m.ArenaRef | None) -> Any:
+        if out is None or ref.offset != out.offset or not 0 <= ref.length <= out.length:
+            raise self._misbehaved(inc, f"{spec.name} returned {ref}, outside the slot it was "
+                                   f"given ({out})", spec.name)
+        arena = inc.darena
+        assert arena is not None
+        data = bytes(arena.map[ref.offset:ref.offset + ref.length])
+        try:
+            return msgspec.convert(data, spec.result)
+        except msgspec.ValidationError as e:
+            raise self._misbehaved(inc, f"{spec.name} returned a bad result: {e}",
+                                   spec.name) from None
+
+    def _misbehaved(self, inc: Incarnation, detail: str, call: str) -> DomainFailed:
+        exc = DomainFailed.of(detect.host_verdict(FailureKind.MISBEHAVED, detail,
+                                                  driver=self.name, pid=inc.pid, call=call))
+        inc.channel.fail(exc)
+        broken = inc.channel.broken
+        return broken if isinstance(broken, DomainFailed) else exc
+
+    def _note(self, e: DomainFailed) -> None:
+        if not self.failures or self.failures[-1] is not e.report:
+            self.failures.append(e.report)
+
+    # -- deferred calls ------------------------------------------------------------------
+
+    def defer(self, name: str, *args: Any) -> Deferred:
+        """Queue a call to be delivered with others in one crossing."""
+        spec = self.iface.method(name)
+        vals = spec.bind(args, {})
+        d = Deferred(self)
+        with self._batch_lock:
+            self._batch.append((spec, vals, d))
+            full = len(self._batch) >= self.batch_size
+        if full:
+            self.flush()
+        return d
+
+    def flush(self) -> None:
+        """Deliver every deferred call now and settle their results."""
+        with self._batch_lock:
+            batch, self._batch = self._batch, []
+        if not batch:
+            return
+        try:
+            self._flush(batch)
+        except DomainFailed as e:
+            self._note(e)
+            for _, _, d in batch:
+                if not d._done:
+                    d._set(error=e)
+            raise
+
+    def _flush(self, batch: list[tuple[MethodSpec, tuple[Any, ...], Deferred]]) -> None:
+        inc = self._inc
+        if inc is None:
+            raise Closed(f"domain {self.name} is {self.state}")
+        cid = next(self._ids)
+        w = inc.channel.register(cid, time.monotonic() + self.spec.deadline, "batch")
+        inc.channel.send(m.encode((m.TAG_BATCH, cid, [(s.index, v) for s, v, _ in batch])))
+        msg = inc.channel.wait(w)
+        self.calls += len(batch)
+        if type(msg) is not m.BatchReply or len(msg.results) != len(batch):
+            raise self._misbehaved(inc, "answered a batch of deferred calls wrongly", "batch")
+        for (spec, _, d), item in zip(batch, msg.results, strict=True):
+            try:
+                d._set(self._result(inc, spec, item, None))
+            except DomainFailed:
+                raise
+            except Exception as e:
+                d._set(error=e)
+
+    # -- faults --------------------------------------------------------------------------
+
+    def inject(self, fault: str) -> None:
+        """Make the driver fail now, in the named way (see ``nooks.domain.child.FAULTS``)."""
+        if fault not in FAULTS:
+            raise InterfaceError(f"unknown fault {fault!r}; known: {', '.join(FAULTS)}")
+        self.incarnation.channel.send(m.encode(m.Inject(fault)))

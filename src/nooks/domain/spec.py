@@ -1,0 +1,62 @@
+"""What a domain runs and under which limits."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from nooks.wrappers import Interface
+from nooks.xpc.arena import DEFAULT_SLOT_SIZE, DEFAULT_SLOTS
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits the host puts on a domain (None: no limit).
+
+    ``seccomp`` is the allow-list of syscalls the driver needs beyond the domain
+    runtime's own once it is constructed; None installs no filter. ``user`` is a
+    uid to run the domain as.
+    """
+
+    address_space: int | None = 2 << 30
+    cpu_seconds: int | None = None
+    open_files: int | None = 1024
+    seccomp: tuple[str, ...] | None = None
+    user: int | None = None
+
+
+@dataclass(frozen=True)
+class DriverSpec:
+    """A driver to run in a domain.
+
+    ``target`` is ``module:attribute`` naming a class or factory, called with
+    ``args`` and ``kwargs`` inside the domain. ``interface`` declares the calls
+    the host makes; ``kernel`` the calls the driver may make, served by the object
+    ``kernel_impl(context)`` returns (one per domain incarnation).
+    """
+
+    target: str
+    interface: type[Interface]
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    name: str = ""
+    kernel: type[Interface] | None = None
+    kernel_impl: Callable[[Any], Any] | None = None
+    threads: int = 0
+    call_style: str = "method"
+    deadline: float = 5.0
+    start_deadline: float = 30.0
+    limits: Limits = Limits()
+    slot_size: int = DEFAULT_SLOT_SIZE
+    slots: int = DEFAULT_SLOTS
+    inline_max: int = 16 << 10
+
+    @property
+    def label(self) -> str:
+        return self.name or self.target.rpartition(":")[2]
+
+
+def ref(obj: Any) -> str:
+    """``module:qualname`` of a class or function, for passing it to a domain."""
+    return f"{obj.__module__}:{obj.__qualname__}"

@@ -1,0 +1,102 @@
+"""One exception hierarchy for nooks.
+
+Errors say whose fault they are:
+
+* ``Closed``: *your* code closed or stopped the thing you used.
+* ``DomainFailed`` and its kinds: the *driver* failed; the report says how.
+* ``InterfaceError``: the *host* broke an interface (a bad declaration, a call
+  with arguments the declaration does not allow). It never fails a driver.
+* ``RecoveryFailed``: a driver could not be brought back.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import msgspec
+
+
+class FailureKind(enum.StrEnum):
+    """How a driver failed."""
+
+    CRASHED = "crashed"  # the domain exited or was killed by a signal
+    HUNG = "hung"  # a call passed its deadline
+    MISBEHAVED = "misbehaved"  # wrapper violation, garbage, unexpected exception
+    RESOURCE = "resource"  # a resource limit was hit
+
+
+class FailureReport(msgspec.Struct, frozen=True, kw_only=True):
+    """What the host knows about one driver failure.
+
+    ``call`` names the call in flight when the failure was detected, if any;
+    ``traceback`` is the driver's own traceback, as text, when it had one.
+    """
+
+    kind: FailureKind
+    detail: str
+    driver: str = ""
+    pid: int = 0
+    call: str | None = None
+    signal: str | None = None
+    exit_status: int | None = None
+    traceback: str | None = None
+
+    def __str__(self) -> str:
+        where = f" during {self.call}" if self.call else ""
+        return f"{self.driver or 'driver'} {self.kind.value}{where}: {self.detail}"
+
+
+class NooksError(Exception):
+    """Base of every error nooks raises."""
+
+
+class Closed(NooksError):
+    """The domain, channel or host was closed by its owner."""
+
+
+class InterfaceError(NooksError):
+    """The host side broke an interface: a bad declaration or a bad call."""
+
+
+class DomainFailed(NooksError):
+    """The driver in a domain failed; ``report`` says how."""
+
+    kind: FailureKind = FailureKind.CRASHED
+
+    def __init__(self, report: FailureReport) -> None:
+        super().__init__(str(report))
+        self.report = report
+
+    @staticmethod
+    def of(report: FailureReport) -> DomainFailed:
+        """The exception class that matches ``report.kind``."""
+        cls = _BY_KIND[report.kind]
+        return cls(report)
+
+
+class DomainCrashed(DomainFailed):
+    kind = FailureKind.CRASHED
+
+
+class DomainHung(DomainFailed):
+    kind = FailureKind.HUNG
+
+
+class DomainMisbehaved(DomainFailed):
+    kind = FailureKind.MISBEHAVED
+
+
+class DomainResource(DomainFailed):
+    kind = FailureKind.RESOURCE
+
+
+_BY_KIND: dict[FailureKind, type[DomainFailed]] = {
+    FailureKind.CRASHED: DomainCrashed,
+    FailureKind.HUNG: DomainHung,
+    FailureKind.MISBEHAVED: DomainMisbehaved,
+    FailureKind.RESOURCE: DomainResource,
+}
+
+
+class RecoveryFailed(NooksError):
+    """A failed driver could not be restarted or re-initialised."""

@@ -1,0 +1,263 @@
+"""The host's end of an XPC channel: many calls in flight, nested calls, deadlines.
+
+One SOCK_SEQPACKET socket carries every message of a domain. Calls from many
+host threads share it by the *leader/follower* rule, which keeps the common
+case (one call at a time) to one send and one receive on the caller's own
+thread:
+
+* a caller registers a waiter for its call id, sends, and then either becomes
+  the *leader* (if no thread is reading) or sleeps as a *follower*;
+* the leader reads messages and routes each: a reply to its waiter; a kernel
+  call whose ``parent`` is a waiting call to that call's thread (nested calls
+  run on the thread that made the outer call, as on a real stack); any other
+  kernel call to ``Hooks.on_request``; a control message to ``Hooks.on_control``;
+* when the leader has its own reply, or a nested call to run, it hands
+  leadership to a sleeping follower.
+
+Deadlines: the socket has a receive timeout of ``tick`` seconds so the leader
+wakes to check its deadline; followers sleep with a timeout. Time spent running
+a nested kernel call on the host extends the deadline of the call it serves.
+
+Failure: the first failure wins. ``fail`` records it, wakes every waiter, and
+calls ``Hooks.on_broken``; every pending and later call raises it.
+"""
+
+from __future__ import annotations
+
+import collections
+import socket
+import struct
+import threading
+import time
+from typing import Any, Protocol
+
+import msgspec
+
+from nooks.domain.config import MAX_MESSAGE
+from nooks.xpc import messages as m
+
+_REPLIES = (m.Reply, m.Raise, m.Reject, m.BatchReply)
+CONTROL_ID = 0  # waiter id for Hello/Ready
+
+
+class Hooks(Protocol):
+    def on_request(self, msg: m.Call) -> None:
+        """A kernel call with no waiting parent: serve it elsewhere."""
+
+    def serve(self, msg: m.Call) -> None:
+        """Serve a nested kernel call on the calling thread (sends the reply)."""
+
+    def on_control(self, msg: Any) -> BaseException | None:
+        """A Failure, Hello or Ready; an exception to fail with, or None to deliver it."""
+
+    def on_eof(self) -> BaseException:
+        """The domain closed the channel (it died): the failure to report."""
+
+    def on_garbage(self, detail: str) -> BaseException:
+        """Bytes that are not a message, or a message that answers nothing."""
+
+    def on_deadline(self, call: str) -> BaseException:
+        """Call ``call`` passed its deadline."""
+
+    def on_broken(self, exc: BaseException) -> None:
+        """The channel has failed with ``exc`` (kill the domain)."""
+
+
+class Waiter:
+    __slots__ = ("awake", "call", "deadline", "lock", "msg", "nested", "sleeping")
+
+    def __init__(self, deadline: float, call: str) -> None:
+        self.lock = threading.Lock()
+        self.lock.acquire()
+        self.awake = False
+        self.sleeping = False
+        self.msg: Any = None
+        self.nested: collections.deque[m.Call] = collections.deque()
+        self.deadline = deadline
+        self.call = call
+
+
+class Channel:
+    def __init__(self, sock: socket.socket, hooks: Hooks, tick: float = 0.05) -> None:
+        self.sock = sock
+        self.hooks = hooks
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                        struct.pack("ll", int(tick), int((tick % 1) * 1e6)))
+        self._mu = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._waiters: dict[int, Waiter] = {}
+        self._leading = False
+        self.broken: BaseException | None = None
+        self._buf = bytearray(MAX_MESSAGE)
+        self._view = memoryview(self._buf)
+        self._decoder = msgspec.msgpack.Decoder(m.ToHost)
+
+    # -- calls ---------------------------------------------------------------------------
+
+    def register(self, cid: int, deadline: float, call: str) -> Waiter:
+        w = Waiter(deadline, call)
+        with self._mu:
+            if self.broken is not None:
+                raise self.broken
+            self._waiters[cid] = w
+        return w
+
+    def forget(self, cid: int) -> None:
+        with self._mu:
+            self._waiters.pop(cid, None)
+
+    def send(self, data: bytes) -> None:
+        try:
+            with self._send_lock:
+                self.sock.send(data)
+        except OSError:
+            if self.broken is None:
+                self.fail(self.hooks.on_eof())
+            assert self.broken is not None
+            raise self.broken from None
+
+    def in_flight(self) -> list[str]:
+        """Names of the calls waiting for a reply."""
+        with self._mu:
+            return [w.call for w in self._waiters.values()]
+
+    def wait(self, w: Waiter) -> Any:
+        """The reply for ``w``; raises the channel's failure if it broke first."""
+        while True:
+            if w.msg is not None:
+                return w.msg
+            if w.nested:
+                req = w.nested.popleft()
+                t0 = time.monotonic()
+                self.hooks.serve(req)
+                w.deadline += time.monotonic() - t0
+                continue
+            with self._mu:
+                if self.broken is not None:
+                    raise self.broken
+                lead = not self._leading and w.msg is None and not w.nested
+                if lead:
+                    self._leading = True
+                else:
+                    w.sleeping = True
+            if lead:
+                try:
+                    self._lead(w)
+                finally:
+                    self._handoff()
+                continue
+            remaining = w.deadline - time.monotonic()
+            woke = remaining > 0 and w.lock.acquire(timeout=remaining)
+            with self._mu:
+                w.sleeping = False
+                if woke:
+                    w.awake = False
+            if not woke and w.msg is None and not w.nested and self.broken is None:
+                self.fail(self.hooks.on_deadline(w.call))
+
+    def _wake(self, w: Waiter) -> None:
+        # under self._mu
+        if not w.awake:
+            w.awake = True
+            w.lock.release()
+
+    def _handoff(self) -> None:
+        with self._mu:
+            self._leading = False
+            for other in self._waiters.values():
+                if other.sleeping:
+                    self._wake(other)
+                    break
+
+    def _lead(self, w: Waiter) -> None:
+        sock, view, decode = self.sock, self._view, self._decoder.decode
+        while w.msg is None and not w.nested and self.broken is None:
+            if time.monotonic() > w.deadline:
+                self.fail(self.hooks.on_deadline(w.call))
+                return
+            try:
+                n = sock.recv_into(self._buf)
+            except BlockingIOError:
+                continue  # the tick: look at the deadline again
+            except OSError:
+                n = 0
+            if n == 0:
+                self.fail(self.hooks.on_eof())
+                return
+            try:
+                msg = decode(bytes(view[:n]))
+            except (msgspec.DecodeError, msgspec.ValidationError) as e:
+                self.fail(self.hooks.on_garbage(f"garbage on the channel: {e}"))
+                return
+            self._route(msg, w)
+
+    def _route(self, msg: Any, me: Waiter | None) -> None:
+        if isinstance(msg, _REPLIES):
+            with self._mu:
+                w = self._waiters.pop(msg.id, None)
+                if w is not None:
+                    w.msg = msg
+                    if w is not me:
+                        self._wake(w)
+            if w is None:
+                self.fail(self.hooks.on_garbage(f"a reply to call {msg.id}, which is not pending"))
+        elif isinstance(msg, m.Call):
+            with self._mu:
+                w = self._waiters.get(msg.parent) if msg.parent else None
+                if w is not None:
+                    w.nested.append(msg)
+                    if w is not me:
+                        self._wake(w)
+            if w is None:
+                self.hooks.on_request(msg)
+        else:
+            exc = self.hooks.on_control(msg)
+            if exc is not None:
+                self.fail(exc)
+                return
+            with self._mu:
+                w = self._waiters.pop(CONTROL_ID, None)
+                if w is not None:
+                    w.msg = msg
+                    if w is not me:
+                        self._wake(w)
+            if w is None:
+                self.fail(self.hooks.on_garbage(f"unexpected {type(msg).__name__} message"))
+
+    def drain(self) -> None:
+        """After the domain exited: route what it sent before dying, then fail.
+
+        Does nothing if a leader is reading: it will see the end of the channel.
+        """
+        with self._mu:
+            if self._leading or self.broken is not None:
+                return
+            self._leading = True
+        try:
+            while self.broken is None:
+                try:
+                    n = self.sock.recv_into(self._buf, 0, socket.MSG_DONTWAIT)
+                except OSError:
+                    n = 0
+                if n == 0:
+                    break
+                try:
+                    msg = self._decoder.decode(bytes(self._view[:n]))
+                except (msgspec.DecodeError, msgspec.ValidationError) as e:
+                    self.fail(self.hooks.on_garbage(f"garbage on the channel: {e}"))
+                    break
+                self._route(msg, None)
+            if self.broken is None:
+                self.fail(self.hooks.on_eof())
+        finally:
+            self._handoff()
+
+    def fail(self, exc: BaseException) -> None:
+        """Record the channel's failure (the first one wins) and wake every waiter."""
+        with self._mu:
+            if self.broken is not None:
+                return
+            self.broken = exc
+            for w in self._waiters.values():
+                self._wake(w)
+        self.hooks.on_broken(exc)
