@@ -48,8 +48,8 @@ class Snapshot:
         now = Snapshot.take()
         out = [f"child process {p}" for p in now.children - self.children]
         out += [f"fd {fd} -> {target}" for fd, target in now.fds.items()
-                if fd not in self.fds and "nooks" in target or
-                fd not in self.fds and target.startswith(("socket:", "anon_inode:[pidfd]"))]
+                if fd not in self.fds
+                and ("nooks" in target or target.startswith(("socket:", "anon_inode:[pidfd]")))]
         return out
 
 

@@ -42,6 +42,9 @@ def _print_xpc(r: dict[str, Any]) -> None:
     floor, null = r["socketpair_rtt_us"], r["null_rtt_us"]
     t.add_row("socketpair ping-pong (floor)", f"{floor:.1f} µs", "1.00× floor")
     t.add_row("null call through nooks", f"{null:.1f} µs", f"{null / floor:.2f}× floor")
+    t.add_row("  same, across cores: floor / nooks",
+              f"{r['socketpair_rtt_cross_core_us']:.1f} / {r['null_rtt_cross_core_us']:.1f} µs",
+              f"{r['null_rtt_cross_core_us'] / r['socketpair_rtt_cross_core_us']:.2f}× floor")
     t.add_row("native null call (in-process)", f"{r['native_call_us']:.2f} µs", "")
     t.add_row("4 KiB echo (inline)", f"{r['rtt_4k_us']:.1f} µs",
               f"{r['rtt_4k_us'] / null:.2f}× null")

@@ -105,7 +105,8 @@ def test_idle_death_is_noticed(no_leaks: Snapshot) -> None:
 def test_kernel_arena_is_mapped_read_only_in_the_domain(no_leaks: Snapshot) -> None:
     d = Domain(spec_for(MATRIX[0]))
     try:
-        maps = open(f"/proc/{d.pid}/maps").read().splitlines()
+        with open(f"/proc/{d.pid}/maps") as f:
+            maps = f.read().splitlines()
         kernel = [line for line in maps if "-kernel (deleted)" in line]
         domain = [line for line in maps if "-domain (deleted)" in line]
         assert len(kernel) == 1 and kernel[0].split()[1] == "r--s"

@@ -337,7 +337,15 @@ def inject(fault: str) -> None:
 def main(argv: list[str]) -> NoReturn:
     global _runtime
     cfg = msgspec.json.decode(argv[1], type=ChildConfig)
-    rt = _runtime = Runtime(cfg)
+    try:
+        rt = _runtime = Runtime(cfg)
+    except BaseException as e:
+        # the driver's interface could not be loaded: say so on the channel
+        s = socket.socket(fileno=cfg.sock_fd)
+        s.send(m.encode(m.Failure("misbehaved", f"domain start-up failed: "
+                                  f"{type(e).__name__}: {e}",
+                                  "".join(traceback.format_exception(e)))))
+        os._exit(EXIT_FAILURE_REPORTED)
     try:
         rt.start()
     except BaseException as e:

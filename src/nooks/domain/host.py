@@ -24,7 +24,7 @@ from typing import Any
 import msgspec
 
 from nooks.domain import detect
-from nooks.domain.config import FAULTS
+from nooks.domain.config import FAULTS, MAX_MESSAGE
 from nooks.domain.incarnation import Incarnation
 from nooks.domain.spec import DriverSpec
 from nooks.errors import Closed, DomainFailed, FailureKind, FailureReport, InterfaceError
@@ -92,7 +92,12 @@ class Domain:
             if inc is not None:
                 self._retire(inc)
             inc = Incarnation(self.spec)
-        inc.wait_hello()
+        try:
+            inc.wait_hello()
+        except DomainFailed as e:
+            self.failures.append(e.report)
+            self._retire(inc)
+            raise
         return inc
 
     def _refill_spare(self) -> None:
@@ -247,6 +252,10 @@ class Domain:
             except (TypeError, OverflowError) as e:
                 ch.forget(cid)
                 raise InterfaceError(f"{name}: arguments cannot cross: {e}") from None
+            if len(data) > MAX_MESSAGE:
+                ch.forget(cid)
+                raise InterfaceError(f"{name}: {len(data)} bytes of arguments exceed the "
+                                     f"{MAX_MESSAGE}-byte message limit")
             ch.send(data)
             msg = ch.wait(w)
             return self._result(inc, spec, msg, out)
