@@ -10,7 +10,6 @@ Each figure is the median of several rounds.
 from __future__ import annotations
 
 import contextlib
-import contextlib
 import os
 import socket
 import statistics
