@@ -196,14 +196,6 @@ def test_missing_return_type_is_interface_error() -> None:
         declare(NoReturn)
 
 
-_PLAIN_CLASS_BUG = (
-    "declare() checks a type by building msgspec.msgpack.Decoder(tp), but msgspec accepts "
-    "any class as a custom type (for a dec_hook), so a plain class is declared without error "
-    "and only fails per call (its result decoder rejects every value, blaming the driver)"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=_PLAIN_CLASS_BUG)
 def test_unencodable_parameter_type_is_interface_error() -> None:
     class BadParam(Interface):
         def f(self, x: Plain) -> None: ...
@@ -212,13 +204,27 @@ def test_unencodable_parameter_type_is_interface_error() -> None:
         declare(BadParam)
 
 
-@pytest.mark.xfail(strict=True, reason=_PLAIN_CLASS_BUG)
 def test_unencodable_result_type_is_interface_error() -> None:
     class BadResult(Interface):
         def f(self) -> Plain: ...
 
     with pytest.raises(InterfaceError, match="result"):
         declare(BadResult)
+
+
+def test_unencodable_type_nested_in_a_container_is_interface_error() -> None:
+    class InList(Interface):
+        def f(self, xs: list[Plain]) -> None: ...
+
+    class InDict(Interface):
+        def f(self, xs: dict[str, Plain]) -> None: ...
+
+    class InOptional(Interface):
+        def f(self) -> Plain | None: ...
+
+    for cls in (InList, InDict, InOptional):
+        with pytest.raises(InterfaceError, match="cannot cross"):
+            declare(cls)
 
 
 class _S1(msgspec.Struct):

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
+import msgspec.inspect
 
 from nooks.errors import InterfaceError
 from nooks.xpc.messages import ArenaRef
@@ -159,10 +160,31 @@ def _wire(tp: Any, where: str) -> tuple[Any, bool, Tracked | None]:
     if base is bytes:
         return tp | ArenaRef, True, None
     try:
-        msgspec.msgpack.Decoder(tp)
+        info = msgspec.inspect.type_info(tp)
     except TypeError as e:
         raise InterfaceError(f"{where}: type {tp!r} cannot cross the boundary: {e}") from None
+    custom = _custom_types(info)
+    if custom:
+        raise InterfaceError(f"{where}: type {custom[0]!r} cannot cross the boundary "
+                             "(not a msgspec-supported type)")
     return tp, False, None
+
+
+def _custom_types(info: msgspec.inspect.Type) -> list[Any]:
+    """Classes in a type that msgspec would only handle through hooks."""
+    if isinstance(info, msgspec.inspect.CustomType):
+        return [info.cls]
+    out: list[Any] = []
+    for name in ("item_type", "key_type", "value_type"):
+        sub = getattr(info, name, None)
+        if isinstance(sub, msgspec.inspect.Type):
+            out += _custom_types(sub)
+    for name in ("types", "item_types"):
+        for sub in getattr(info, name, ()) or ():
+            out += _custom_types(sub)
+    for f in getattr(info, "fields", ()) or ():
+        out += _custom_types(f.type)
+    return out
 
 
 def _methods(cls: type) -> list[tuple[str, Callable[..., Any]]]:
