@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 import time
@@ -11,6 +12,8 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+
+from nooks.domain.config import FAULTS
 
 console = Console()
 
@@ -126,6 +129,151 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _parse_size(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = text.strip().lower().removesuffix("b").removesuffix("i")
+    try:
+        if t and t[-1] in units:
+            return int(float(t[:-1]) * units[t[-1]])
+        return int(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 64M)") from None
+
+
+def _fuse_options(text: str | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for raw in (text or "").split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        out[key] = value if sep else True
+    return out
+
+
+def _mount(args: argparse.Namespace) -> int:
+    from nooks.fs.drivers import resolve
+    from nooks.fs.host import FsHost
+
+    if len(args.rest) < 1:
+        console.print("[red]nooks mount: give the driver's arguments and a mountpoint[/red]")
+        return 2
+    *driver_args, mountpoint = args.rest
+    try:
+        driver = resolve(args.driver, [*driver_args, *args.ctor_args])
+    except ValueError as e:
+        console.print(f"[red]nooks mount: {e}[/red]")
+        return 2
+    if not os.path.isdir(mountpoint):
+        console.print(f"[red]nooks mount: {mountpoint}: not a directory[/red]")
+        return 2
+    ready_w = -1
+    if args.daemon:
+        ready_r, ready_w = os.pipe()
+        pid = os.fork()
+        if pid:
+            os.close(ready_w)
+            with os.fdopen(ready_r, "rb") as r:
+                ok = r.read(1) == b"1"
+            if not ok:
+                os.waitpid(pid, 0)
+                console.print("[red]nooks mount: the host failed to start[/red]")
+                return 1
+            console.print(f"mounted {mountpoint} (host pid {pid})")
+            return 0
+        os.close(ready_r)
+        os.setsid()
+
+    def ready() -> None:
+        if ready_w >= 0:
+            os.write(ready_w, b"1")
+            os.close(ready_w)
+
+    try:
+        host = FsHost(driver, mountpoint, name=args.name, native=args.native,
+                      threads=args.threads, deadline=args.deadline,
+                      options=_fuse_options(args.options), on_ready=ready)
+    except Exception as e:
+        console.print(f"[red]nooks mount: the driver did not start: {e}[/red]")
+        return 1
+    if args.daemon:
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1):
+            os.dup2(devnull, fd)
+    host.run()
+    return 0
+
+
+def _find_host(name: str) -> tuple[str, Any] | None:
+    from nooks.control import hosts
+
+    real = os.path.realpath(name)
+    for path, st in hosts():
+        if st.get("name") in (name, real) or st.get("mountpoint") == real:
+            return path, st
+    return None
+
+
+def _status(args: argparse.Namespace) -> int:
+    from nooks.control import hosts
+
+    if args.name:
+        found = _find_host(args.name)
+        if found is None:
+            console.print(f"[red]no running nooks host named {args.name!r}[/red]")
+            return 1
+        statuses = [found[1]]
+    else:
+        statuses = [st for _, st in hosts()]
+    if args.json:
+        print(json.dumps(statuses[0] if args.name else statuses, indent=2))
+        return 0
+    t = Table(title="nooks hosts")
+    for col in ("name", "driver", "domain pid", "state", "calls", "recoveries", "last"):
+        t.add_column(col)
+    for st in statuses:
+        recs = st.get("recoveries", [])
+        last = (f"{recs[-1]['kind']} ({recs[-1]['detail']}), {recs[-1]['duration_ms']:.1f} ms"
+                if recs else "")
+        t.add_row(st["name"], st["driver"], str(st.get("domain_pid") or "-"),
+                  f"{st['state']}/{st['mode']}", f"{st['calls']:,}", str(len(recs)), last)
+    console.print(t)
+    return 0
+
+
+def _inject(args: argparse.Namespace) -> int:
+    from nooks.control import request
+
+    found = _find_host(args.name)
+    if found is None:
+        console.print(f"[red]no running nooks host named {args.name!r}[/red]")
+        return 1
+    reply = request(found[0], {"cmd": "inject", "fault": args.fault})
+    if "error" in reply:
+        console.print(f"[red]{reply['error']}[/red]")
+        return 1
+    console.print(f"injected {args.fault} into {found[1]['name']}")
+    return 0
+
+
+def _umount(args: argparse.Namespace) -> int:
+    import subprocess
+
+    return subprocess.call(["fusermount3", "-u", args.mountpoint])
+
+
+def _mkfs(args: argparse.Namespace) -> int:
+    from nooks.fs.mkfs import mkfs_vfat
+
+    try:
+        mkfs_vfat(args.image, args.size)
+    except (ValueError, RuntimeError, OSError) as e:
+        console.print(f"[red]nooks mkfs: {e}[/red]")
+        return 1
+    console.print(f"made a FAT filesystem of {args.size:,} bytes in {args.image}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nooks", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -137,11 +285,52 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="XPC benchmark and the crash matrix")
     d.add_argument("--quick", action="store_true")
     d.set_defaults(func=_demo)
+
+    mt = sub.add_parser("mount", help="mount a filesystem driver through nooks",
+                        description="nooks mount DRIVER [ARGS...] MOUNTPOINT [-- CTOR_ARGS]: "
+                        "DRIVER is vfat (IMAGE), passthrough (DIR) or module:Class")
+    mt.add_argument("driver")
+    mt.add_argument("rest", nargs="+", metavar="ARGS... MOUNTPOINT")
+    mt.add_argument("--native", action="store_true", help="run the driver in-process, unprotected")
+    mt.add_argument("-o", dest="options", help="FUSE options, comma-separated")
+    mt.add_argument("--name", help="name for status and inject (default: the mountpoint)")
+    mt.add_argument("--daemon", action="store_true", help="detach once the mount is ready")
+    mt.add_argument("--threads", action="store_true", help="multi-threaded FUSE loop")
+    mt.add_argument("--deadline", type=float, default=10.0,
+                    help="seconds a request may take before the driver counts as hung")
+    mt.set_defaults(func=_mount, ctor_args=[])
+
+    um = sub.add_parser("umount", help="unmount a nooks mount")
+    um.add_argument("mountpoint")
+    um.set_defaults(func=_umount)
+
+    stp = sub.add_parser("status", help="running nooks hosts, their drivers and recoveries")
+    stp.add_argument("name", nargs="?")
+    stp.add_argument("--json", action="store_true")
+    stp.set_defaults(func=_status)
+
+    ij = sub.add_parser("inject", help="make a running driver fail now")
+    ij.add_argument("name")
+    ij.add_argument("--fault", required=True, choices=list(FAULTS))
+    ij.set_defaults(func=_inject)
+
+    mk = sub.add_parser("mkfs", help="make a filesystem image")
+    mk.add_argument("fstype", choices=["vfat"])
+    mk.add_argument("image")
+    mk.add_argument("--size", type=_parse_size, default=64 << 20)
+    mk.set_defaults(func=_mkfs)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ctor_args: list[str] = []
+    if argv[:1] == ["mount"] and "--" in argv:
+        at = argv.index("--")
+        argv, ctor_args = argv[:at], argv[at + 1:]
     args = build_parser().parse_args(argv)
+    if ctor_args:
+        args.ctor_args = ctor_args
     return int(args.func(args))
 
 

@@ -98,5 +98,13 @@ _BY_KIND: dict[FailureKind, type[DomainFailed]] = {
 }
 
 
+class DomainDown(NooksError):
+    """A call found the driver already failed: it was never sent (``report`` says why)."""
+
+    def __init__(self, report: FailureReport) -> None:
+        super().__init__(str(report))
+        self.report = report
+
+
 class RecoveryFailed(NooksError):
     """A failed driver could not be restarted or re-initialised."""

@@ -53,10 +53,15 @@ class FakeHooks:
         self.deadlines: list[tuple[str, Deadline]] = []
         self.broken: list[BaseException] = []
         self.broken_event = threading.Event()
+        self.replies_seen = 0
 
     def on_request(self, msg: m.Call) -> None:
         with self.lock:
             self.requests.append(msg)
+
+    def on_reply(self) -> None:
+        with self.lock:
+            self.replies_seen += 1
 
     def serve(self, msg: m.Call) -> None:
         with self.lock:

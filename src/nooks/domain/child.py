@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import ctypes
+import importlib
 import itertools
 import os
 import queue
@@ -162,6 +163,8 @@ class Runtime:
 
     def start(self) -> None:
         target = load(self.cfg.target)  # imports the driver's module: the spare is warm now
+        for module in self.cfg.preload:
+            importlib.import_module(module)
         self.send(m.encode(m.Hello(os.getpid(), self.kernel_arena_address)))
         while True:
             msg = self.recv()

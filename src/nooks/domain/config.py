@@ -22,6 +22,7 @@ class ChildConfig(msgspec.Struct, frozen=True, kw_only=True):
     threads: int = 0  # 0: calls run one at a time on the main thread
     call_style: str = "method"  # "method": getattr(driver, name); "__call__": driver(name, ...)
     seccomp: list[str] | None = None  # syscalls allowed once the driver is constructed
+    preload: list[str] = []  # modules a warm spare imports ahead
 
 
 def apply_seccomp(extra: list[str]) -> None:

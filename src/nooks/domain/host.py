@@ -18,6 +18,7 @@ import contextlib
 import itertools
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,14 @@ from nooks.domain import detect
 from nooks.domain.config import FAULTS, MAX_MESSAGE
 from nooks.domain.incarnation import Incarnation
 from nooks.domain.spec import DriverSpec
-from nooks.errors import Closed, DomainFailed, FailureKind, FailureReport, InterfaceError
+from nooks.errors import (
+    Closed,
+    DomainDown,
+    DomainFailed,
+    FailureKind,
+    FailureReport,
+    InterfaceError,
+)
 from nooks.wrappers import InterfaceSpec, MethodSpec, declare
 from nooks.xpc import messages as m
 
@@ -81,6 +89,8 @@ class Domain:
         self._batch: list[tuple[MethodSpec, tuple[Any, ...], Deferred]] = []
         self._batch_lock = threading.Lock()
         self._lifecycle = threading.Lock()
+        # called when the current domain dies while no call is in flight
+        self.on_idle_failure: Callable[[FailureReport], None] | None = None
         if start:
             self.start()
 
@@ -117,7 +127,17 @@ class Domain:
                 self.failures.append(e.report)
                 self._retire(inc)
                 raise
-            self._inc = inc
+            self._make_current(inc)
+
+    def _make_current(self, inc: Incarnation) -> None:
+        inc.idle_hook = self._idle_failure
+        self._inc = inc
+
+    def _idle_failure(self, report: FailureReport) -> None:
+        self.failures.append(report)
+        hook = self.on_idle_failure
+        if hook is not None:
+            hook(report)
 
     def wait_failed(self, timeout: float) -> FailureReport | None:
         """Wait until the current domain fails (even while idle); its report, or None."""
@@ -155,7 +175,7 @@ class Domain:
                 self.failures.append(e.report)
                 self._retire(inc)
                 raise
-            self._inc = inc
+            self._make_current(inc)
             r = Restart((ready - t0) * 1e3, (time.monotonic() - t0) * 1e3)
             self.restarts.append(r)
             return r
@@ -228,6 +248,8 @@ class Domain:
         inc = self._inc
         if inc is None:
             raise Closed(f"domain {self.name} is {self.state}")
+        if inc.report is not None:
+            raise DomainDown(inc.report)
         try:
             spec = self.iface.by_name[name]
         except KeyError:

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -52,6 +53,9 @@ class Incarnation:
         self.kiface: InterfaceSpec | None = declare(spec.kernel) if spec.kernel else None
         self.tracker = ObjectTracker(self.name)
         self.kernel_impl: Any = None
+        self._call_done: Any = None
+        # called (on the monitor thread) when the domain dies with no call in flight
+        self.idle_hook: Callable[[FailureReport], None] | None = None
         self.report: FailureReport | None = None
         self.closed = False
         self.failed = threading.Event()  # set once the channel has failed
@@ -77,6 +81,7 @@ class Incarnation:
                 domain_arena_fd=self.darena.fd, arena_size=self.karena.size,
                 inline_max=spec.inline_max, threads=spec.threads, call_style=spec.call_style,
                 seccomp=list(spec.limits.seccomp) if spec.limits.seccomp is not None else None,
+                preload=list(spec.preload),
             )
             env = dict(os.environ)
             env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
@@ -126,6 +131,7 @@ class Incarnation:
         self.wait_hello()
         if self.spec.kernel_impl is not None:
             self.kernel_impl = self.spec.kernel_impl(KernelContext(self.name, self.tracker))
+            self._call_done = getattr(self.kernel_impl, "call_done", None)
         w = self.channel.register(CONTROL_ID, time.monotonic() + self.spec.start_deadline,
                                   "construct")
         try:
@@ -189,12 +195,21 @@ class Incarnation:
                 call=self._current_call()))
         return None
 
+    def on_reply(self) -> None:
+        done = self._call_done
+        if done is not None:
+            done()
+
     def _on_exit(self) -> None:
         """Monitor thread: the process has exited."""
         assert self.proc is not None
         self.proc.wait()
+        before = self.channel.broken
         self.channel.drain()
         self._release_pidfd()
+        hook = self.idle_hook
+        if before is None and self.report is not None and hook is not None and not self.closed:
+            hook(self.report)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
@@ -273,6 +288,9 @@ class Incarnation:
         if wait:
             self.reap()
         self.tracker.release_all()
+        close = getattr(self.kernel_impl, "close", None)
+        if close is not None:
+            close()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
         self.sock.close()

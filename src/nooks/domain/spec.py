@@ -51,6 +51,7 @@ class DriverSpec:
     slot_size: int = DEFAULT_SLOT_SIZE
     slots: int = DEFAULT_SLOTS
     inline_max: int = 16 << 10
+    preload: tuple[str, ...] = ()  # modules the warm spare imports ahead (the driver's)
 
     @property
     def label(self) -> str:

@@ -62,6 +62,9 @@ class Hooks(Protocol):
     def on_broken(self, exc: BaseException) -> None:
         """The channel has failed with ``exc`` (kill the domain)."""
 
+    def on_reply(self) -> None:
+        """A reply to a host call was read: everything before it on the channel is done."""
+
 
 class Waiter:
     __slots__ = ("awake", "call", "deadline", "lock", "msg", "nested", "sleeping")
@@ -193,6 +196,7 @@ class Channel:
 
     def _route(self, msg: Any, me: Waiter | None) -> None:
         if isinstance(msg, _REPLIES):
+            self.hooks.on_reply()
             with self._mu:
                 w = self._waiters.pop(msg.id, None)
                 if w is not None:

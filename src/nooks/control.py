@@ -1,0 +1,124 @@
+"""The control socket of a running nooks host: status and fault injection.
+
+Each host listens on ``/run/nooks/<id>.sock`` (``NOOKS_RUN_DIR`` overrides the
+directory). A client sends one JSON object per line — ``{"cmd": "status"}`` or
+``{"cmd": "inject", "fault": "segv"}`` — and gets one JSON object back. Bad
+requests get ``{"error": "..."}``; nothing a client sends can stop the host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import msgspec
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST = 64 << 10
+
+
+def run_dir() -> str:
+    return os.environ.get("NOOKS_RUN_DIR", "/run/nooks")
+
+
+def socket_path(name: str) -> str:
+    digest = hashlib.sha1(name.encode()).hexdigest()[:16]
+    return os.path.join(run_dir(), f"{digest}.sock")
+
+
+class ControlServer:
+    def __init__(self, name: str, handle: Callable[[dict[str, Any]], Any]) -> None:
+        self.name = name
+        self.path = socket_path(name)
+        self._handle = handle
+        os.makedirs(run_dir(), exist_ok=True)
+        if os.path.exists(self.path):
+            if _alive(self.path):
+                raise RuntimeError(f"a nooks host named {name!r} is already running")
+            os.unlink(self.path)
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.bind(self.path)
+        os.chmod(self.path, 0o600)
+        self._sock.listen(8)
+        self._thread = threading.Thread(target=self._serve, name="nooks-control", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5.0)
+            try:
+                line = _readline(conn)
+                req = msgspec.json.decode(line)
+                if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
+                    raise ValueError("a request is a JSON object with a string 'cmd'")
+                reply = self._handle(req)
+            except Exception as e:
+                reply = {"error": f"{type(e).__name__}: {e}"}
+            with contextlib.suppress(OSError):
+                conn.sendall(msgspec.json.encode(reply) + b"\n")
+
+    def close(self) -> None:
+        self._sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+def _readline(conn: socket.socket) -> bytes:
+    buf = b""
+    while b"\n" not in buf:
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        buf += chunk
+        if len(buf) > MAX_REQUEST:
+            raise ValueError("request too long")
+    return buf.split(b"\n", 1)[0]
+
+
+def _alive(path: str) -> bool:
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(path)
+        return True
+    except OSError:
+        return False
+
+
+def request(path: str, req: dict[str, Any], timeout: float = 10.0) -> Any:
+    """Send one request to the host at ``path``; its reply."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(path)
+        s.sendall(msgspec.json.encode(req) + b"\n")
+        return msgspec.json.decode(_readline(s))
+
+
+def hosts() -> Iterator[tuple[str, Any]]:
+    """(socket path, status) of every running host."""
+    try:
+        entries = sorted(os.listdir(run_dir()))
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        if not entry.endswith(".sock"):
+            continue
+        path = os.path.join(run_dir(), entry)
+        try:
+            yield path, request(path, {"cmd": "status"}, timeout=5.0)
+        except (OSError, msgspec.DecodeError):
+            continue

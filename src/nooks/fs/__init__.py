@@ -1,0 +1,1 @@
+"""The filesystem class: fusepy/mfusepy-style drivers behind a real FUSE mount."""

@@ -1,0 +1,135 @@
+"""The filesystem adapter: runs inside the domain, between the runtime and the driver.
+
+It builds the unmodified fusepy-style driver and presents it through
+``FsInterface``. What it smooths over is what mfusepy would do for the driver
+in a direct mount, so that the driver sees the same calls:
+
+* ``fuse_get_context()`` answers with the context of the request being served
+  (the domain has no FUSE session of its own);
+* a driver that defines ``__call__`` (fusepy-era path prefixing) is called
+  through it; otherwise the method is called;
+* ``create`` gets the flags only if the driver's ``create`` takes three
+  arguments;
+* ``readdir`` generators and ``listxattr`` iterables are made into lists;
+* a constructor argument ``{"$kernel": "blockdev"}`` is replaced by a file
+  object over the host's block device (``nooks.fs.blockdev``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import mfusepy
+
+from nooks.fs.interface import OPERATIONS
+from nooks.wrappers import load
+
+_ctx = threading.local()
+
+
+def _context() -> tuple[int, int, int]:
+    return getattr(_ctx, "value", (0, 0, 0))
+
+
+def _patch_context() -> None:
+    mfusepy.fuse_get_context = _context
+    try:
+        import fuse as fusepy  # a fusepy-era driver's own import, if present
+
+        fusepy.fuse_get_context = _context
+    except ImportError:
+        pass
+
+
+def _resolve(arg: Any) -> Any:
+    if isinstance(arg, dict) and set(arg) == {"$kernel"}:
+        from nooks.fs.blockdev import BlockDeviceFile
+
+        if arg["$kernel"] != "blockdev":
+            raise ValueError(f"unknown kernel object {arg['$kernel']!r}")
+        return BlockDeviceFile()
+    return arg
+
+
+class FsAdapter:
+    def __init__(self, target: str, args: list[Any], kwargs: dict[str, Any]) -> None:
+        _patch_context()
+        factory = load(target)
+        self.driver = factory(*[_resolve(a) for a in args],
+                              **{k: _resolve(v) for k, v in kwargs.items()})
+        self._via_call = callable(self.driver)
+        self._ns = bool(getattr(self.driver, "use_ns", False))
+        create = getattr(self.driver, "create", None)
+        self._create_flags = create is not None and _arity(create) >= 3
+
+    def _op(self, name: str) -> Callable[..., Any]:
+        if self._via_call:
+            call = self.driver
+            return lambda *args: call(name, *args)
+        return getattr(self.driver, name)  # type: ignore[no-any-return]
+
+    def implemented(self) -> list[str]:
+        out = []
+        for name in OPERATIONS:
+            value = getattr(self.driver, name, None)
+            if value is not None and not getattr(value, "libfuse_ignore", False):
+                out.append(name)
+        return out
+
+    def uses_ns(self) -> bool:
+        return self._ns
+
+    def _call(self, ctx: tuple[int, int, int], name: str, *args: Any) -> Any:
+        _ctx.value = ctx
+        return self._op(name)(*args)
+
+    def init(self, ctx: tuple[int, int, int], path: str) -> None:
+        init = getattr(self.driver, "init", None)
+        if init is not None and not getattr(init, "libfuse_ignore", False):
+            self._call(ctx, "init", path)
+
+    def create(self, ctx: tuple[int, int, int], path: str, mode: int, flags: int) -> int:
+        if self._create_flags:
+            return self._call(ctx, "create", path, mode, flags)  # type: ignore[no-any-return]
+        return self._call(ctx, "create", path, mode)  # type: ignore[no-any-return]
+
+    def readdir(self, ctx: tuple[int, int, int], path: str, fh: int) -> list[Any]:
+        return [e if isinstance(e, str) else tuple(e)
+                for e in self._call(ctx, "readdir", path, fh)]
+
+    def listxattr(self, ctx: tuple[int, int, int], path: str) -> list[str]:
+        return list(self._call(ctx, "listxattr", path))
+
+    def read(self, ctx: tuple[int, int, int], path: str, size: int, offset: int,
+             fh: int) -> bytes:
+        data = self._call(ctx, "read", path, size, offset, fh)
+        return data if isinstance(data, bytes) else bytes(data or b"")
+
+    def getattr(self, ctx: tuple[int, int, int], path: str, fh: int | None = None) -> Any:
+        return dict(self._call(ctx, "getattr", path, fh))
+
+
+def _passthrough(name: str) -> Callable[..., Any]:
+    def op(self: FsAdapter, ctx: tuple[int, int, int], *args: Any) -> Any:
+        return self._call(ctx, name, *args)
+
+    op.__name__ = name
+    return op
+
+
+for _name in OPERATIONS:
+    if not hasattr(FsAdapter, _name):
+        setattr(FsAdapter, _name, _passthrough(_name))
+
+
+def _arity(func: Callable[..., Any]) -> int:
+    try:
+        params = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        return 3
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return 3
+    return sum(1 for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))

@@ -1,0 +1,200 @@
+# mypy: disable-error-code="empty-body"
+"""The block device: a disk image the host owns and a driver reaches by kernel calls.
+
+The host keeps the image consistent when a driver dies mid-update: every write
+a driver makes while serving a request goes to an overlay, and the overlay is
+committed to the image only when that request's reply arrives. A driver killed
+half-way through a request leaves the image exactly as the previous request
+left it, and the shadow re-issues the request to the new driver. This relies
+on the driver serving one request at a time (the domain's default), so that
+the writes before a reply all belong to the request it answers.
+
+Inside the domain, ``BlockDeviceFile`` is a file object over those kernel
+calls, with a page cache (the domain is the only writer, so the cache stays
+true; it dies with the domain).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+from typing import Annotated, Any
+
+import msgspec
+
+from nooks.wrappers import Interface
+
+Offset = Annotated[int, msgspec.Meta(ge=0, lt=1 << 48)]
+Size = Annotated[int, msgspec.Meta(ge=0, le=4 << 20)]
+Chunk = Annotated[bytes, msgspec.Meta(max_length=4 << 20)]
+
+PAGE = 4096
+
+
+class BlockDeviceInterface(Interface):
+    def bd_size(self) -> int: ...
+    def bd_read(self, offset: Offset, size: Size) -> Chunk: ...
+    def bd_write(self, offset: Offset, data: Chunk) -> int: ...
+    def bd_sync(self) -> None: ...
+
+
+class ImageDevice:
+    """The host side: an image file with a per-request overlay."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        self.size = os.fstat(self.fd).st_size
+        self._pending: dict[int, bytearray] = {}
+        self._lock = threading.Lock()
+        self.commits = 0
+        self.discarded = 0
+
+    def _page(self, index: int) -> bytearray:
+        page = self._pending.get(index)
+        if page is None:
+            page = bytearray(os.pread(self.fd, PAGE, index * PAGE).ljust(PAGE, b"\0"))
+            self._pending[index] = page
+        return page
+
+    def bd_size(self) -> int:
+        return self.size
+
+    def bd_read(self, offset: int, size: int) -> bytes:
+        size = max(0, min(size, self.size - offset))
+        with self._lock:
+            if not self._pending:
+                return os.pread(self.fd, size, offset)
+            out = bytearray(os.pread(self.fd, size, offset))
+            first, last = offset // PAGE, (offset + size - 1) // PAGE
+            for index in range(first, last + 1):
+                page = self._pending.get(index)
+                if page is None:
+                    continue
+                lo = max(offset, index * PAGE)
+                hi = min(offset + size, (index + 1) * PAGE)
+                out[lo - offset:hi - offset] = page[lo - index * PAGE:hi - index * PAGE]
+            return bytes(out)
+
+    def bd_write(self, offset: int, data: bytes) -> int:
+        if offset + len(data) > self.size:
+            raise OSError(28, "write past the end of the device")  # ENOSPC
+        with self._lock:
+            pos, view = offset, memoryview(data)
+            while view:
+                index = pos // PAGE
+                within = pos - index * PAGE
+                n = min(len(view), PAGE - within)
+                self._page(index)[within:within + n] = view[:n]
+                pos += n
+                view = view[n:]
+        return len(data)
+
+    def bd_sync(self) -> None:
+        self.call_done()
+        os.fsync(self.fd)
+
+    def call_done(self) -> None:
+        """A request completed: its writes become the image."""
+        with self._lock:
+            for index, page in sorted(self._pending.items()):
+                end = min(PAGE, self.size - index * PAGE)
+                os.pwrite(self.fd, bytes(page[:end]), index * PAGE)
+            if self._pending:
+                self.commits += 1
+            self._pending.clear()
+
+    def close(self) -> None:
+        """The domain is gone: what it had not committed is dropped."""
+        with self._lock:
+            if self._pending:
+                self.discarded += 1
+            self._pending.clear()
+            if self.fd >= 0:
+                os.close(self.fd)
+                self.fd = -1
+
+
+class BlockDeviceFile(io.RawIOBase):
+    """Inside the domain: the host's block device as a seekable binary file."""
+
+    CHUNK = 64 << 10
+
+    def __init__(self, kernel: Any = None) -> None:
+        super().__init__()
+        if kernel is None:
+            from nooks.domain.child import kernel as current
+
+            kernel = current()
+        self._k = kernel
+        self._size = int(kernel.bd_size())
+        self._pos = 0
+        self._cache: dict[int, bytearray] = {}
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_CUR:
+            pos += self._pos
+        elif whence == io.SEEK_END:
+            pos += self._size
+        if pos < 0:
+            raise OSError(22, "negative seek position")
+        self._pos = pos
+        return pos
+
+    def _chunk(self, index: int) -> bytearray:
+        chunk = self._cache.get(index)
+        if chunk is None:
+            if len(self._cache) >= 1024:  # 64 MiB
+                self._cache.clear()
+            chunk = bytearray(self._k.bd_read(index * self.CHUNK, self.CHUNK))
+            self._cache[index] = chunk
+        return chunk
+
+    def readinto(self, buf: Any) -> int:
+        view = memoryview(buf).cast("B")
+        want = min(len(view), max(0, self._size - self._pos))
+        done = 0
+        while done < want:
+            index, within = divmod(self._pos + done, self.CHUNK)
+            chunk = self._chunk(index)
+            n = min(want - done, len(chunk) - within)
+            if n <= 0:
+                break
+            view[done:done + n] = chunk[within:within + n]
+            done += n
+        self._pos += done
+        return done
+
+    def write(self, data: Any) -> int:
+        data = bytes(data)
+        n = int(self._k.bd_write(self._pos, data))
+        pos = self._pos
+        end = pos + len(data)
+        while pos < end:
+            index, within = divmod(pos, self.CHUNK)
+            m = min(end - pos, self.CHUNK - within)
+            chunk = self._cache.get(index)
+            if chunk is not None:
+                chunk[within:within + m] = data[pos - self._pos:pos - self._pos + m]
+            pos += m
+        self._pos += n
+        return n
+
+    def flush(self) -> None:
+        pass
+
+    def fileno(self) -> int:
+        raise OSError(95, "the block device has no file descriptor")

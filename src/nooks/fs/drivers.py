@@ -1,0 +1,72 @@
+"""The filesystem drivers nooks knows by name, and how to run any other."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from nooks.domain.spec import DriverSpec, Limits
+from nooks.fs.blockdev import BlockDeviceInterface, ImageDevice
+from nooks.fs.interface import FsInterface
+
+
+@dataclass(frozen=True)
+class FsDriver:
+    """A filesystem driver to mount: the class, its arguments, what it needs."""
+
+    target: str
+    args: tuple[Any, ...] = ()
+    native_args: tuple[Any, ...] | None = None  # arguments when run without nooks
+    image: str | None = None  # block device image the host owns
+    volatile: bool = False  # its whole state lives in its memory
+    preload: tuple[str, ...] = ()
+    label: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def spec(self, *, name: str, deadline: float, limits: Limits) -> DriverSpec:
+        """The domain spec: the adapter runs the driver inside the domain."""
+        kernel = kernel_impl = None
+        if self.image is not None:
+            image = self.image
+            kernel = BlockDeviceInterface
+            kernel_impl = lambda _ctx: ImageDevice(image)  # noqa: E731
+        return DriverSpec(
+            target="nooks.fs.adapter:FsAdapter",
+            args=(self.target, list(self.args), {}),
+            interface=FsInterface, name=name, kernel=kernel, kernel_impl=kernel_impl,
+            deadline=deadline, limits=limits,
+            preload=self.preload or (self.target.partition(":")[0],),
+        )
+
+    def native_spec(self, *, name: str) -> DriverSpec:
+        args = self.native_args if self.native_args is not None else self.args
+        return DriverSpec(target="nooks.fs.adapter:FsAdapter",
+                          args=(self.target, list(args), {}), interface=FsInterface, name=name)
+
+
+SHIPPED = ("vfat", "passthrough")
+
+
+def resolve(driver: str, args: list[str]) -> FsDriver:
+    """A shipped driver by name (``vfat IMAGE``, ``passthrough DIR``) or ``module:Class``."""
+    if driver == "vfat":
+        if len(args) != 1:
+            raise ValueError("vfat takes one argument: the image file")
+        image = os.path.realpath(args[0])
+        if not os.path.isfile(image):
+            raise ValueError(f"{args[0]}: no such image file")
+        return FsDriver("nooks.drivers.vfat:Vfat", ({"$kernel": "blockdev"},),
+                        native_args=(image,), image=image, label=f"vfat {image}")
+    if driver == "passthrough":
+        if len(args) != 1:
+            raise ValueError("passthrough takes one argument: the directory to mirror")
+        root = os.path.realpath(args[0])
+        if not os.path.isdir(root):
+            raise ValueError(f"{args[0]}: not a directory")
+        return FsDriver("nooks.drivers.passthrough:Passthrough", (root,),
+                        label=f"passthrough {root}")
+    if ":" not in driver:
+        raise ValueError(f"unknown driver {driver!r}: give one of {', '.join(SHIPPED)} "
+                         "or module:Class")
+    return FsDriver(driver, tuple(args), label=driver)

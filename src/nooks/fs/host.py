@@ -1,0 +1,156 @@
+"""A running filesystem host: driver domain, shadow, FUSE mount, control socket.
+
+``FsHost.run`` mounts and serves until the mount is unmounted (or SIGINT /
+SIGTERM unmount it), then tears everything down. In native mode the driver is
+constructed in this process and called directly: no domain, no shadow, so its
+failures are this process's failures, which is what native mode shows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from nooks.control import ControlServer
+from nooks.domain.config import FAULTS
+from nooks.domain.host import Domain
+from nooks.domain.native import NativeDomain
+from nooks.domain.spec import Limits
+from nooks.errors import DomainDown, DomainFailed, FailureReport
+from nooks.fs import bridge
+from nooks.fs.drivers import FsDriver
+from nooks.shadow.engine import Recovery, Shadow
+from nooks.shadow.fs import ROOT_CTX, FsShadow
+
+log = logging.getLogger(__name__)
+
+
+class FsHost:
+    def __init__(self, driver: FsDriver, mountpoint: str, *, name: str | None = None,
+                 native: bool = False, threads: bool = False, deadline: float = 10.0,
+                 block_timeout: float = 60.0, max_tries: int = 3, volatile: bool | None = None,
+                 limits: Limits | None = None, options: dict[str, Any] | None = None,
+                 on_ready: Any = None) -> None:
+        self.driver = driver
+        self.mountpoint = os.path.realpath(mountpoint)
+        self.name = name or self.mountpoint
+        self.native = native
+        self.threads = threads
+        self.options = options or {}
+        self.on_ready = on_ready
+        self.started = time.time()
+        self._pending_fault: str | None = None
+        self.domain: Domain | None = None
+        self.nat: NativeDomain | None = None
+        self.shadow: Shadow | None = None
+        label = driver.target.rpartition(":")[2].lower()
+        if native:
+            self.nat = NativeDomain(driver.native_spec(name=label))
+            self._call = self._native_call
+        else:
+            spec = driver.spec(name=label, deadline=deadline, limits=limits or Limits())
+            self.domain = Domain(spec)
+            fs = FsShadow(volatile=driver.volatile if volatile is None else volatile)
+            self.shadow = Shadow(self.domain, fs, max_tries=max_tries,
+                                 block_timeout=block_timeout, on_recovery=self._recovered)
+            self.domain.on_idle_failure = self._idle_failure
+            self._call = self.shadow.call
+        self.implemented: list[str] = self._call("implemented")
+        self.use_ns: bool = self._call("uses_ns")
+
+    # -- requests ------------------------------------------------------------------------
+
+    def _native_call(self, op: str, *args: Any) -> Any:
+        fault, self._pending_fault = self._pending_fault, None
+        if fault is not None:
+            from nooks.domain.child import inject
+
+            inject(fault)
+        assert self.nat is not None
+        return self.nat.call(op, *args)
+
+    def _recovered(self, rec: Recovery) -> None:
+        log.warning("%s: driver %s (%s) during %s; recovered in %.1f ms, %d replayed",
+                    self.name, rec.kind, rec.detail, rec.call, rec.duration_ms, rec.replayed)
+
+    def _idle_failure(self, report: FailureReport) -> None:
+        # the driver died with nothing in flight: recover now, not at the next request
+        if self.shadow is not None:
+            threading.Thread(target=self.shadow.recover_now, args=(report,), daemon=True).start()
+
+    # -- control -------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": self.name, "mountpoint": self.mountpoint, "driver": self.driver.label,
+            "class": "fs", "native": self.native, "host_pid": os.getpid(),
+            "started": self.started,
+        }
+        if self.nat is not None:
+            out.update(state="live", mode="native", domain_pid=None, calls=self.nat.calls,
+                       recoveries=[], poisoned=0)
+            return out
+        assert self.domain is not None and self.shadow is not None
+        out.update(
+            state=self.domain.state, mode=self.shadow.mode, domain_pid=self.domain.pid,
+            calls=self.domain.calls, poisoned=self.shadow.poisoned,
+            generation=self.shadow.generation,
+            open_handles=len(self.shadow.spec.handles),  # type: ignore[attr-defined]
+            recoveries=[{"kind": r.kind, "detail": r.detail, "call": r.call, "at": r.at,
+                         "duration_ms": r.duration_ms, "restart_ms": r.restart_ms,
+                         "replayed": r.replayed, "ok": r.ok}
+                        for r in self.shadow.recoveries],
+        )
+        return out
+
+    def inject(self, fault: str) -> None:
+        if fault not in FAULTS:
+            raise ValueError(f"unknown fault {fault!r}; known: {', '.join(FAULTS)}")
+        if self.native:
+            self._pending_fault = fault
+            return
+        assert self.domain is not None
+        with contextlib.suppress(DomainFailed, DomainDown):  # already down: recovering
+            self.domain.inject(fault)
+
+    def _control(self, req: dict[str, Any]) -> Any:
+        cmd = req["cmd"]
+        if cmd == "status":
+            return self.status()
+        if cmd == "inject":
+            fault = req.get("fault")
+            if not isinstance(fault, str):
+                raise ValueError("inject needs a string 'fault'")
+            self.inject(fault)
+            return {"injected": fault}
+        raise ValueError(f"unknown command {cmd!r}")
+
+    # -- running -------------------------------------------------------------------------
+
+    def _init(self) -> None:
+        self._call("init", ROOT_CTX, "/")
+        if self.on_ready is not None:
+            self.on_ready()
+
+    def run(self) -> None:
+        """Mount and serve until unmounted."""
+        control = ControlServer(self.name, self._control)
+        try:
+            ops = bridge.make_operations(self._call, self.implemented, self.use_ns,
+                                         on_init=self._init)
+            fsname = f"nooks-{self.driver.target.rpartition(':')[2].lower()}"
+            bridge.mount(ops, self.mountpoint, threads=self.threads, fsname=fsname,
+                         options=self.options)
+        finally:
+            control.close()
+            self.close()
+
+    def close(self) -> None:
+        if self.domain is not None:
+            self.domain.close()
+        if self.nat is not None:
+            self.nat.close()

@@ -1,0 +1,257 @@
+"""The shadow-driver engine: class-generic logging, spoofing and recovery.
+
+A ``Shadow`` stands between the host and a ``Domain``. Every request goes
+through ``Shadow.call``. The engine itself knows no driver class: a small
+``ClassSpec`` per class says what to log, how to answer while the driver is
+down, how to replay and which re-issued requests count as done.
+
+Modes and rules:
+
+* *passive*: requests go to the driver; the spec records the state-changing
+  ones in its log (compacted: a release cancels its open) and may rewrite the
+  result (e.g. hand out stable virtual handles).
+* *active* (recovering): each request is answered by the strategy its kind
+  has in the spec — answer from the log, act busy, block the caller (bounded),
+  queue (block, then run), or drop.
+* *recovery*: one thread recovers; the failed domain is released and replaced
+  from the warm spare, the spec re-initialises the driver and replays its log,
+  then the generation advances and blocked callers go on.
+* *in-flight requests* that failed with the driver are re-issued after
+  recovery; the spec decides if an error on a re-issue means "already done".
+* *poison*: a request that has failed the driver ``max_tries`` times fails
+  alone with the spec's poison error. Re-issued requests run one at a time, so
+  a repeat failure is pinned on the request that caused it.
+* every recovery is recorded (``Recovery``).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import msgspec
+
+from nooks.domain.host import Domain
+from nooks.errors import Closed, DomainDown, DomainFailed, FailureReport, RecoveryFailed
+
+log = logging.getLogger(__name__)
+
+
+class Strategy(enum.Enum):
+    FROM_LOG = "answer from log"
+    BUSY = "act busy"
+    BLOCK = "block caller"
+    QUEUE = "queue request"
+    DROP = "drop request"
+
+
+class Recovery(msgspec.Struct, frozen=True, kw_only=True):
+    """One recovery: what failed, how long it took, what was replayed."""
+
+    kind: str
+    detail: str
+    call: str | None
+    at: float  # wall-clock time of the failure
+    duration_ms: float
+    replayed: int
+    restart_ms: float
+    ok: bool = True
+
+
+class Answered(Exception):
+    """Raised by ``ClassSpec.translate``: the request needs no driver, ``value`` answers it."""
+
+    def __init__(self, value: Any) -> None:
+        super().__init__(value)
+        self.value = value
+
+
+class NotInLog(Exception):
+    """The log cannot answer this request; fall back to blocking."""
+
+
+class ClassSpec(Protocol):
+    """What the engine needs to know about one driver class."""
+
+    def strategy(self, op: str) -> Strategy: ...
+
+    def translate(self, op: str, args: tuple[Any, ...], reissue: bool) -> tuple[Any, ...]:
+        """Arguments as the current driver must see them (virtual → real handles);
+        ``reissue`` when the request already failed the driver once."""
+
+    def record(self, op: str, args: tuple[Any, ...], result: Any) -> Any:
+        """Log the effect of a completed request; the result to give the caller."""
+
+    def reinit(self, domain: Domain) -> None:
+        """Bring a freshly constructed driver to its load-time state."""
+
+    def replay(self, domain: Domain) -> int:
+        """Re-establish the logged state in a fresh driver; how many requests it took."""
+
+    def reissued(self, op: str, args: tuple[Any, ...], error: BaseException) -> tuple[bool, Any]:
+        """A re-issued request raised ``error``: (True, result) if it was already done."""
+
+    def answer(self, op: str, args: tuple[Any, ...]) -> Any:
+        """Answer from the log while the driver is down, or raise NotInLog."""
+
+    def busy(self, op: str) -> BaseException: ...
+
+    def poison(self, op: str, report: FailureReport) -> BaseException: ...
+
+    def dropped(self, op: str) -> Any: ...
+
+    def handle_result(self, op: str) -> bool:
+        """Whether the result of ``op`` names driver state (stale after a recovery)."""
+
+
+class Shadow:
+    def __init__(self, domain: Domain, spec: ClassSpec, *, max_tries: int = 3,
+                 block_timeout: float = 60.0, recovery_attempts: int = 3,
+                 on_recovery: Callable[[Recovery], None] | None = None) -> None:
+        self.domain = domain
+        self.spec = spec
+        self.max_tries = max_tries
+        self.block_timeout = block_timeout
+        self.recovery_attempts = recovery_attempts
+        self.on_recovery = on_recovery
+        self.recoveries: list[Recovery] = []
+        self.poisoned = 0
+        self.generation = 0
+        self.dead: RecoveryFailed | None = None
+        self._recover_lock = threading.Lock()
+        self._suspects = threading.Lock()
+        self._state = threading.Condition(threading.Lock())
+        self._recovering = False
+
+    @property
+    def mode(self) -> str:
+        if self.dead is not None:
+            return "dead"
+        return "active" if self._recovering else "passive"
+
+    def __repr__(self) -> str:
+        return (f"<Shadow {self.domain.name} {self.mode} gen={self.generation} "
+                f"recoveries={len(self.recoveries)} poisoned={self.poisoned}>")
+
+    # -- requests ------------------------------------------------------------------------
+
+    def call(self, op: str, *args: Any) -> Any:
+        """Serve one request: from the driver, or by the class's strategy while it is down."""
+        tries = 0
+        last: FailureReport | None = None
+        while True:
+            if self.dead is not None:
+                raise self.spec.poison(op, self.dead.args[0] if self.dead.args else last)  # type: ignore[arg-type]
+            if self._recovering:
+                answered, value = self._spoof(op, args)
+                if answered:
+                    return value
+            gen = self.generation
+            suspect = self._suspects if tries else None
+            if suspect is not None:
+                suspect.acquire()
+            try:
+                result = self.domain.call(op, *self.spec.translate(op, args, tries > 0))
+            except Answered as a:
+                return a.value
+            except DomainDown as e:
+                # the driver had failed before this request was sent: not its fault
+                self._recover(gen, e.report)
+                continue
+            except Closed:
+                if self.domain.state == "closed" or not self._recovering:
+                    raise
+                continue
+            except DomainFailed as e:
+                last = e.report
+                tries += 1
+                self._recover(gen, e.report)
+                if tries >= self.max_tries:
+                    self.poisoned += 1
+                    log.warning("%s: %s failed the driver %d times; failing it alone",
+                                self.domain.name, op, tries)
+                    raise self.spec.poison(op, e.report) from e
+                continue
+            except Exception as e:
+                if tries:
+                    done, value = self.spec.reissued(op, args, e)
+                    if done:
+                        return value
+                raise
+            finally:
+                if suspect is not None:
+                    suspect.release()
+            with self._state:
+                if gen == self.generation or not self.spec.handle_result(op):
+                    return self.spec.record(op, args, result)
+            # a recovery happened while this request ran: its handle died with the
+            # old driver, so ask the new one
+
+    def _spoof(self, op: str, args: tuple[Any, ...]) -> tuple[bool, Any]:
+        strategy = self.spec.strategy(op)
+        if strategy is Strategy.FROM_LOG:
+            try:
+                return True, self.spec.answer(op, args)
+            except NotInLog:
+                strategy = Strategy.BLOCK
+        if strategy is Strategy.BUSY:
+            raise self.spec.busy(op)
+        if strategy is Strategy.DROP:
+            return True, self.spec.dropped(op)
+        # BLOCK and QUEUE: wait for the driver, bounded
+        deadline = time.monotonic() + self.block_timeout
+        with self._state:
+            while self._recovering:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._state.wait(left):
+                    raise self.spec.busy(op)
+        return False, None
+
+    # -- recovery ------------------------------------------------------------------------
+
+    def _recover(self, gen: int, report: FailureReport) -> None:
+        """Recover from the failure seen at generation ``gen`` (once, whoever sees it)."""
+        with self._recover_lock:
+            if self.generation != gen or self.dead is not None:
+                return  # someone else recovered already
+            with self._state:
+                self._recovering = True
+            t0 = time.monotonic()
+            try:
+                restart_ms, replayed = self._restart()
+                ok = True
+            except (DomainFailed, RecoveryFailed) as e:
+                restart_ms, replayed, ok = 0.0, 0, False
+                self.dead = e if isinstance(e, RecoveryFailed) else RecoveryFailed(str(e))
+                log.error("%s: recovery failed: %s", self.domain.name, e)
+            rec = Recovery(kind=report.kind.value, detail=report.detail, call=report.call,
+                           at=time.time(), duration_ms=(time.monotonic() - t0) * 1e3,
+                           replayed=replayed, restart_ms=restart_ms, ok=ok)
+            self.recoveries.append(rec)
+            with self._state:
+                self.generation += 1
+                self._recovering = False
+                self._state.notify_all()
+            if self.on_recovery is not None:
+                self.on_recovery(rec)
+
+    def _restart(self) -> tuple[float, int]:
+        err: BaseException | None = None
+        for _ in range(self.recovery_attempts):
+            try:
+                r = self.domain.restart()
+                self.spec.reinit(self.domain)
+                replayed = self.spec.replay(self.domain)
+                return r.constructed_ms, replayed
+            except DomainFailed as e:
+                err = e
+                continue
+        raise RecoveryFailed(f"{self.domain.name} could not be restarted: {err}")
+
+    def recover_now(self, report: FailureReport) -> None:
+        """Recover proactively (e.g. the driver died while idle)."""
+        self._recover(self.generation, report)

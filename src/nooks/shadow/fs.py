@@ -1,0 +1,211 @@
+"""The filesystem shadow: what the engine needs to know about filesystem drivers.
+
+Rules:
+
+* The kernel only ever sees *virtual* file handles (from 1), handed out here; each maps
+  to the current driver's handle. A recovery re-opens every open handle by path
+  and flags (without O_CREAT, O_EXCL, O_TRUNC) and updates the map, so open
+  files and directories survive a driver restart. A rename moves the paths of
+  the handles under it. A handle that cannot be re-opened (its file is gone) is
+  *lost*: every use of it fails with EIO, and its release succeeds.
+* While the driver recovers, callers block (bounded by the engine's
+  ``block_timeout``, then EIO); they never see the failure.
+* Re-issued requests are idempotent, or made so: writes and truncates at
+  offsets are; a re-issued mkdir/mknod/symlink/link that meets EEXIST, an
+  unlink/rmdir/rename that meets ENOENT, a release that meets EBADF, found
+  their own earlier effect and count as done.
+* A request that keeps failing the driver fails alone with EIO.
+* With ``volatile=True`` (a driver whose whole state lives in its memory) the
+  shadow also keeps every state-changing request since the mount and replays
+  them all into the new driver; without it, only open handles are replayed and
+  the stored state is the driver's own business (a disk image, a directory).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from nooks.domain.host import Domain
+from nooks.errors import FailureReport
+from nooks.fs.interface import os_error
+from nooks.shadow.engine import Answered, NotInLog, Strategy
+
+ROOT_CTX = (0, 0, 0)
+
+# position of the file handle in each call's arguments (ctx, path, ...)
+FH_AT = {"read": 4, "write": 4, "flush": 2, "release": 2, "fsync": 3, "getattr": 2,
+         "truncate": 3, "readdir": 2, "releasedir": 2, "fsyncdir": 3}
+OPENERS = frozenset({"open", "create", "opendir"})
+CLOSERS = frozenset({"release", "releasedir"})
+REPLAY_STRIP = os.O_CREAT | os.O_EXCL | os.O_TRUNC
+
+# errors that, on a re-issued request, mean the first attempt had done its work
+ALREADY_DONE = {
+    "mkdir": errno.EEXIST, "mknod": errno.EEXIST, "symlink": errno.EEXIST,
+    "link": errno.EEXIST, "unlink": errno.ENOENT, "rmdir": errno.ENOENT,
+    "rename": errno.ENOENT, "release": errno.EBADF, "releasedir": errno.EBADF,
+}
+# what the volatile log keeps: requests that change stored state
+LOGGED = frozenset({"mknod", "mkdir", "unlink", "rmdir", "symlink", "rename", "link", "chmod",
+                    "chown", "truncate", "write", "create", "utimens", "setxattr",
+                    "removexattr", "open", "opendir", "release", "releasedir"})
+
+
+@dataclass
+class Handle:
+    kind: str  # "file" or "dir"
+    path: str
+    flags: int
+    real: int
+    lost: bool = False
+
+
+class FsShadow:
+    def __init__(self, *, volatile: bool = False) -> None:
+        self.volatile = volatile
+        self._lock = threading.Lock()
+        self.handles: dict[int, Handle] = {}
+        self._next = 1
+        self.journal: list[tuple[str, tuple[Any, ...], Any]] = []
+
+    # -- passive mode --------------------------------------------------------------------
+
+    def strategy(self, op: str) -> Strategy:
+        return Strategy.BLOCK
+
+    def translate(self, op: str, args: tuple[Any, ...], reissue: bool) -> tuple[Any, ...]:
+        if reissue and op == "create":
+            # the first attempt may have created the file: O_EXCL would now refuse it
+            return (*args[:3], args[3] & ~os.O_EXCL)
+        at = FH_AT.get(op)
+        if at is None or at >= len(args) or args[at] is None:
+            return args
+        h = self.handles.get(args[at])
+        if h is None:
+            # not one of ours: the driver does not implement the call that opens it
+            # (mfusepy then hands the driver fh 0), so it has nothing to remap
+            return args
+        if h.lost:
+            if op in CLOSERS:
+                raise Answered(0)
+            raise os_error(errno.EIO)
+        out = list(args)
+        out[at] = h.real
+        return tuple(out)
+
+    def record(self, op: str, args: tuple[Any, ...], result: Any) -> Any:
+        with self._lock:
+            if self.volatile and op in LOGGED:
+                self.journal.append((op, args, result))
+            if op in OPENERS:
+                vfh = self._next
+                self._next += 1
+                flags = args[2] if op == "open" else args[3] if op == "create" else 0
+                self.handles[vfh] = Handle("dir" if op == "opendir" else "file", args[1],
+                                           flags, int(result))
+                if self.volatile:
+                    self.journal[-1] = (op, args, vfh)
+                return vfh
+            if op in CLOSERS:
+                self.handles.pop(args[2], None)
+            elif op == "rename":
+                self._moved(args[1], args[2])
+            elif op == "unlink" and self.volatile:
+                self._compact(args[1])
+            return result
+
+    def _moved(self, old: str, new: str) -> None:
+        for h in self.handles.values():
+            if h.path == old:
+                h.path = new
+            elif h.path.startswith(old + "/"):
+                h.path = new + h.path[len(old):]
+
+    def _compact(self, path: str) -> None:
+        """Drop logged requests that only concerned an unlinked file (no renames seen)."""
+        touched = [e for e in self.journal if len(e[1]) > 1 and e[1][1] == path]
+        if any(op in ("rename", "link", "symlink") for op, _, _ in touched):
+            return
+        open_vfhs = {v for op, a, v in touched if op in ("open", "create")}
+        if open_vfhs & set(self.handles):
+            return
+        self.journal = [e for e in self.journal
+                        if not (len(e[1]) > 1 and e[1][1] == path)
+                        and not (e[0] in CLOSERS and e[1][2] in open_vfhs)]
+
+    def handle_result(self, op: str) -> bool:
+        return op in OPENERS
+
+    # -- active mode ---------------------------------------------------------------------
+
+    def answer(self, op: str, args: tuple[Any, ...]) -> Any:
+        raise NotInLog(op)
+
+    def busy(self, op: str) -> BaseException:
+        return os_error(errno.EIO)
+
+    def poison(self, op: str, report: FailureReport | None) -> BaseException:
+        return os_error(errno.EIO)
+
+    def dropped(self, op: str) -> Any:
+        return 0
+
+    def reissued(self, op: str, args: tuple[Any, ...], error: BaseException) -> tuple[bool, Any]:
+        if isinstance(error, OSError) and ALREADY_DONE.get(op) == error.errno:
+            if op in CLOSERS:
+                self.record(op, args, 0)
+            return True, 0
+        return False, None
+
+    # -- recovery ------------------------------------------------------------------------
+
+    def reinit(self, domain: Domain) -> None:
+        domain.call("init", ROOT_CTX, "/")
+
+    def replay(self, domain: Domain) -> int:
+        if self.volatile:
+            return self._replay_journal(domain)
+        count = 0
+        with self._lock:
+            for h in self.handles.values():
+                if h.lost:
+                    continue
+                count += 1
+                try:
+                    if h.kind == "dir":
+                        h.real = int(domain.call("opendir", ROOT_CTX, h.path))
+                    else:
+                        h.real = int(domain.call("open", ROOT_CTX, h.path,
+                                                 h.flags & ~REPLAY_STRIP))
+                except OSError:
+                    h.lost = True
+        return count
+
+    def _replay_journal(self, domain: Domain) -> int:
+        real: dict[int, int] = {}
+        with self._lock:
+            for op, args, result in self.journal:
+                call = list(args)
+                at = FH_AT.get(op)
+                if at is not None and at < len(call) and call[at] is not None:
+                    if call[at] not in real:
+                        continue  # its open failed on replay
+                    call[at] = real[call[at]]
+                try:
+                    value = domain.call(op, *call)
+                except OSError:
+                    continue  # it failed the first time too, or its file is gone
+                if op in OPENERS:
+                    real[result] = int(value)
+                elif op in CLOSERS:
+                    real.pop(args[2], None)
+            for vfh, h in self.handles.items():
+                if vfh in real:
+                    h.real = real[vfh]
+                else:
+                    h.lost = True
+            return len(self.journal)

@@ -1,0 +1,147 @@
+"""Helpers for filesystem integration tests: real mounts through the real CLI,
+and a fault injector that works through the real control socket."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from nooks.control import request, socket_path
+
+STDLIB = os.path.dirname(os.__file__)
+TREE_DIRS = ("json", "email", "asyncio", "logging", "http", "xml", "urllib")
+
+
+@dataclass
+class Mount:
+    path: str
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: str
+
+    def status(self) -> Any:
+        return request(socket_path(self.name), {"cmd": "status"})
+
+    def inject(self, fault: str) -> Any:
+        return request(socket_path(self.name), {"cmd": "inject", "fault": fault})
+
+
+def wait_for(cond: Any, timeout: float, what: str) -> None:
+    """Poll ``cond`` until true; fail after ``timeout`` seconds."""
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+@contextmanager
+def mounted(tmp: str, driver: str, *args: str, native: bool = False,
+            extra: tuple[str, ...] = ()) -> Iterator[Mount]:
+    mnt = os.path.join(tmp, "mnt")
+    os.makedirs(mnt, exist_ok=True)
+    name = f"test-{os.getpid()}-{abs(hash(tmp))}"
+    log = os.path.join(tmp, "host.log")
+    cmd = [sys.executable, "-m", "nooks", "mount", driver, *args, mnt, "--name", name, *extra]
+    if native:
+        cmd.append("--native")
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: os.path.ismount(mnt) or proc.poll() is not None, 30, "the mount")
+        if proc.poll() is not None:
+            with open(log) as f:
+                raise RuntimeError(f"nooks mount exited {proc.returncode}: {f.read()}")
+        yield Mount(mnt, name, proc, log)
+    finally:
+        subprocess.run(["fusermount3", "-u", mnt], capture_output=True, check=False)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            subprocess.run(["fusermount3", "-uz", mnt], capture_output=True, check=False)
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@dataclass
+class Injector:
+    """Fails the driver every ``interval`` seconds, cycling through ``faults``.
+
+    "sigkill" kills the domain process from outside; the others are injected
+    through the control socket.
+    """
+
+    mount: Mount
+    faults: tuple[str, ...]
+    interval: float = 0.3
+    done: dict[str, int] = field(default_factory=dict)
+    errors: list[BaseException] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def count(self) -> int:
+        return sum(self.done.values())
+
+    def _run(self) -> None:
+        i = 0
+        deadline = time.monotonic() + 600
+        while not self._stop.wait(self.interval) and time.monotonic() < deadline:
+            fault = self.faults[i % len(self.faults)]
+            i += 1
+            try:
+                st = self.mount.status()
+                before = len(st["recoveries"])
+                if fault == "sigkill":
+                    os.kill(st["domain_pid"], signal.SIGKILL)
+                else:
+                    self.mount.inject(fault)
+                self.done[fault] = self.done.get(fault, 0) + 1
+                # one fault at a time: wait until this one has been met and recovered
+                while not self._stop.is_set() and time.monotonic() < deadline:
+                    if len(self.mount.status()["recoveries"]) > before:
+                        break
+                    self._stop.wait(0.02)
+            except ProcessLookupError:
+                continue
+            except BaseException as e:
+                self.errors.append(e)
+                return
+
+    def __enter__(self) -> Injector:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
+def make_tree(dest: str) -> int:
+    """Copy part of the standard library to ``dest``; the number of files."""
+    import shutil
+
+    n = 0
+    for d in TREE_DIRS:
+        shutil.copytree(os.path.join(STDLIB, d), os.path.join(dest, d),
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    for _, _, files in os.walk(dest):
+        n += len(files)
+    return n
+
+
+def manifest(root: str) -> str:
+    """sha256sum lines for every file under ``root`` (paths relative to it)."""
+    out = subprocess.run("find . -type f -print0 | sort -z | xargs -0 sha256sum",
+                         shell=True, cwd=root, capture_output=True, check=True, text=True)
+    return out.stdout
