@@ -160,7 +160,7 @@ def _mount(args: argparse.Namespace) -> int:
         return 2
     *driver_args, mountpoint = args.rest
     try:
-        driver = resolve(args.driver, [*driver_args, *args.ctor_args])
+        driver = resolve(args.driver, [*driver_args, *args.ctor_args], state=args.state)
     except ValueError as e:
         console.print(f"[red]nooks mount: {e}[/red]")
         return 2
@@ -296,6 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
     mt.add_argument("--name", help="name for status and inject (default: the mountpoint)")
     mt.add_argument("--daemon", action="store_true", help="detach once the mount is ready")
     mt.add_argument("--threads", action="store_true", help="multi-threaded FUSE loop")
+    mt.add_argument("--state", choices=["volatile", "persistent"],
+                    help="where a module:Class driver keeps its files: in its own memory "
+                    "(nooks journals every change and replays it into a restarted driver) "
+                    "or in storage it reaches (only open files are re-opened)")
     mt.add_argument("--deadline", type=float, default=10.0,
                     help="seconds a request may take before the driver counts as hung")
     mt.set_defaults(func=_mount, ctor_args=[])

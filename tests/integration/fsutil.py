@@ -45,7 +45,7 @@ def wait_for(cond: Any, timeout: float, what: str) -> None:
 
 @contextmanager
 def mounted(tmp: str, driver: str, *args: str, native: bool = False,
-            extra: tuple[str, ...] = ()) -> Iterator[Mount]:
+            extra: tuple[str, ...] = (), ctor: tuple[str, ...] = ()) -> Iterator[Mount]:
     mnt = os.path.join(tmp, "mnt")
     os.makedirs(mnt, exist_ok=True)
     name = f"test-{os.getpid()}-{abs(hash(tmp))}"
@@ -53,6 +53,8 @@ def mounted(tmp: str, driver: str, *args: str, native: bool = False,
     cmd = [sys.executable, "-m", "nooks", "mount", driver, *args, mnt, "--name", name, *extra]
     if native:
         cmd.append("--native")
+    if ctor:
+        cmd += ["--", *ctor]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     try:

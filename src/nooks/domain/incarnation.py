@@ -84,7 +84,8 @@ class Incarnation:
                 preload=list(spec.preload),
             )
             env = dict(os.environ)
-            env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
+            paths = [os.getcwd(), *(p for p in sys.path if p and os.path.isdir(p))]
+            env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "nooks.domain", msgspec.json.encode(cfg).decode()],
                 pass_fds=(child_sock.fileno(), self.karena.fd, self.darena.fd),

@@ -48,8 +48,14 @@ class FsDriver:
 SHIPPED = ("vfat", "passthrough")
 
 
-def resolve(driver: str, args: list[str]) -> FsDriver:
-    """A shipped driver by name (``vfat IMAGE``, ``passthrough DIR``) or ``module:Class``."""
+def resolve(driver: str, args: list[str], state: str | None = None) -> FsDriver:
+    """A shipped driver by name (``vfat IMAGE``, ``passthrough DIR``) or ``module:Class``.
+
+    A ``module:Class`` driver needs ``state``: "volatile" if its files live in its
+    own memory (then the shadow journals every change to replay it after a
+    crash), "persistent" if they live in storage it reaches. Guessing wrong
+    would lose files silently, so there is no default.
+    """
     if driver == "vfat":
         if len(args) != 1:
             raise ValueError("vfat takes one argument: the image file")
@@ -69,4 +75,7 @@ def resolve(driver: str, args: list[str]) -> FsDriver:
     if ":" not in driver:
         raise ValueError(f"unknown driver {driver!r}: give one of {', '.join(SHIPPED)} "
                          "or module:Class")
-    return FsDriver(driver, tuple(args), label=driver)
+    if state not in ("volatile", "persistent"):
+        raise ValueError(f"{driver}: say where its files live with --state volatile (in its "
+                         "own memory) or --state persistent (in storage it reaches)")
+    return FsDriver(driver, tuple(args), label=driver, volatile=state == "volatile")
