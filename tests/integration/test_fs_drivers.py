@@ -44,9 +44,9 @@ def test_poison_request_fails_alone(tmp_path: Path) -> None:
         th = threading.Thread(target=bystander)
         th.start()
         try:
-            with pytest.raises(OSError) as e:
-                with open(os.path.join(m.path, "poison.txt")) as f:
-                    f.read()
+            with pytest.raises(OSError, match="Input/output error") as e, \
+                    open(os.path.join(m.path, "poison.txt")) as f:
+                f.read()
             assert e.value.errno == errno.EIO
             with open(os.path.join(m.path, "new.txt"), "w") as f:
                 f.write("still working")
