@@ -19,14 +19,19 @@ console = Console()
 
 
 def _bench(args: argparse.Namespace) -> int:
-    if args.what != "xpc":
-        console.print(f"[red]unknown benchmark {args.what!r}[/red] (known: xpc)")
-        return 2
-    from nooks.bench import xpc
+    if args.what == "fs":
+        from nooks.bench import fs
 
-    with console.status("benchmarking XPC") as status:
-        result = xpc.run(quick=args.quick, progress=lambda s: status.update(f"XPC: {s}"))
-    _print_xpc(result)
+        with console.status("benchmarking the filesystem class") as status:
+            result = fs.run(driver=args.driver, quick=args.quick, placement=args.placement,
+                            progress=lambda s: status.update(f"fs: {s}"))
+        _print_fs(result)
+    else:
+        from nooks.bench import xpc
+
+        with console.status("benchmarking XPC") as status:
+            result = xpc.run(quick=args.quick, progress=lambda s: status.update(f"XPC: {s}"))
+        _print_xpc(result)
     if args.json:
         text = json.dumps(result, indent=2)
         if args.json == "-":
@@ -68,6 +73,25 @@ def _print_xpc(r: dict[str, Any]) -> None:
               f"{r['restart_constructed_ms_p50']:.2f} ms", "")
     t.add_row("cold start (no spare)", f"{r['cold_start_ms']:.1f} ms", "")
     console.print(t)
+    for target, met in r["targets_met"].items():
+        mark = "[green]met[/green]" if met else "[red]MISSED[/red]"
+        console.print(f"  target {target}: {mark}")
+
+
+def _print_fs(r: dict[str, Any]) -> None:
+    t = Table(title=f"Filesystem: {r['driver']}, one run, placement {r['placement']}")
+    for col in ("workload", "direct mfusepy", "native", "nooks", "nooks/native",
+                "nooks/direct"):
+        t.add_column(col, justify="right")
+    units = {"stat_ops_s": "stat/s", "create_unlink_ops_s": "create+unlink/s",
+             "write_mb_s": "write MB/s", "read_mb_s": "read MB/s", "build_s": "build-like s"}
+    for key, label in units.items():
+        t.add_row(label, f"{r['direct'][key]:,.1f}", f"{r['native'][key]:,.1f}",
+                  f"{r['nooks'][key]:,.1f}", f"{r['ratio_to_native'][key]:.2f}×",
+                  f"{r['ratio_to_direct'][key]:.2f}×")
+    console.print(t)
+    console.print(f"recovery under a stat() load: p50 {r['recovery_ms_p50']:.1f} ms, "
+                  f"p99 {r['recovery_ms_p99']:.1f} ms over {r['recoveries']} SIGSEGVs")
     for target, met in r["targets_met"].items():
         mark = "[green]met[/green]" if met else "[red]MISSED[/red]"
         console.print(f"  target {target}: {mark}")
@@ -278,7 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nooks", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("bench", help="run a benchmark")
-    b.add_argument("what", choices=["xpc"])
+    b.add_argument("what", choices=["xpc", "fs"])
+    b.add_argument("--driver", default="passthrough", choices=["passthrough", "vfat"],
+                   help="driver for the fs benchmark")
+    b.add_argument("--placement", default="one-core", choices=["one-core", "free"],
+                   help="fs benchmark: everything on one CPU, or where the scheduler puts it")
     b.add_argument("--json", metavar="PATH", help="also write the figures as JSON ('-': stdout)")
     b.add_argument("--quick", action="store_true", help="fewer rounds")
     b.set_defaults(func=_bench)

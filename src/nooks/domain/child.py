@@ -40,6 +40,7 @@ from nooks.errors import InterfaceError
 from nooks.wrappers import InterfaceSpec, declare, load
 from nooks.xpc import messages as m
 from nooks.xpc.arena import map_readonly, map_writable
+from nooks.xpc.poll import recv_spinning, spin_budget
 
 _runtime: Runtime | None = None
 
@@ -115,6 +116,7 @@ class Runtime:
         self.decoder = msgspec.msgpack.Decoder(m.ToDomain)
         self.any_decoder = msgspec.msgpack.Decoder()
         self.buf = bytearray(MAX_MESSAGE)
+        self.spin = spin_budget(cfg.spin_us)
         self.view = memoryview(self.buf)
         self.send_lock = threading.Lock()
         self.backlog: collections.deque[Any] = collections.deque()
@@ -135,7 +137,7 @@ class Runtime:
             self.sock.send(data)
 
     def recv(self) -> Any:
-        n = self.sock.recv_into(self.buf)
+        n = recv_spinning(self.sock, self.buf, self.spin)
         if n == 0:
             os._exit(0)  # the host closed the channel: nothing more to do
         return self.decoder.decode(bytes(self.view[:n]))

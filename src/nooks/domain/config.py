@@ -23,6 +23,7 @@ class ChildConfig(msgspec.Struct, frozen=True, kw_only=True):
     call_style: str = "method"  # "method": getattr(driver, name); "__call__": driver(name, ...)
     seccomp: list[str] | None = None  # syscalls allowed once the driver is constructed
     preload: list[str] = []  # modules a warm spare imports ahead
+    spin_us: float = 0.0  # poll this long for the next message before sleeping
 
 
 def apply_seccomp(extra: list[str]) -> None:

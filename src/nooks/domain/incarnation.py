@@ -81,7 +81,7 @@ class Incarnation:
                 domain_arena_fd=self.darena.fd, arena_size=self.karena.size,
                 inline_max=spec.inline_max, threads=spec.threads, call_style=spec.call_style,
                 seccomp=list(spec.limits.seccomp) if spec.limits.seccomp is not None else None,
-                preload=list(spec.preload),
+                preload=list(spec.preload), spin_us=spec.spin_us,
             )
             env = dict(os.environ)
             paths = [os.getcwd(), *(p for p in sys.path if p and os.path.isdir(p))]
@@ -100,7 +100,7 @@ class Incarnation:
         self.pid = self.proc.pid
         self._apply_limits()
         self.sock = host_sock
-        self.channel = Channel(host_sock, self)
+        self.channel = Channel(host_sock, self, spin_us=spec.spin_us)
         self._control = self.channel.register(CONTROL_ID, time.monotonic() + spec.start_deadline,
                                               "start")
         self.pidfd = os.pidfd_open(self.pid)

@@ -52,6 +52,9 @@ class DriverSpec:
     slots: int = DEFAULT_SLOTS
     inline_max: int = 16 << 10
     preload: tuple[str, ...] = ()  # modules the warm spare imports ahead (the driver's)
+    # both sides poll this long for the next message before sleeping (0: never);
+    # only where the process may use more than one CPU (see nooks.xpc.poll)
+    spin_us: float = 50.0
 
     @property
     def label(self) -> str:

@@ -121,6 +121,11 @@ class FsHost:
         cmd = req["cmd"]
         if cmd == "status":
             return self.status()
+        if cmd == "settle":
+            # wait until the warm spare is up, so that the next recovery is a warm one
+            if self.domain is not None:
+                self.domain.wait_spare()
+            return {"settled": True}
         if cmd == "inject":
             fault = req.get("fault")
             if not isinstance(fault, str):

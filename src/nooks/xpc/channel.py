@@ -35,6 +35,7 @@ import msgspec
 
 from nooks.domain.config import MAX_MESSAGE
 from nooks.xpc import messages as m
+from nooks.xpc.poll import recv_spinning, spin_budget
 
 _REPLIES = (m.Reply, m.Raise, m.Reject, m.BatchReply)
 CONTROL_ID = 0  # waiter id for Hello/Ready
@@ -81,7 +82,8 @@ class Waiter:
 
 
 class Channel:
-    def __init__(self, sock: socket.socket, hooks: Hooks, tick: float = 0.05) -> None:
+    def __init__(self, sock: socket.socket, hooks: Hooks, tick: float = 0.05,
+                 spin_us: float = 0.0) -> None:
         self.sock = sock
         self.hooks = hooks
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
@@ -94,6 +96,7 @@ class Channel:
         self._buf = bytearray(MAX_MESSAGE)
         self._view = memoryview(self._buf)
         self._decoder = msgspec.msgpack.Decoder(m.ToHost)
+        self._spin = spin_budget(spin_us)
 
     # -- calls ---------------------------------------------------------------------------
 
@@ -179,7 +182,7 @@ class Channel:
                 self.fail(self.hooks.on_deadline(w.call))
                 return
             try:
-                n = sock.recv_into(self._buf)
+                n = recv_spinning(sock, self._buf, self._spin)
             except BlockingIOError:
                 continue  # the tick: look at the deadline again
             except OSError:
