@@ -85,7 +85,7 @@ def _mount(how: str, driver: str, args: list[str], mnt: str, name: str) -> Itera
             proc.wait()
 
 
-def _rate(fn: Callable[[], None], seconds: float) -> float:
+def _rate(fn: Callable[[], object], seconds: float) -> float:
     """Calls per second of ``fn`` over about ``seconds``."""
     n = 0
     t0 = time.perf_counter()
