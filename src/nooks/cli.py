@@ -53,6 +53,10 @@ def _print_xpc(r: dict[str, Any]) -> None:
     t.add_row("  same, across cores: floor / nooks",
               f"{r['socketpair_rtt_cross_core_us']:.1f} / {r['null_rtt_cross_core_us']:.1f} µs",
               f"{r['null_rtt_cross_core_us'] / r['socketpair_rtt_cross_core_us']:.2f}× floor")
+    t.add_row("  across cores, nooks polling (default)",
+              f"{r['null_rtt_cross_core_polling_us']:.1f} µs",
+              f"{r['null_rtt_cross_core_polling_us'] / r['socketpair_rtt_cross_core_us']:.2f}×"
+              " floor")
     t.add_row("native null call (in-process)", f"{r['native_call_us']:.2f} µs", "")
     t.add_row("4 KiB echo (inline)", f"{r['rtt_4k_us']:.1f} µs",
               f"{r['rtt_4k_us'] / null:.2f}× null")

@@ -133,12 +133,13 @@ def run(quick: bool = False, progress: Callable[[str], None] = lambda s: None) -
     k4, k128 = b"\x5a" * 4096, b"\xa5" * (128 << 10)
     progress("nooks calls against the socketpair floor")
     floor = _Floor()
-    with Domain(probe_spec()) as d:
+    # A synchronous crossing costs five times more when the two sides wake each
+    # other across cores on this kind of machine, so where the scheduler happens
+    # to put them would decide the figures. Both sides are pinned instead: the
+    # headline figures on one core (where nooks does not poll), the cross-core ones
+    # beside them, with and without adaptive polling (``spin_us``).
+    with Domain(probe_spec(spin_us=0)) as d:
         peers = (floor.proc.pid, d.pid or 0)
-        # A synchronous crossing costs five times more when the two sides wake each
-        # other across cores on this kind of machine, so where the scheduler happens
-        # to put them would decide the figures. Both sides are pinned instead: the
-        # headline figures on one core, the cross-core ones beside them.
         with _pinned(peers, host_cpu=0, peer_cpu=1):
             cross = _interleaved({"floor": floor.ping, "null": lambda: d.call("null")},
                                  n // 4, rounds)
@@ -163,7 +164,10 @@ def run(quick: bool = False, progress: Callable[[str], None] = lambda s: None) -
             out["calls_per_s_batched"] = 1e6 / (_rounds(batch, max(n // 64, 10), rounds) / 64)
             out["kernel_call_rtt_us"] = (_rounds(lambda: d.call("counter", 1), n // 2, rounds)
                                          - out["null_rtt_us"]) / 3
-    with Domain(probe_spec(inline_max=0)) as d, _pinned((d.pid or 0,), host_cpu=0, peer_cpu=0):
+    with Domain(probe_spec()) as d, _pinned((d.pid or 0,), host_cpu=0, peer_cpu=1):
+        out["null_rtt_cross_core_polling_us"] = _rounds(lambda: d.call("null"), n, rounds)
+    with Domain(probe_spec(inline_max=0, spin_us=0)) as d, \
+            _pinned((d.pid or 0,), host_cpu=0, peer_cpu=0):
         out["rtt_4k_arena_us"] = _rounds(lambda: d.call("echo", k4), n, rounds)
 
     progress("native calls")
