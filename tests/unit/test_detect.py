@@ -56,7 +56,13 @@ def test_clean_exit_without_report_is_crashed() -> None:
     assert r.signal is None
 
 
-@pytest.mark.parametrize("status", [1, detect.EXIT_FAILURE_REPORTED, 255])
+def test_exit_failure_reported_is_misbehaved() -> None:
+    r = detect.classify_exit(detect.EXIT_FAILURE_REPORTED)
+    assert r.kind is FailureKind.MISBEHAVED
+    assert "report was lost" in r.detail
+
+
+@pytest.mark.parametrize("status", [1, 2, 255])
 def test_other_exit_statuses_are_crashed(status: int) -> None:
     r = detect.classify_exit(status)
     assert r.kind is FailureKind.CRASHED

@@ -45,6 +45,10 @@ def classify_exit(returncode: int, *, driver: str = "", pid: int = 0,
             kind = FailureKind.MISBEHAVED
         return FailureReport(kind=kind, detail=f"killed by {name}", driver=driver, pid=pid,
                              call=call, signal=name)
+    if returncode == EXIT_FAILURE_REPORTED:
+        return FailureReport(kind=FailureKind.MISBEHAVED,
+                             detail="failed (it reported why, but the report was lost)",
+                             driver=driver, pid=pid, call=call, exit_status=returncode)
     if returncode == EXIT_RESOURCE:
         return FailureReport(kind=FailureKind.RESOURCE, detail="ran out of memory",
                              driver=driver, pid=pid, call=call, exit_status=returncode)

@@ -404,11 +404,9 @@ class Vfat(mfusepy.Operations):  # type: ignore[misc]
         fat_sectors = int(bpb["BPB_FATSz16"]) or int(bpb["BPB_FATSz32"])
         self._fat_bytes = fat_sectors * bps
         fat_start = int(bpb["BPB_RsvdSecCnt"]) * bps
-        nfats = int(bpb["BPB_NumFATs"])
-        copies = range(nfats)
-        if self._fat_type == 32 and int(bpb["BPB_ExtFlags"]) & 0x80:
-            copies = range(int(bpb["BPB_ExtFlags"]) & 0x0F, (int(bpb["BPB_ExtFlags"]) & 0x0F) + 1)
-        self._fat_offsets = [fat_start + i * self._fat_bytes for i in copies]
+        # pyfatfs reads the first FAT; every FAT is written the same (mirroring)
+        self._fat_offsets = [fat_start + i * self._fat_bytes
+                             for i in range(int(bpb["BPB_NumFATs"]))]
         self._fat_raw = bytearray(self._read(self._fat_offsets[0], self._fat_bytes))
         self._fat: list[int] = pf.fat
         self._data_off = int(pf.first_data_sector) * bps
@@ -461,13 +459,19 @@ class Vfat(mfusepy.Operations):  # type: ignore[misc]
         if self._closed:
             return
         self._closed = True
-        self._fp.flush()
-        fsync = getattr(self._fp, "fileno", None)
-        if fsync is not None:
-            with contextlib.suppress(OSError, ValueError):
-                os.fsync(fsync())
+        with contextlib.suppress(OSError):
+            self._sync()
         if self._owned:
             self._fp.close()
+
+    def _sync(self) -> None:
+        """Flush the file object and fsync it if it is a real file."""
+        self._fp.flush()
+        try:
+            fd = self._fp.fileno()
+        except (AttributeError, OSError, ValueError):  # BytesIO and the like
+            return
+        os.fsync(fd)
 
     # --- raw image I/O ----------------------------------------------------------
 
@@ -659,25 +663,24 @@ class Vfat(mfusepy.Operations):  # type: ignore[misc]
         new_size = max(old, offset + len(data))
         chain = self._chain(node)
         need = -(-new_size // self._bpc)
+        had = len(chain)
         fresh: list[int] = []
-        if need > len(chain):
-            fresh = self._alloc(need - len(chain), chain[-1] + 1 if chain else self._hint)
-        full = chain + fresh
+        if need > had:
+            fresh = self._alloc(need - had, chain[-1] + 1 if chain else self._hint)
+            chain.extend(fresh)  # in memory only: nothing on the image points at them yet
         # 1. data, into clusters nothing points at yet or into the file's own
         if offset > old:
-            self._write_zeros(full, old, offset)
+            self._write_zeros(chain, old, offset)
         if data:
-            self._write_data(full, offset, data)
+            self._write_data(chain, offset, data)
         # 2. the new clusters' FAT entries, then the link to them
         if fresh:
             self._commit_fat()
-            if chain:
-                self._set_fat(chain[-1], fresh[0])
+            if had:
+                self._set_fat(chain[had - 1], fresh[0])
                 self._commit_fat()
             else:
                 node.de.set_cluster(fresh[0])
-            node.chain = full
-            node.chain_done = True
         # 3. the directory entry: size, start cluster, time
         node.de.filesize = new_size
         self._stamp(node, archive=True)
@@ -769,7 +772,7 @@ class Vfat(mfusepy.Operations):  # type: ignore[misc]
             else:
                 node = _Node(d, name, de, k, nslots)
             key = _key(name)
-            if key in d.by_key or raw in d.by_sfn:
+            if key in d.by_key or d.by_sfn.get(raw) is not None:
                 log.warning("vfat: duplicate name %r ignored", name)
                 continue
             self._index_add(d, node)
@@ -1161,6 +1164,7 @@ class Vfat(mfusepy.Operations):  # type: ignore[misc]
             raise _fail(errno.EBUSY)
         dest, name = self._parent_of(new)
         if isinstance(src, _Dir):
+            self._load(src)  # its '..' may change: read it before anything is written
             p: _Dir | None = dest
             while p is not None:
                 if p is src:
@@ -1259,13 +1263,14 @@ class Vfat(mfusepy.Operations):  # type: ignore[misc]
             self._resolve(path)
         return 0
 
-    @_mutating
     def release(self, path: str | None, fh: int) -> int:
+        # Nothing is cached per handle, so there is nothing to write; flush anyway.
         h = self._handles.pop(fh, None)
         if h is not None:
             h.node.opens -= 1
             if h.node.opens == 0 and not isinstance(h.node, _Dir):
                 h.node.chain, h.node.chain_done = [], False  # free the memory
+        self._fp.flush()
         return 0
 
     def flush(self, path: str | None, fh: int) -> int:
@@ -1273,13 +1278,10 @@ class Vfat(mfusepy.Operations):  # type: ignore[misc]
         return 0
 
     def fsync(self, path: str | None, datasync: int, fh: int) -> int:
-        self._fp.flush()
-        fileno = getattr(self._fp, "fileno", None)
-        if fileno is not None:
-            try:
-                os.fsync(fileno())
-            except (OSError, ValueError) as e:
-                raise _fail(errno.EIO) from e
+        try:
+            self._sync()
+        except OSError as e:
+            raise _fail(errno.EIO) from e
         return 0
 
     def destroy(self, path: str) -> None:

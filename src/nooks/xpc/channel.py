@@ -117,6 +117,8 @@ class Channel:
             with self._send_lock:
                 self.sock.send(data)
         except OSError:
+            # the domain is gone; what it sent before going (a Failure) tells why
+            self.drain()
             if self.broken is None:
                 self.fail(self.hooks.on_eof())
             assert self.broken is not None
