@@ -16,6 +16,12 @@ from rich.table import Table
 from nooks.domain.config import FAULTS
 
 console = Console()
+errors = Console(stderr=True, soft_wrap=True, highlight=False)
+
+
+def _error(text: str) -> None:
+    """A clear error on stderr, one line, unwrapped."""
+    errors.print(f"[red]{text}[/red]")
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -187,16 +193,16 @@ def _mount(args: argparse.Namespace) -> int:
     from nooks.fs.host import FsHost
 
     if len(args.rest) < 1:
-        console.print("[red]nooks mount: give the driver's arguments and a mountpoint[/red]")
+        _error("nooks mount: give the driver's arguments and a mountpoint")
         return 2
     *driver_args, mountpoint = args.rest
     try:
         driver = resolve(args.driver, [*driver_args, *args.ctor_args], state=args.state)
     except ValueError as e:
-        console.print(f"[red]nooks mount: {e}[/red]")
+        _error(f"nooks mount: {e}")
         return 2
     if not os.path.isdir(mountpoint):
-        console.print(f"[red]nooks mount: {mountpoint}: not a directory[/red]")
+        _error(f"nooks mount: {mountpoint}: not a directory")
         return 2
     ready_w = -1
     if args.daemon:
@@ -208,12 +214,19 @@ def _mount(args: argparse.Namespace) -> int:
                 ok = r.read(1) == b"1"
             if not ok:
                 os.waitpid(pid, 0)
-                console.print("[red]nooks mount: the host failed to start[/red]")
+                _error("nooks mount: the host failed to start")
                 return 1
             console.print(f"mounted {mountpoint} (host pid {pid})")
             return 0
         os.close(ready_r)
         os.setsid()
+        # detach from the terminal before anything starts (domains inherit these)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        log = os.open(args.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640) \
+            if args.log else devnull
+        os.dup2(devnull, 0)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
 
     def ready() -> None:
         if ready_w >= 0:
@@ -225,12 +238,8 @@ def _mount(args: argparse.Namespace) -> int:
                       threads=args.threads, deadline=args.deadline,
                       options=_fuse_options(args.options), on_ready=ready)
     except Exception as e:
-        console.print(f"[red]nooks mount: the driver did not start: {e}[/red]")
+        _error(f"nooks mount: the driver did not start: {e}")
         return 1
-    if args.daemon:
-        devnull = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1):
-            os.dup2(devnull, fd)
     host.run()
     return 0
 
@@ -251,7 +260,7 @@ def _status(args: argparse.Namespace) -> int:
     if args.name:
         found = _find_host(args.name)
         if found is None:
-            console.print(f"[red]no running nooks host named {args.name!r}[/red]")
+            _error(f"no running nooks host named {args.name!r}")
             return 1
         statuses = [found[1]]
     else:
@@ -277,11 +286,11 @@ def _inject(args: argparse.Namespace) -> int:
 
     found = _find_host(args.name)
     if found is None:
-        console.print(f"[red]no running nooks host named {args.name!r}[/red]")
+        _error(f"no running nooks host named {args.name!r}")
         return 1
     reply = request(found[0], {"cmd": "inject", "fault": args.fault})
     if "error" in reply:
-        console.print(f"[red]{reply['error']}[/red]")
+        _error(f"{reply['error']}")
         return 1
     console.print(f"injected {args.fault} into {found[1]['name']}")
     return 0
@@ -299,7 +308,7 @@ def _mkfs(args: argparse.Namespace) -> int:
     try:
         mkfs_vfat(args.image, args.size)
     except (ValueError, RuntimeError, OSError) as e:
-        console.print(f"[red]nooks mkfs: {e}[/red]")
+        _error(f"nooks mkfs: {e}")
         return 1
     console.print(f"made a FAT filesystem of {args.size:,} bytes in {args.image}")
     return 0
@@ -333,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     mt.add_argument("-o", dest="options", help="FUSE options, comma-separated")
     mt.add_argument("--name", help="name for status and inject (default: the mountpoint)")
     mt.add_argument("--daemon", action="store_true", help="detach once the mount is ready")
+    mt.add_argument("--log", metavar="PATH", help="with --daemon: append messages to PATH")
     mt.add_argument("--threads", action="store_true", help="multi-threaded FUSE loop")
     mt.add_argument("--state", choices=["volatile", "persistent"],
                     help="where a module:Class driver keeps its files: in its own memory "

@@ -56,5 +56,11 @@ def mount(operations: object, mountpoint: str, *, threads: bool, fsname: str,
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        mfusepy.FUSE(operations, mountpoint, foreground=True, nothreads=not threads,
-                     fsname=fsname, **options)
+        try:
+            mfusepy.FUSE(operations, mountpoint, foreground=True, nothreads=not threads,
+                         fsname=fsname, **options)
+        except RuntimeError as e:
+            # fuse_main_real returns 8 when its loop was ended by a signal (SIGINT,
+            # SIGTERM, SIGHUP: libfuse has unmounted by then); anything else is an error
+            if str(e) != "8":
+                raise
