@@ -29,8 +29,6 @@ Offset = Annotated[int, msgspec.Meta(ge=0, lt=1 << 48)]
 Size = Annotated[int, msgspec.Meta(ge=0, le=4 << 20)]
 Chunk = Annotated[bytes, msgspec.Meta(max_length=4 << 20)]
 
-PAGE = 4096
-
 
 class BlockDeviceInterface(Interface):
     def bd_size(self) -> int: ...
@@ -40,23 +38,20 @@ class BlockDeviceInterface(Interface):
 
 
 class ImageDevice:
-    """The host side: an image file with a per-request overlay."""
+    """The host side: an image file with a per-request overlay.
+
+    The overlay is the list of writes since the last committed request, in
+    order; a read merges it over the file, a commit writes it out in order.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         self.size = os.fstat(self.fd).st_size
-        self._pending: dict[int, bytearray] = {}
+        self._pending: list[tuple[int, bytes]] = []
         self._lock = threading.Lock()
         self.commits = 0
         self.discarded = 0
-
-    def _page(self, index: int) -> bytearray:
-        page = self._pending.get(index)
-        if page is None:
-            page = bytearray(os.pread(self.fd, PAGE, index * PAGE).ljust(PAGE, b"\0"))
-            self._pending[index] = page
-        return page
 
     def bd_size(self) -> int:
         return self.size
@@ -64,31 +59,22 @@ class ImageDevice:
     def bd_read(self, offset: int, size: int) -> bytes:
         size = max(0, min(size, self.size - offset))
         with self._lock:
+            data = os.pread(self.fd, size, offset)
             if not self._pending:
-                return os.pread(self.fd, size, offset)
-            out = bytearray(os.pread(self.fd, size, offset))
-            first, last = offset // PAGE, (offset + size - 1) // PAGE
-            for index in range(first, last + 1):
-                page = self._pending.get(index)
-                if page is None:
-                    continue
-                lo = max(offset, index * PAGE)
-                hi = min(offset + size, (index + 1) * PAGE)
-                out[lo - offset:hi - offset] = page[lo - index * PAGE:hi - index * PAGE]
+                return data
+            out = bytearray(data)
+            end = offset + size
+            for woff, wdata in self._pending:
+                lo, hi = max(offset, woff), min(end, woff + len(wdata))
+                if lo < hi:
+                    out[lo - offset:hi - offset] = wdata[lo - woff:hi - woff]
             return bytes(out)
 
     def bd_write(self, offset: int, data: bytes) -> int:
         if offset + len(data) > self.size:
             raise OSError(28, "write past the end of the device")  # ENOSPC
         with self._lock:
-            pos, view = offset, memoryview(data)
-            while view:
-                index = pos // PAGE
-                within = pos - index * PAGE
-                n = min(len(view), PAGE - within)
-                self._page(index)[within:within + n] = view[:n]
-                pos += n
-                view = view[n:]
+            self._pending.append((offset, data))
         return len(data)
 
     def bd_sync(self) -> None:
@@ -98,11 +84,11 @@ class ImageDevice:
     def call_done(self) -> None:
         """A request completed: its writes become the image."""
         with self._lock:
-            for index, page in sorted(self._pending.items()):
-                end = min(PAGE, self.size - index * PAGE)
-                os.pwrite(self.fd, bytes(page[:end]), index * PAGE)
-            if self._pending:
-                self.commits += 1
+            if not self._pending:
+                return
+            for offset, data in self._pending:
+                os.pwrite(self.fd, data, offset)
+            self.commits += 1
             self._pending.clear()
 
     def close(self) -> None:
@@ -166,6 +152,13 @@ class BlockDeviceFile(io.RawIOBase):
     def readinto(self, buf: Any) -> int:
         view = memoryview(buf).cast("B")
         want = min(len(view), max(0, self._size - self._pos))
+        if want >= self.CHUNK:
+            # a large read (file data) goes straight to the host, which holds every
+            # write, committed or not: caching it would only evict the metadata
+            data = self._k.bd_read(self._pos, want)
+            view[:len(data)] = data
+            self._pos += len(data)
+            return len(data)
         done = 0
         while done < want:
             index, within = divmod(self._pos + done, self.CHUNK)
