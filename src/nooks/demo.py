@@ -27,6 +27,7 @@ from rich.table import Table
 
 from nooks.control import request, socket_path
 from nooks.fs.mkfs import mkfs_vfat
+from nooks.fs.process import start_mount, stop_mount
 
 FAULTS = ("segv", "abort", "exception", "hang", "sigkill")
 SEED = 1
@@ -58,25 +59,7 @@ def source_files(limit: int | None) -> list[str]:
 def _mount(image: str, mnt: str, name: str, native: bool) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "nooks", "mount", "vfat", image, mnt, "--name", name,
            "--deadline", "1"]
-    if native:
-        cmd.append("--native")
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    end = time.monotonic() + 60
-    while not os.path.ismount(mnt):
-        if proc.poll() is not None or time.monotonic() > end:
-            raise RuntimeError("the mount did not come up")
-        time.sleep(0.02)
-    return proc
-
-
-def _unmount(mnt: str, proc: subprocess.Popen[bytes]) -> None:
-    subprocess.run(["fusermount3", "-u", mnt], capture_output=True, check=False)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        subprocess.run(["fusermount3", "-uz", mnt], capture_output=True, check=False)
-        proc.kill()
-        proc.wait()
+    return start_mount([*cmd, "--native"] if native else cmd, mnt)
 
 
 class Chaos:
@@ -191,7 +174,7 @@ def main(console: Console, limit: int | None = None) -> int:
                                                     native=mode == "native", progress=progress,
                                                     label=f"{mode}: copy, then verify")
             finally:
-                _unmount(mnt, proc)
+                stop_mount(mnt, proc)
             fsck = subprocess.run(["fsck.fat", "-n", image], capture_output=True, text=True,
                                   check=False)
             results[mode].fsck = "clean" if fsck.returncode == 0 else \

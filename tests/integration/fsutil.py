@@ -4,7 +4,6 @@ and a fault injector that works through the real control socket."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -15,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nooks.control import request, socket_path
+from nooks.fs.process import fail_and_wait, start_mount, stop_mount
 
 STDLIB = os.path.dirname(os.__file__)
 TREE_DIRS = ("json", "email", "asyncio", "logging", "http", "xml", "urllib")
@@ -55,22 +55,16 @@ def mounted(tmp: str, driver: str, *args: str, native: bool = False,
         cmd.append("--native")
     if ctor:
         cmd += ["--", *ctor]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     try:
-        wait_for(lambda: os.path.ismount(mnt) or proc.poll() is not None, 30, "the mount")
-        if proc.poll() is not None:
-            with open(log) as f:
-                raise RuntimeError(f"nooks mount exited {proc.returncode}: {f.read()}")
+        with open(log, "wb") as out:
+            proc = start_mount(cmd, mnt, output=out)
+    except RuntimeError as e:
+        with open(log) as f:
+            raise RuntimeError(f"{e}: {f.read()}") from None
+    try:
         yield Mount(mnt, name, proc, log)
     finally:
-        subprocess.run(["fusermount3", "-u", mnt], capture_output=True, check=False)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            subprocess.run(["fusermount3", "-uz", mnt], capture_output=True, check=False)
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_mount(mnt, proc)
 
 
 @dataclass
@@ -102,18 +96,9 @@ class Injector:
             fault = self.faults[i % len(self.faults)]
             i += 1
             try:
-                st = self.mount.status()
-                before = len(st["recoveries"])
-                if fault == "sigkill":
-                    os.kill(st["domain_pid"], signal.SIGKILL)
-                else:
-                    self.mount.inject(fault)
+                # one fault at a time: each is met and recovered before the next
+                fail_and_wait(self.mount.name, fault)
                 self.done[fault] = self.done.get(fault, 0) + 1
-                # one fault at a time: wait until this one has been met and recovered
-                while not self._stop.is_set() and time.monotonic() < deadline:
-                    if len(self.mount.status()["recoveries"]) > before:
-                        break
-                    self._stop.wait(0.02)
             except ProcessLookupError:
                 continue
             except BaseException as e:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import io
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from nooks.control import request, socket_path
+from nooks.fs.process import fail_and_wait, start_mount, stop_mount
 
 OPTIONS = "attr_timeout=0,entry_timeout=0,negative_timeout=0,direct_io"
 CHUNK = 128 << 10
@@ -51,16 +51,6 @@ mfusepy.FUSE(ops, os.environ["NOOKS_BENCH_MNT"], foreground=True, nothreads=True
 """
 
 
-def _wait_mount(path: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    end = time.monotonic() + timeout
-    while not os.path.ismount(path):
-        if proc.poll() is not None:
-            raise RuntimeError(f"the mount exited with {proc.returncode}")
-        if time.monotonic() > end:
-            raise TimeoutError(f"{path} was not mounted in {timeout} s")
-        time.sleep(0.02)
-
-
 @contextmanager
 def _mount(how: str, driver: str, args: list[str], mnt: str, name: str) -> Iterator[None]:
     if how == "direct":
@@ -72,17 +62,11 @@ def _mount(how: str, driver: str, args: list[str], mnt: str, name: str) -> Itera
                "-o", OPTIONS]
         if how == "native":
             cmd.append("--native")
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_mount(cmd, mnt, env=env)
     try:
-        _wait_mount(mnt, proc)
         yield
     finally:
-        subprocess.run(["fusermount3", "-u", mnt], capture_output=True, check=False)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
+        stop_mount(mnt, proc)
 
 
 def _rate(fn: Callable[[], object], seconds: float) -> float:
@@ -180,13 +164,7 @@ def recovery_times(mnt: str, name: str, faults: int) -> list[float]:
     try:
         for _ in range(faults):
             request(path, {"cmd": "settle"})
-            before = len(request(path, {"cmd": "status"})["recoveries"])
-            request(path, {"cmd": "inject", "fault": "segv"})
-            end = time.monotonic() + 30
-            while len(request(path, {"cmd": "status"})["recoveries"]) <= before:
-                if time.monotonic() > end:
-                    raise TimeoutError("no recovery within 30 s")
-                time.sleep(0.005)
+            fail_and_wait(name, "segv")
     finally:
         stop.set()
         th.join()
