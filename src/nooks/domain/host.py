@@ -168,13 +168,15 @@ class Domain:
                 self._retire(old)
             inc = self._take_spare()
             ready = time.monotonic()
-            self._refill_spare()
             try:
                 inc.construct(self.spec.args, self.spec.kwargs)
             except DomainFailed as e:
                 self.failures.append(e.report)
                 self._retire(inc)
                 raise
+            finally:
+                # the next spare starts after the driver is built, not competing with it
+                self._refill_spare()
             self._make_current(inc)
             r = Restart((ready - t0) * 1e3, (time.monotonic() - t0) * 1e3)
             self.restarts.append(r)

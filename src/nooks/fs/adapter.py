@@ -44,13 +44,15 @@ def _patch_context() -> None:
         pass
 
 
-def _resolve(arg: Any) -> Any:
+def _resolve(arg: Any, devices: list[Any]) -> Any:
     if isinstance(arg, dict) and set(arg) == {"$kernel"}:
         from nooks.fs.blockdev import BlockDeviceFile
 
         if arg["$kernel"] != "blockdev":
             raise ValueError(f"unknown kernel object {arg['$kernel']!r}")
-        return BlockDeviceFile()
+        device = BlockDeviceFile()
+        devices.append(device)
+        return device
     return arg
 
 
@@ -58,8 +60,9 @@ class FsAdapter:
     def __init__(self, target: str, args: list[Any], kwargs: dict[str, Any]) -> None:
         _patch_context()
         factory = load(target)
-        self.driver = factory(*[_resolve(a) for a in args],
-                              **{k: _resolve(v) for k, v in kwargs.items()})
+        self._devices: list[Any] = []
+        self.driver = factory(*[_resolve(a, self._devices) for a in args],
+                              **{k: _resolve(v, self._devices) for k, v in kwargs.items()})
         self._via_call = callable(self.driver)
         self._ns = bool(getattr(self.driver, "use_ns", False))
         create = getattr(self.driver, "create", None)
@@ -84,6 +87,8 @@ class FsAdapter:
 
     def _call(self, ctx: tuple[int, int, int], name: str, *args: Any) -> Any:
         _ctx.value = ctx
+        for device in self._devices:
+            device.request_started()
         return self._op(name)(*args)
 
     def init(self, ctx: tuple[int, int, int], path: str) -> None:

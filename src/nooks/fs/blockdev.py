@@ -9,14 +9,15 @@ left it, and the shadow re-issues the request to the new driver. This relies
 on the driver serving one request at a time (the domain's default), so that
 the writes before a reply all belong to the request it answers.
 
-Inside the domain, ``BlockDeviceFile`` is a file object over those kernel
-calls, with a page cache (the domain is the only writer, so the cache stays
-true; it dies with the domain).
+Inside the domain, ``BlockDeviceFile`` is a file object: reads from a
+read-only mapping of the image plus the domain's own uncommitted writes,
+writes through kernel calls.
 """
 
 from __future__ import annotations
 
 import io
+import mmap
 import os
 import threading
 from typing import Annotated, Any
@@ -32,6 +33,7 @@ Chunk = Annotated[bytes, msgspec.Meta(max_length=4 << 20)]
 
 class BlockDeviceInterface(Interface):
     def bd_size(self) -> int: ...
+    def bd_path(self) -> str: ...
     def bd_read(self, offset: Offset, size: Size) -> Chunk: ...
     def bd_write(self, offset: Offset, data: Chunk) -> int: ...
     def bd_sync(self) -> None: ...
@@ -55,6 +57,10 @@ class ImageDevice:
 
     def bd_size(self) -> int:
         return self.size
+
+    def bd_path(self) -> str:
+        """Where the domain may map the committed image read-only from."""
+        return self.path
 
     def bd_read(self, offset: int, size: int) -> bytes:
         size = max(0, min(size, self.size - offset))
@@ -103,9 +109,21 @@ class ImageDevice:
 
 
 class BlockDeviceFile(io.RawIOBase):
-    """Inside the domain: the host's block device as a seekable binary file."""
+    """Inside the domain: the host's block device as a seekable binary file.
 
-    CHUNK = 64 << 10
+    Reads come from a read-only mapping of the image (the driver may read
+    kernel memory, not write it) patched with this domain's own writes that the
+    host may not have committed yet; writes are kernel calls, so the host can
+    hold them back until the request that made them completes.
+
+    Which own writes are still uncommitted: the host commits a request's writes
+    when it reads the request's reply, before it reads anything the domain sends
+    after it. So once a kernel call made during request N has been answered,
+    every write of requests before N is in the image and is dropped here.
+    ``request_started`` (called by the adapter) marks request boundaries.
+    Without a readable image (a domain running as another user), reads are
+    kernel calls too.
+    """
 
     def __init__(self, kernel: Any = None) -> None:
         super().__init__()
@@ -116,7 +134,28 @@ class BlockDeviceFile(io.RawIOBase):
         self._k = kernel
         self._size = int(kernel.bd_size())
         self._pos = 0
-        self._cache: dict[int, bytearray] = {}
+        self._epoch = 0
+        self._committed_before = 0  # writes of earlier epochs are in the image
+        self._own: list[tuple[int, int, bytes]] = []  # (epoch, offset, data)
+        self._map: mmap.mmap | None = None
+        try:
+            fd = os.open(kernel.bd_path(), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            if os.fstat(fd).st_size >= self._size > 0:
+                self._map = mmap.mmap(fd, self._size, prot=mmap.PROT_READ)
+        finally:
+            os.close(fd)
+
+    def request_started(self) -> None:
+        self._epoch += 1
+
+    def _answered(self) -> None:
+        """A kernel call was answered: earlier requests' writes are committed."""
+        if self._committed_before < self._epoch:
+            self._committed_before = self._epoch
+            self._own = [w for w in self._own if w[0] >= self._epoch]
 
     def readable(self) -> bool:
         return True
@@ -140,49 +179,30 @@ class BlockDeviceFile(io.RawIOBase):
         self._pos = pos
         return pos
 
-    def _chunk(self, index: int) -> bytearray:
-        chunk = self._cache.get(index)
-        if chunk is None:
-            if len(self._cache) >= 1024:  # 64 MiB
-                self._cache.clear()
-            chunk = bytearray(self._k.bd_read(index * self.CHUNK, self.CHUNK))
-            self._cache[index] = chunk
-        return chunk
-
     def readinto(self, buf: Any) -> int:
         view = memoryview(buf).cast("B")
-        want = min(len(view), max(0, self._size - self._pos))
-        if want >= self.CHUNK:
-            # a large read (file data) goes straight to the host, which holds every
-            # write, committed or not: caching it would only evict the metadata
-            data = self._k.bd_read(self._pos, want)
+        pos = self._pos
+        want = min(len(view), max(0, self._size - pos))
+        if self._map is None:
+            data = self._k.bd_read(pos, want)
+            self._answered()
             view[:len(data)] = data
             self._pos += len(data)
             return len(data)
-        done = 0
-        while done < want:
-            index, within = divmod(self._pos + done, self.CHUNK)
-            chunk = self._chunk(index)
-            n = min(want - done, len(chunk) - within)
-            if n <= 0:
-                break
-            view[done:done + n] = chunk[within:within + n]
-            done += n
-        self._pos += done
-        return done
+        end = pos + want
+        view[:want] = self._map[pos:end]
+        for _, woff, wdata in self._own:
+            lo, hi = max(pos, woff), min(end, woff + len(wdata))
+            if lo < hi:
+                view[lo - pos:hi - pos] = wdata[lo - woff:hi - woff]
+        self._pos = end
+        return want
 
     def write(self, data: Any) -> int:
         data = bytes(data)
         n = int(self._k.bd_write(self._pos, data))
-        pos = self._pos
-        end = pos + len(data)
-        while pos < end:
-            index, within = divmod(pos, self.CHUNK)
-            m = min(end - pos, self.CHUNK - within)
-            chunk = self._cache.get(index)
-            if chunk is not None:
-                chunk[within:within + m] = data[pos - self._pos:pos - self._pos + m]
-            pos += m
+        self._answered()
+        self._own.append((self._epoch, self._pos, data))
         self._pos += n
         return n
 
