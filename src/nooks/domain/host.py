@@ -106,7 +106,7 @@ class Domain:
             inc.wait_hello()
         except DomainFailed as e:
             self.failures.append(e.report)
-            self._retire(inc)
+            self._retire(inc, wait=True)
             raise
         return inc
 
@@ -120,13 +120,13 @@ class Domain:
             if self._closed:
                 raise Closed(f"domain {self.name} is closed")
             inc = self._take_spare()
-            self._refill_spare()
             try:
                 inc.construct(self.spec.args, self.spec.kwargs)
             except DomainFailed as e:
                 self.failures.append(e.report)
-                self._retire(inc)
+                self._retire(inc, wait=True)  # nothing will close this domain later
                 raise
+            self._refill_spare()
             self._make_current(inc)
 
     def _make_current(self, inc: Incarnation) -> None:
@@ -172,7 +172,7 @@ class Domain:
                 inc.construct(self.spec.args, self.spec.kwargs)
             except DomainFailed as e:
                 self.failures.append(e.report)
-                self._retire(inc)
+                self._retire(inc, wait=True)  # nothing will close this domain later
                 raise
             finally:
                 # the next spare starts after the driver is built, not competing with it
@@ -182,8 +182,8 @@ class Domain:
             self.restarts.append(r)
             return r
 
-    def _retire(self, inc: Incarnation) -> None:
-        inc.close(wait=False)
+    def _retire(self, inc: Incarnation, wait: bool = False) -> None:
+        inc.close(wait=wait)
         self._retired = [i for i in self._retired if i.pidfd >= 0]
         self._retired.append(inc)
 
