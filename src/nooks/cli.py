@@ -10,10 +10,11 @@ import threading
 import time
 from typing import Any
 
+import msgspec
 from rich.console import Console
 from rich.table import Table
 
-from nooks.domain.config import FAULTS
+from nooks.domain.config import FAULTS, FaultPlan
 
 console = Console()
 errors = Console(stderr=True, soft_wrap=True, highlight=False)
@@ -234,9 +235,11 @@ def _mount(args: argparse.Namespace) -> int:
             os.close(ready_w)
 
     try:
+        fault = msgspec.json.decode(args.fault_plan, type=FaultPlan) if args.fault_plan else None
         host = FsHost(driver, mountpoint, name=args.name, native=args.native,
                       threads=args.threads, deadline=args.deadline,
-                      options=_fuse_options(args.options), on_ready=ready)
+                      options=_fuse_options(args.options), on_ready=ready, fault=fault,
+                      record_lines=args.record_lines)
     except Exception as e:
         _error(f"nooks mount: the driver did not start: {e}")
         return 1
@@ -314,6 +317,55 @@ def _mkfs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from nooks.faults import campaign, report
+
+    drivers = args.driver or list(campaign.DRIVERS)
+    for d in drivers:
+        if d not in campaign.DRIVERS:
+            _error(f"nooks eval: no campaign set-up for driver {d!r} "
+                   f"(known: {', '.join(campaign.DRIVERS)})")
+            return 2
+    if args.faults < 1 or args.jobs < 1:
+        _error("nooks eval: --faults and --jobs must be at least 1")
+        return 2
+    command = " ".join(["nooks eval reliability", *(f"--driver {d}" for d in drivers),
+                        f"--faults {args.faults}", f"--jobs {args.jobs}", f"--seed {args.seed}",
+                        f"--out {args.out}"])
+    counts: dict[str, int] = {}
+    total = len(drivers) * args.faults * 2 if args.only is None else len(drivers) * 2
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task("coverage dry runs, then faults", total=total)
+
+        def seen(r: Any) -> None:
+            counts[f"{r.mode}: {r.outcome}"] = counts.get(f"{r.mode}: {r.outcome}", 0) + 1
+            progress.advance(task)
+            progress.update(task, description=", ".join(
+                f"{k} {v}" for k, v in sorted(counts.items())))
+
+        results = campaign.campaign(drivers, args.faults, jobs=args.jobs, seed=args.seed,
+                                    out_dir=args.out, only=args.only, progress=seen)
+    summary = report.write(results, args.out, command, args.seed)
+    t = Table(title="Reliability: faults injected into drivers")
+    for col in ("driver", "faults", "native failures", "prevented", "non-fatal (native)",
+                "app-visible errors (nooks)", "data-check failures (nooks)"):
+        t.add_column(col, justify="right")
+    for d, s in sorted(summary.items()):
+        pct = f" ({100 * s['prevented'] / s['native_failures']:.0f}%)" \
+            if s["native_failures"] else ""
+        t.add_row(d, str(s["faults"]), str(s["native_failures"]), f"{s['prevented']}{pct}",
+                  str(s["non_fatal"]), str(s["app_visible_errors"]),
+                  str(s["data_check_failures"]))
+    console.print(t)
+    console.print(f"report: {os.path.join(args.out, 'report.md')}, "
+                  f"{os.path.join(args.out, 'summary.json')}, "
+                  f"{os.path.join(args.out, 'chart.png')}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nooks", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -350,6 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "or in storage it reaches (only open files are re-opened)")
     mt.add_argument("--deadline", type=float, default=10.0,
                     help="seconds a request may take before the driver counts as hung")
+    # for the reliability campaign: a fault in the driver's code, and a coverage dry run
+    mt.add_argument("--fault-plan", help=argparse.SUPPRESS)
+    mt.add_argument("--record-lines", help=argparse.SUPPRESS)
     mt.set_defaults(func=_mount, ctor_args=[])
 
     um = sub.add_parser("umount", help="unmount a nooks mount")
@@ -365,6 +420,17 @@ def build_parser() -> argparse.ArgumentParser:
     ij.add_argument("name")
     ij.add_argument("--fault", required=True, choices=list(FAULTS))
     ij.set_defaults(func=_inject)
+
+    ev = sub.add_parser("eval", help="run an evaluation campaign")
+    ev.add_argument("what", choices=["reliability"])
+    ev.add_argument("--driver", action="append", help="vfat, passthrough (repeatable; "
+                    "default: all)")
+    ev.add_argument("--faults", type=int, default=400, help="faults per driver")
+    ev.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    ev.add_argument("--seed", type=int, default=1)
+    ev.add_argument("--out", default="out/reliability", help="results directory (resumable)")
+    ev.add_argument("--only", type=int, help="run only the fault with this index (replay)")
+    ev.set_defaults(func=_eval)
 
     mk = sub.add_parser("mkfs", help="make a filesystem image")
     mk.add_argument("fstype", choices=["vfat"])

@@ -167,7 +167,14 @@ class Runtime:
         target = load(self.cfg.target)  # imports the driver's module: the spare is warm now
         for module in self.cfg.preload:
             importlib.import_module(module)
-        self.send(m.encode(m.Hello(os.getpid(), self.kernel_arena_address)))
+        note = ""
+        if self.cfg.fault is not None:
+            from nooks.faults import loader
+
+            site = loader.last_site()
+            note = (f"{site.kind} at line {site.line} in {site.function}: {site.what}"
+                    if site is not None else "the faulty module was not loaded")
+        self.send(m.encode(m.Hello(os.getpid(), self.kernel_arena_address, note)))
         while True:
             msg = self.recv()
             if isinstance(msg, m.Inject):
@@ -342,6 +349,11 @@ def inject(fault: str) -> None:
 def main(argv: list[str]) -> NoReturn:
     global _runtime
     cfg = msgspec.json.decode(argv[1], type=ChildConfig)
+    if cfg.fault is not None:
+        from nooks.faults import Fault, loader
+
+        loader.install(cfg.fault.module, Fault(cfg.fault.kind, cfg.fault.seed),
+                       set(cfg.fault.lines) if cfg.fault.lines is not None else None)
     try:
         rt = _runtime = Runtime(cfg)
     except BaseException as e:

@@ -9,6 +9,15 @@ MAX_MESSAGE = 4 << 20  # largest datagram on the channel
 SOCKET_BUFFER = 8 << 20
 
 
+class FaultPlan(msgspec.Struct, frozen=True, kw_only=True):
+    """A fault to inject into a driver module as the domain loads it (see nooks.faults)."""
+
+    module: str
+    kind: str
+    seed: int
+    lines: list[int] | None = None  # only sites on these lines (a coverage dry run's)
+
+
 class ChildConfig(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     target: str  # module:attribute of the driver class or factory
@@ -24,6 +33,7 @@ class ChildConfig(msgspec.Struct, frozen=True, kw_only=True):
     seccomp: list[str] | None = None  # syscalls allowed once the driver is constructed
     preload: list[str] = []  # modules a warm spare imports ahead
     spin_us: float = 0.0  # poll this long for the next message before sleeping
+    fault: FaultPlan | None = None
 
 
 def apply_seccomp(extra: list[str]) -> None:

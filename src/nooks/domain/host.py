@@ -85,6 +85,8 @@ class Domain:
         self._inc: Incarnation | None = None
         self._spare: Incarnation | None = None
         self._retired: list[Incarnation] = []
+        self._fault_pending = spec.fault is not None
+        self.fault_site: str | None = None  # where the injected fault went, if any
         self._closed = False
         self._batch: list[tuple[MethodSpec, tuple[Any, ...], Deferred]] = []
         self._batch_lock = threading.Lock()
@@ -101,7 +103,8 @@ class Domain:
         if inc is None or not inc.alive:
             if inc is not None:
                 self._retire(inc)
-            inc = Incarnation(self.spec)
+            inc = Incarnation(self.spec, with_fault=self._fault_pending)
+            self._fault_pending = False
         try:
             inc.wait_hello()
         except DomainFailed as e:
@@ -120,6 +123,8 @@ class Domain:
             if self._closed:
                 raise Closed(f"domain {self.name} is closed")
             inc = self._take_spare()
+            if self.spec.fault is not None and inc.hello is not None:
+                self.fault_site = inc.hello.note
             try:
                 inc.construct(self.spec.args, self.spec.kwargs)
             except DomainFailed as e:

@@ -46,7 +46,7 @@ class KernelContext:
 
 
 class Incarnation:
-    def __init__(self, spec: DriverSpec) -> None:
+    def __init__(self, spec: DriverSpec, *, with_fault: bool = False) -> None:
         self.spec = spec
         self.name = spec.label
         self.iface: InterfaceSpec = declare(spec.interface)
@@ -82,6 +82,7 @@ class Incarnation:
                 inline_max=spec.inline_max, threads=spec.threads, call_style=spec.call_style,
                 seccomp=list(spec.limits.seccomp) if spec.limits.seccomp is not None else None,
                 preload=list(spec.preload), spin_us=spec.spin_us,
+                fault=spec.fault if with_fault else None,
             )
             env = dict(os.environ)
             paths = [os.getcwd(), *(p for p in sys.path if p and os.path.isdir(p))]

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from nooks.domain.config import FaultPlan
 from nooks.wrappers import Interface
 from nooks.xpc.arena import DEFAULT_SLOT_SIZE, DEFAULT_SLOTS
 
@@ -55,6 +56,9 @@ class DriverSpec:
     # both sides poll this long for the next message before sleeping (0: never);
     # only where the process may use more than one CPU (see nooks.xpc.poll)
     spin_us: float = 50.0
+    # a fault injected into the first domain's driver code as it loads (restarts
+    # load the code from disk, as a reloaded kernel module would)
+    fault: FaultPlan | None = None
 
     @property
     def label(self) -> str:

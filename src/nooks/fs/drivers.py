@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from nooks.domain.config import FaultPlan
 from nooks.domain.spec import DriverSpec, Limits
 from nooks.fs.blockdev import BlockDeviceInterface, ImageDevice
 from nooks.fs.interface import FsInterface
@@ -24,7 +25,12 @@ class FsDriver:
     label: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def spec(self, *, name: str, deadline: float, limits: Limits) -> DriverSpec:
+    @property
+    def module(self) -> str:
+        return self.target.partition(":")[0]
+
+    def spec(self, *, name: str, deadline: float, limits: Limits,
+             fault: FaultPlan | None = None) -> DriverSpec:
         """The domain spec: the adapter runs the driver inside the domain."""
         kernel = kernel_impl = None
         if self.image is not None:
@@ -36,7 +42,7 @@ class FsDriver:
             args=(self.target, list(self.args), {}),
             interface=FsInterface, name=name, kernel=kernel, kernel_impl=kernel_impl,
             deadline=deadline, limits=limits,
-            preload=self.preload or (self.target.partition(":")[0],),
+            preload=self.preload or (self.module,), fault=fault,
         )
 
     def native_spec(self, *, name: str) -> DriverSpec:

@@ -9,6 +9,8 @@ failures are this process's failures, which is what native mode shows.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import json
 import logging
 import os
 import threading
@@ -16,11 +18,12 @@ import time
 from typing import Any
 
 from nooks.control import ControlServer
-from nooks.domain.config import FAULTS
+from nooks.domain.config import FAULTS, FaultPlan
 from nooks.domain.host import Domain
 from nooks.domain.native import NativeDomain
 from nooks.domain.spec import Limits
 from nooks.errors import DomainDown, DomainFailed, FailureReport
+from nooks.faults import Fault, LineRecorder, loader
 from nooks.fs import bridge
 from nooks.fs.drivers import FsDriver
 from nooks.shadow.engine import Recovery, Shadow
@@ -34,7 +37,8 @@ class FsHost:
                  native: bool = False, threads: bool = False, deadline: float = 10.0,
                  block_timeout: float = 60.0, max_tries: int = 3, volatile: bool | None = None,
                  limits: Limits | None = None, options: dict[str, Any] | None = None,
-                 on_ready: Any = None) -> None:
+                 on_ready: Any = None, fault: FaultPlan | None = None,
+                 record_lines: str | None = None) -> None:
         self.driver = driver
         self.mountpoint = os.path.realpath(mountpoint)
         self.name = name or self.mountpoint
@@ -48,16 +52,33 @@ class FsHost:
         self.nat: NativeDomain | None = None
         self.shadow: Shadow | None = None
         label = driver.target.rpartition(":")[2].lower()
+        self.fault_site: str | None = None
+        self._recorder: LineRecorder | None = None
+        self._record_lines = record_lines
         if native:
+            if fault is not None:
+                loader.install(fault.module, Fault(fault.kind, fault.seed),
+                               set(fault.lines) if fault.lines is not None else None)
+            if record_lines is not None:
+                source = importlib.util.find_spec(driver.module)
+                if source is None or source.origin is None:
+                    raise ValueError(f"cannot find the source of {driver.module}")
+                self._recorder = LineRecorder(source.origin)
             self.nat = NativeDomain(driver.native_spec(name=label))
+            if fault is not None:
+                site = loader.last_site()
+                self.fault_site = (f"{site.kind} at line {site.line} in {site.function}: "
+                                   f"{site.what}") if site else "the faulty module was not loaded"
             self._call = self._native_call
         else:
-            spec = driver.spec(name=label, deadline=deadline, limits=limits or Limits())
+            spec = driver.spec(name=label, deadline=deadline, limits=limits or Limits(),
+                               fault=fault)
             self.domain = Domain(spec)
             fs = FsShadow(volatile=driver.volatile if volatile is None else volatile)
             self.shadow = Shadow(self.domain, fs, max_tries=max_tries,
                                  block_timeout=block_timeout, on_recovery=self._recovered)
             self.domain.on_idle_failure = self._idle_failure
+            self.fault_site = self.domain.fault_site
             self._call = self.shadow.call
         self.implemented: list[str] = self._call("implemented")
         self.use_ns: bool = self._call("uses_ns")
@@ -88,7 +109,7 @@ class FsHost:
         out: dict[str, Any] = {
             "name": self.name, "mountpoint": self.mountpoint, "driver": self.driver.label,
             "class": "fs", "native": self.native, "host_pid": os.getpid(),
-            "started": self.started,
+            "started": self.started, "fault_site": self.fault_site,
         }
         if self.nat is not None:
             out.update(state="live", mode="native", domain_pid=None, calls=self.nat.calls,
@@ -148,8 +169,16 @@ class FsHost:
             ops = bridge.make_operations(self._call, self.implemented, self.use_ns,
                                          on_init=self._init)
             fsname = f"nooks-{self.driver.target.rpartition(':')[2].lower()}"
-            bridge.mount(ops, self.mountpoint, threads=self.threads, fsname=fsname,
-                         options=self.options)
+            if self._recorder is not None:
+                self._recorder.start()
+            try:
+                bridge.mount(ops, self.mountpoint, threads=self.threads, fsname=fsname,
+                             options=self.options)
+            finally:
+                if self._recorder is not None:
+                    self._recorder.stop()
+                    with open(self._record_lines or os.devnull, "w") as f:
+                        json.dump(sorted(self._recorder.lines), f)
         finally:
             control.close()
             self.close()

@@ -16,13 +16,24 @@ from typing import IO
 from nooks.control import request, socket_path
 
 
+def is_mounted(mnt: str) -> bool:
+    """Whether the kernel has a mount at ``mnt`` (even one whose root cannot be stat'ed)."""
+    target = os.path.realpath(mnt).encode()
+    with open("/proc/self/mounts", "rb") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) > 1 and fields[1].replace(b"\\040", b" ") == target:
+                return True
+    return False
+
+
 def start_mount(cmd: list[str], mnt: str, *, timeout: float = 60.0,
                 env: dict[str, str] | None = None,
                 output: int | IO[bytes] | None = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
     """Start ``cmd`` and wait until ``mnt`` is a mountpoint; RuntimeError if it dies."""
     proc = subprocess.Popen(cmd, env=env, stdout=output, stderr=subprocess.STDOUT)
     end = time.monotonic() + timeout
-    while not os.path.ismount(mnt):
+    while not is_mounted(mnt):
         if proc.poll() is not None:
             raise RuntimeError(f"{' '.join(cmd[:5])} ... exited with {proc.returncode} "
                                "before mounting")

@@ -81,6 +81,7 @@ class Hello(msgspec.Struct, array_like=True, tag=10):
 
     pid: int
     kernel_arena: int  # address of the read-only kernel arena in the domain
+    note: str = ""  # e.g. the fault injected into the driver's code
 
 
 class Construct(msgspec.Struct, array_like=True, tag=11):

@@ -1,0 +1,132 @@
+"""The campaign's report: the seed's table per driver, as Markdown, JSON and a chart.
+
+Definitions, per driver, over the faults run in both modes:
+
+* ``native_failures``: runs whose native mode ended in a system failure;
+* ``prevented``: of those, runs where nooks kept the system up (no system
+  failure under nooks);
+* ``non_fatal``: native runs with an application-visible error but no crash;
+* ``app_visible_errors``: nooks runs where a program failed or saw wrong data;
+* ``data_check_failures``: nooks runs whose data checks (checksums, sqlite,
+  fsck) failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from nooks.faults.campaign import RunResult, pairs
+
+
+def summarize(results: list[RunResult]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for native, nooks in pairs(results):
+        s = out.setdefault(native.driver, {
+            "faults": 0, "native_failures": 0, "prevented": 0, "non_fatal": 0,
+            "app_visible_errors": 0, "data_check_failures": 0, "recovered": 0,
+            "nooks_system_failures": 0, "no_effect_either": 0, "by_kind": {}, "missed": []})
+        s["faults"] += 1
+        k = s["by_kind"].setdefault(native.kind, {"faults": 0, "native_failures": 0,
+                                                  "prevented": 0})
+        k["faults"] += 1
+        if native.outcome == "system failure":
+            s["native_failures"] += 1
+            k["native_failures"] += 1
+            if nooks.outcome != "system failure":
+                s["prevented"] += 1
+                k["prevented"] += 1
+        elif native.outcome == "app-visible error":
+            s["non_fatal"] += 1
+        if nooks.outcome == "app-visible error":
+            s["app_visible_errors"] += 1
+        if nooks.outcome == "system failure":
+            s["nooks_system_failures"] += 1
+        if nooks.outcome == "recovered":
+            s["recovered"] += 1
+        if not nooks.data_ok:
+            s["data_check_failures"] += 1
+        if native.outcome == nooks.outcome == "no effect":
+            s["no_effect_either"] += 1
+        if nooks.outcome in ("system failure", "app-visible error") or not nooks.data_ok:
+            s["missed"].append({"index": nooks.index, "kind": nooks.kind, "seed": nooks.seed,
+                                "site": nooks.site, "outcome": nooks.outcome,
+                                "data_ok": nooks.data_ok, "detail": nooks.detail})
+    return out
+
+
+def _pct(a: int, b: int) -> str:
+    return f"{100 * a / b:.1f}%" if b else "-"
+
+
+def _cell(text: str, limit: int) -> str:
+    return " ".join(text.split()).replace("|", "/")[:limit]
+
+
+def markdown(summary: dict[str, dict[str, Any]], command: str, seed: int, out_dir: str) -> str:
+    lines = ["# Reliability campaign", "", f"Command: `{command}`", "",
+             "| driver | faults | native failures | prevented by nooks | non-fatal (native) "
+             "| app-visible errors (nooks) | data-check failures (nooks) | recovered |",
+             "|---|---|---|---|---|---|---|---|"]
+    for driver, s in sorted(summary.items()):
+        lines.append(
+            f"| {driver} | {s['faults']} | {s['native_failures']} | {s['prevented']} "
+            f"({_pct(s['prevented'], s['native_failures'])}) | {s['non_fatal']} | "
+            f"{s['app_visible_errors']} ({_pct(s['app_visible_errors'], s['faults'])}) | "
+            f"{s['data_check_failures']} | {s['recovered']} |")
+    for driver, s in sorted(summary.items()):
+        lines += ["", f"## {driver}: by fault type", "",
+                  "| fault type | faults | native failures | prevented |", "|---|---|---|---|"]
+        for kind, k in sorted(s["by_kind"].items()):
+            lines.append(f"| {kind} | {k['faults']} | {k['native_failures']} | "
+                         f"{k['prevented']} |")
+        if s["missed"]:
+            lines += ["", f"Runs where nooks fell short ({driver}), each with the command "
+                      "that replays it:", "",
+                      "| fault | site | outcome | data ok | detail | replay |",
+                      "|---|---|---|---|---|---|"]
+            for m in s["missed"]:
+                replay = (f"`nooks eval reliability --driver {driver} --seed {seed} "
+                          f"--only {m['index']} --out {out_dir}-replay`")
+                lines.append(f"| #{m['index']} {m['kind']} (fault seed {m['seed']}) | "
+                             f"{_cell(m['site'] or '-', 80)} | {m['outcome']} | "
+                             f"{m['data_ok']} | {_cell(m['detail'], 160)} | {replay} |")
+    return "\n".join(lines) + "\n"
+
+
+def chart(summary: dict[str, dict[str, Any]], path: str) -> None:
+    """Bars per driver: faults, native failures, prevented, app-visible errors with nooks."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    drivers = sorted(summary)
+    keys = [("native_failures", "native failures"), ("prevented", "prevented by nooks"),
+            ("app_visible_errors", "app-visible errors (nooks)"),
+            ("data_check_failures", "data-check failures (nooks)")]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.8 / len(keys)
+    for i, (key, label) in enumerate(keys):
+        ax.bar([d + i * width for d in range(len(drivers))],
+               [summary[d][key] for d in drivers], width, label=label)
+    ax.set_xticks([d + width * (len(keys) - 1) / 2 for d in range(len(drivers))])
+    ax.set_xticklabels([f"{d}\n({summary[d]['faults']} faults)" for d in drivers])
+    ax.set_ylabel("runs")
+    ax.set_title("Faults injected into drivers: what nooks prevented")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write(results: list[RunResult], out_dir: str, command: str,
+          seed: int) -> dict[str, dict[str, Any]]:
+    summary = summarize(results)
+    with open(os.path.join(out_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    with open(os.path.join(out_dir, "report.md"), "w") as f:
+        f.write(markdown(summary, command, seed, out_dir))
+    chart(summary, os.path.join(out_dir, "chart.png"))
+    return summary
