@@ -357,13 +357,16 @@ def _mutating(fn: Callable[Concatenate[Vfat, P], R]) -> Callable[Concatenate[Vfa
             # Raised only where the image is consistent (before or between steps).
             self._end_op()
             raise
-        except Exception as e:
-            # Memory and image may disagree now: stop writing, leave the volume dirty.
+        except Exception:
+            # A bug, not a condition of the volume: memory and image may disagree now,
+            # so stop writing and leave the volume dirty -- and let the bug be seen as
+            # what it is (mfusepy answers EINVAL; under nooks the driver is restarted
+            # from its image, and the half-done operation never reaches it).
             self._broken = True
             log.exception("vfat: %s failed; the volume is now read-only", fn.__name__)
             with contextlib.suppress(Exception):
                 self._fp.flush()
-            raise _fail(errno.EIO) from e
+            raise
         self._end_op()
         return result
 
