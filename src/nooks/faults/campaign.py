@@ -264,8 +264,8 @@ def run_one(p: Planned, native: bool, lines: list[int]) -> RunResult:
             alive = proc.poll() is None and is_mounted(mnt)
             if alive:
                 try:
-                    recoveries = len(request(socket_path(name), {"cmd": "status"},
-                                             timeout=5)["recoveries"])
+                    st = request(socket_path(name), {"cmd": "status"}, timeout=5)
+                    recoveries = len(st["recoveries"]) + len(st.get("start_failures", []))
                 except OSError:
                     alive = False
         finally:

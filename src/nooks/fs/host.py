@@ -53,6 +53,7 @@ class FsHost:
         self.shadow: Shadow | None = None
         label = driver.target.rpartition(":")[2].lower()
         self.fault_site: str | None = None
+        self.start_failures: list[FailureReport] = []
         self._recorder: LineRecorder | None = None
         self._record_lines = record_lines
         if native:
@@ -73,7 +74,8 @@ class FsHost:
         else:
             spec = driver.spec(name=label, deadline=deadline, limits=limits or Limits(),
                                fault=fault)
-            self.domain = Domain(spec)
+            self.domain = Domain(spec, start=False)
+            self._start_domain(max_tries)
             fs = FsShadow(volatile=driver.volatile if volatile is None else volatile)
             self.shadow = Shadow(self.domain, fs, max_tries=max_tries,
                                  block_timeout=block_timeout, on_recovery=self._recovered)
@@ -82,6 +84,20 @@ class FsHost:
             self._call = self.shadow.call
         self.implemented: list[str] = self._call("implemented")
         self.use_ns: bool = self._call("uses_ns")
+
+    def _start_domain(self, tries: int) -> None:
+        """Start the driver; one that fails while loading is started again (from its
+        code on disk), as the shadow would restart it later, up to ``tries`` times."""
+        assert self.domain is not None
+        for attempt in range(tries):
+            try:
+                self.domain.start()
+                return
+            except DomainFailed as e:
+                self.start_failures.append(e.report)
+                log.warning("%s: driver failed while starting (%s)", self.name, e.report)
+                if attempt == tries - 1:
+                    raise
 
     # -- requests ------------------------------------------------------------------------
 
@@ -121,6 +137,8 @@ class FsHost:
             calls=self.domain.calls, poisoned=self.shadow.poisoned,
             generation=self.shadow.generation,
             open_handles=len(self.shadow.spec.handles),  # type: ignore[attr-defined]
+            start_failures=[{"kind": r.kind.value, "detail": r.detail}
+                            for r in self.start_failures],
             recoveries=[{"kind": r.kind, "detail": r.detail, "call": r.call, "at": r.at,
                          "duration_ms": r.duration_ms, "restart_ms": r.restart_ms,
                          "replayed": r.replayed, "ok": r.ok}
