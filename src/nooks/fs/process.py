@@ -17,8 +17,13 @@ from nooks.control import request, socket_path
 
 
 def is_mounted(mnt: str) -> bool:
-    """Whether the kernel has a mount at ``mnt`` (even one whose root cannot be stat'ed)."""
-    target = os.path.realpath(mnt).encode()
+    """Whether the kernel has a mount at ``mnt`` (even one whose root cannot be stat'ed).
+
+    Touches nothing on the mount itself: only its parent is resolved (resolving
+    ``mnt`` would stat the mount's root, and a stuck driver would stick us too).
+    """
+    parent, name = os.path.split(os.path.abspath(mnt))
+    target = os.path.join(os.path.realpath(parent), name).encode()
     with open("/proc/self/mounts", "rb") as f:
         for line in f:
             fields = line.split()
@@ -46,7 +51,11 @@ def start_mount(cmd: list[str], mnt: str, *, timeout: float = 60.0,
 
 def stop_mount(mnt: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
     """Unmount ``mnt`` and reap its server; lazily and by force if it does not go."""
-    subprocess.run(["fusermount3", "-u", mnt], capture_output=True, check=False)
+    try:
+        subprocess.run(["fusermount3", "-u", mnt], capture_output=True, check=False,
+                       timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pass
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
