@@ -7,6 +7,7 @@ driver fail and wait until it has been recovered.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -51,11 +52,9 @@ def start_mount(cmd: list[str], mnt: str, *, timeout: float = 60.0,
 
 def stop_mount(mnt: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
     """Unmount ``mnt`` and reap its server; lazily and by force if it does not go."""
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         subprocess.run(["fusermount3", "-u", mnt], capture_output=True, check=False,
                        timeout=timeout)
-    except subprocess.TimeoutExpired:
-        pass
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
