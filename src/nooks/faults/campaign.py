@@ -240,7 +240,7 @@ def run_one(p: Planned, native: bool, lines: list[int]) -> RunResult:
     mode = "native" if native else "nooks"
     fault = FaultPlan(module=resolve_module(p.driver), kind=p.kind, seed=p.seed, lines=lines)
     t0 = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="nooks-run-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="nooks-run-", ignore_cleanup_errors=True) as tmp:
         args = driver_args(p.driver, tmp)
         mnt = os.path.join(tmp, "mnt")
         os.mkdir(mnt)

@@ -58,9 +58,10 @@ def stop_mount(mnt: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        subprocess.run(["fusermount3", "-uz", mnt], capture_output=True, check=False)
         proc.kill()
         proc.wait()
+    if is_mounted(mnt):  # a dead server's mount stays until it is detached
+        subprocess.run(["fusermount3", "-uz", mnt], capture_output=True, check=False)
 
 
 def fail_and_wait(name: str, fault: str, timeout: float = 30.0) -> None:
