@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import select
 import threading
 from collections.abc import Callable
@@ -23,8 +22,6 @@ class Monitor:
         self._epoll = select.epoll()
         self._callbacks: dict[int, Callable[[], None]] = {}
         self._lock = threading.Lock()
-        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        self._epoll.register(self._wake_r, select.EPOLLIN)
         self._thread = threading.Thread(target=self._run, name="nooks-monitor", daemon=True)
         self._thread.start()
 
@@ -42,8 +39,6 @@ class Monitor:
     def _run(self) -> None:
         while True:
             for fd, _ in self._epoll.poll():
-                if fd == self._wake_r:
-                    continue
                 with self._lock:
                     cb = self._callbacks.pop(fd, None)
                     if cb is not None:

@@ -52,8 +52,6 @@ class ImageDevice:
         self.size = os.fstat(self.fd).st_size
         self._pending: list[tuple[int, bytes]] = []
         self._lock = threading.Lock()
-        self.commits = 0
-        self.discarded = 0
 
     def bd_size(self) -> int:
         return self.size
@@ -94,14 +92,11 @@ class ImageDevice:
                 return
             for offset, data in self._pending:
                 os.pwrite(self.fd, data, offset)
-            self.commits += 1
             self._pending.clear()
 
     def close(self) -> None:
         """The domain is gone: what it had not committed is dropped."""
         with self._lock:
-            if self._pending:
-                self.discarded += 1
             self._pending.clear()
             if self.fd >= 0:
                 os.close(self.fd)
