@@ -247,6 +247,58 @@ def _mount(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_bind(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", text
+    try:
+        number = int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT") from None
+    if not 0 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"port {number} is out of range")
+    return host.strip("[]") or "127.0.0.1", number
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from nooks.web.apps import resolve
+    from nooks.web.host import WebHost
+    from nooks.web.http import HttpLimits
+
+    # like other WSGI servers: applications are found from the current directory
+    sys.path.insert(0, os.getcwd())
+    try:
+        app = resolve(args.app)
+    except ValueError as e:
+        _error(f"nooks serve: {e}")
+        return 2
+    if args.workers < 1:
+        _error("nooks serve: --workers must be at least 1")
+        return 2
+
+    def ready() -> None:
+        where = f"{host.address[0]}:{host.address[1]}"
+        # one plain line, first on stdout: tools read the address from it
+        print(f"serving {app.label} on http://{where} with {args.workers} "
+              f"{'native ' if args.native else ''}worker(s)", flush=True)
+
+    try:
+        fault = msgspec.json.decode(args.fault_plan, type=FaultPlan) if args.fault_plan else None
+        host = WebHost(app, args.bind, workers=args.workers, native=args.native,
+                       name=args.name, deadline=args.timeout, queue_timeout=args.queue_timeout,
+                       max_connections=args.max_connections,
+                       limits=HttpLimits(max_body=args.max_body),
+                       retry_safe=tuple(args.retry_safe), fault=fault, on_ready=ready)
+    except OSError as e:
+        _error(f"nooks serve: cannot listen on {args.bind[0]}:{args.bind[1]}: {e.strerror}")
+        return 1
+    except Exception as e:
+        _error(f"nooks serve: the application did not start: {e}")
+        return 1
+    host.run()
+    return 0
+
+
 def _find_host(name: str) -> tuple[str, Any] | None:
     from nooks.control import hosts
 
@@ -291,7 +343,10 @@ def _inject(args: argparse.Namespace) -> int:
     if found is None:
         _error(f"no running nooks host named {args.name!r}")
         return 1
-    reply = request(found[0], {"cmd": "inject", "fault": args.fault})
+    req: dict[str, Any] = {"cmd": "inject", "fault": args.fault}
+    if args.worker is not None:
+        req["worker"] = args.worker
+    reply = request(found[0], req)
     if "error" in reply:
         _error(f"{reply['error']}")
         return 1
@@ -407,6 +462,30 @@ def build_parser() -> argparse.ArgumentParser:
     mt.add_argument("--record-lines", help=argparse.SUPPRESS)
     mt.set_defaults(func=_mount, ctor_args=[])
 
+    sv = sub.add_parser("serve", help="serve a web application through nooks",
+                        description="nooks serve module:app | static:DIR: the application "
+                        "runs in domains behind the host's HTTP listener")
+    sv.add_argument("app", help="a WSGI application (module:app or module:factory()) or "
+                    "static:DIR")
+    sv.add_argument("--bind", type=_parse_bind, default=("127.0.0.1", 8080),
+                    help="HOST:PORT to listen on (default 127.0.0.1:8080; port 0: any)")
+    sv.add_argument("--workers", type=int, default=2, help="domains running the application")
+    sv.add_argument("--native", action="store_true",
+                    help="run the application in-process, unprotected")
+    sv.add_argument("--name", help="name for status and inject (default: the bind address)")
+    sv.add_argument("--timeout", type=float, default=30.0,
+                    help="seconds a request may run before the application counts as hung")
+    sv.add_argument("--queue-timeout", type=float, default=10.0,
+                    help="seconds a request may wait for a worker before it is answered 503")
+    sv.add_argument("--max-connections", type=int, default=512)
+    sv.add_argument("--max-body", type=_parse_size, default=8 << 20,
+                    help="largest request body (default 8M)")
+    sv.add_argument("--retry-safe", action="append", default=[], metavar="'METHOD /PATTERN'",
+                    help="a route safe to run again after a failure even though its method "
+                    "is not idempotent (repeatable)")
+    sv.add_argument("--fault-plan", help=argparse.SUPPRESS)
+    sv.set_defaults(func=_serve)
+
     um = sub.add_parser("umount", help="unmount a nooks mount")
     um.add_argument("mountpoint")
     um.set_defaults(func=_umount)
@@ -419,6 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     ij = sub.add_parser("inject", help="make a running driver fail now")
     ij.add_argument("name")
     ij.add_argument("--fault", required=True, choices=list(FAULTS))
+    ij.add_argument("--worker", type=int, help="web hosts: which worker (default: each in turn)")
     ij.set_defaults(func=_inject)
 
     ev = sub.add_parser("eval", help="run an evaluation campaign")

@@ -17,7 +17,8 @@ Modes and rules:
   from the warm spare, the spec re-initialises the driver and replays its log,
   then the generation advances and blocked callers go on.
 * *in-flight requests* that failed with the driver are re-issued after
-  recovery; the spec decides if an error on a re-issue means "already done".
+  recovery if the spec says they may be (else they are answered "busy"); the
+  spec decides if an error on a re-issue means "already done".
 * *poison*: a request that has failed the driver ``max_tries`` times fails
   alone with the spec's poison error. Re-issued requests run one at a time, so
   a repeat failure is pinned on the request that caused it.
@@ -91,6 +92,10 @@ class ClassSpec(Protocol):
 
     def replay(self, domain: Domain) -> int:
         """Re-establish the logged state in a fresh driver; how many requests it took."""
+
+    def reissuable(self, op: str, args: tuple[Any, ...]) -> bool:
+        """Whether a request that failed with the driver may be sent again; if not,
+        it is answered by ``busy`` once the driver is back."""
 
     def reissued(self, op: str, args: tuple[Any, ...], error: BaseException) -> tuple[bool, Any]:
         """A re-issued request raised ``error``: (True, result) if it was already done."""
@@ -170,6 +175,8 @@ class Shadow:
                 last = e.report
                 tries += 1
                 self._recover(gen, e.report)
+                if not self.spec.reissuable(op, args):
+                    raise self.spec.busy(op) from e
                 if tries >= self.max_tries:
                     self.poisoned += 1
                     log.warning("%s: %s failed the driver %d times; failing it alone",

@@ -97,6 +97,9 @@ class FsShadow:
         out[at] = h.real
         return tuple(out)
 
+    def reissuable(self, op: str, args: tuple[Any, ...]) -> bool:
+        return True  # every filesystem request is idempotent, or made so (see translate)
+
     def record(self, op: str, args: tuple[Any, ...], result: Any) -> Any:
         with self._lock:
             if self.volatile and op in LOGGED:

@@ -1,0 +1,138 @@
+"""The WSGI adapter: runs inside the domain, between the runtime and the application.
+
+It does for an unmodified WSGI application what a WSGI server does (PEP 3333):
+builds the environ from the request the host framed, calls the application,
+collects the status, headers and body, and closes the body iterable. The
+application is named ``module:attribute``, or ``module:factory()`` for an
+application factory called without arguments.
+
+An exception that escapes the application is answered ``500``, as every WSGI
+server answers it; the failures that end a domain are the process's own
+(signals, hangs, memory, a broken reply), and the runtime reports them.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import sys
+import traceback
+from collections.abc import Callable, Iterable
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+from nooks.web.interface import Head
+from nooks.wrappers import load
+from nooks.xpc.arena import DEFAULT_SLOT_SIZE
+
+log = logging.getLogger(__name__)
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+INLINE = 256 << 10  # body bytes sent with the head; the rest through ``more``
+CHUNK = DEFAULT_SLOT_SIZE
+_SPECIAL = {"CONTENT_TYPE": "CONTENT_TYPE", "CONTENT_LENGTH": "CONTENT_LENGTH"}
+
+
+def load_app(ref: str) -> WsgiApp:
+    """``module:app`` or ``module:factory()``."""
+    if ref.endswith("()"):
+        return load(ref[:-2])()  # type: ignore[no-any-return]
+    return load(ref)  # type: ignore[no-any-return]
+
+
+def environ(method: str, target: str, headers: list[tuple[str, str]], body: bytes,  # noqa: PLR0917
+            client: tuple[str, int], server: tuple[str, int]) -> dict[str, Any]:
+    path, _, query = target.partition("?")
+    env: dict[str, Any] = {
+        "REQUEST_METHOD": method,
+        "SCRIPT_NAME": "",
+        # PEP 3333: the path undecoded from %XX, as latin-1 "bytes in a str"
+        "PATH_INFO": unquote_to_bytes(path).decode("latin-1"),
+        "QUERY_STRING": query,
+        "SERVER_NAME": server[0],
+        "SERVER_PORT": str(server[1]),
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": client[0],
+        "REMOTE_PORT": str(client[1]),
+        "REQUEST_URI": target,
+        "RAW_URI": target,
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+        "wsgi.input_terminated": True,
+    }
+    for name, value in headers:
+        key = name.upper().replace("-", "_")
+        if key in _SPECIAL:
+            env[key] = value
+            continue
+        if "_" in name:
+            continue  # a header that would alias another once its dashes are underscores
+        key = "HTTP_" + key
+        env[key] = f"{env[key]},{value}" if key in env else value
+    if "CONTENT_LENGTH" not in env and body:
+        env["CONTENT_LENGTH"] = str(len(body))
+    return env
+
+
+class WsgiAdapter:
+    def __init__(self, app: str, args: list[Any] | None = None,
+                 retry_safe: list[str] | None = None) -> None:
+        self.app = load(app)(*args) if args is not None else load_app(app)
+        marked = getattr(self.app, "nooks_retry_safe", ())
+        self._retry_safe = [*(retry_safe or ()), *(str(r) for r in marked)]
+        self._rest = b""
+
+    def retry_safe(self) -> list[str]:
+        return list(self._retry_safe)
+
+    def handle(self, method: str, target: str, headers: list[tuple[str, str]],  # noqa: PLR0917
+               body: bytes, client: tuple[str, int], server: tuple[str, int]) -> Head:
+        self._rest = b""
+        env = environ(method, target, headers, body, client, server)
+        started: list[Any] = []
+        written: list[bytes] = []
+
+        def start_response(status: str, response_headers: list[tuple[str, str]],
+                           exc_info: Any = None) -> Callable[[bytes], None]:
+            if exc_info is not None and started:
+                raise exc_info[1].with_traceback(exc_info[2])
+            started[:] = [status, list(response_headers)]
+            return written.append
+
+        try:
+            result = self.app(env, start_response)
+            try:
+                for chunk in result:
+                    if chunk:
+                        written.append(bytes(chunk))
+            finally:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
+            if not started:
+                raise RuntimeError("the application returned without calling start_response")
+            status, response_headers = started
+            code, _, reason = str(status).partition(" ")
+            payload = b"".join(written)
+            head_headers = [(str(k), str(v)) for k, v in response_headers]
+            status_code = int(code)
+        except Exception:
+            print(traceback.format_exc(), file=sys.stderr, end="")
+            return Head(500, "Internal Server Error",
+                        [("Content-Type", "text/plain; charset=utf-8")],
+                        b"internal server error\n", 22)
+        first, self._rest = payload[:INLINE], payload[INLINE:]
+        return Head(status_code, reason, head_headers, first, len(payload))
+
+    def more(self, offset: int) -> bytes:
+        """The body after its first ``INLINE`` bytes, from ``offset`` (counted from the
+        start of the body)."""
+        start = offset - INLINE
+        if start < 0:
+            raise ValueError(f"offset {offset} is inside the part sent with the head")
+        return self._rest[start:start + CHUNK]

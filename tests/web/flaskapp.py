@@ -1,0 +1,47 @@
+"""A small Flask application for the web tests and benchmark.
+
+Every POST to ``/orders`` is recorded in a ledger file (``NOOKS_TEST_LEDGER``),
+one line per execution, so a test can tell whether a request ran twice. The
+ledger lives outside the application's memory because its memory dies with it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+from flask import Flask, Response, request
+
+app = Flask(__name__)
+app.nooks_retry_safe = ["PUT /never-mind/*"]  # type: ignore[attr-defined]
+
+
+@app.get("/hello")
+def hello() -> str:
+    return "hello, world\n"
+
+
+@app.get("/item/<int:n>")
+def item(n: int) -> dict[str, object]:
+    return {"n": n, "sha": hashlib.sha256(str(n).encode()).hexdigest()}
+
+
+@app.get("/blob/<int:size>")
+def blob(size: int) -> Response:
+    data = bytes(i % 251 for i in range(size))
+    return Response(data, mimetype="application/octet-stream")
+
+
+@app.post("/orders")
+def orders() -> tuple[dict[str, object], int]:
+    rid = request.headers.get("X-Request-Id", "")
+    ledger = os.environ.get("NOOKS_TEST_LEDGER")
+    if ledger:
+        with open(ledger, "a") as f:
+            f.write(f"{rid}\n")
+    return {"id": rid, "size": len(request.get_data())}, 201
+
+
+@app.get("/boom")
+def boom() -> str:
+    raise RuntimeError("a bug in a route")
