@@ -26,7 +26,14 @@ def _error(text: str) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    if args.what == "fs":
+    if args.what == "web":
+        from nooks.bench import web
+
+        with console.status("benchmarking the web class") as status:
+            result = web.run(workers=args.workers, quick=args.quick,
+                             progress=lambda s: status.update(f"web: {s}"))
+        _print_web(result)
+    elif args.what == "fs":
         from nooks.bench import fs
 
         with console.status("benchmarking the filesystem class") as status:
@@ -103,6 +110,25 @@ def _print_fs(r: dict[str, Any]) -> None:
     console.print(t)
     console.print(f"recovery under a stat() load: p50 {r['recovery_ms_p50']:.1f} ms, "
                   f"p99 {r['recovery_ms_p99']:.1f} ms over {r['recoveries']} SIGSEGVs")
+    for target, met in r["targets_met"].items():
+        mark = "[green]met[/green]" if met else "[red]MISSED[/red]"
+        console.print(f"  target {target}: {mark}")
+
+
+def _print_web(r: dict[str, Any]) -> None:
+    t = Table(title=f"Web: requests/s with wrk, {r['workers']} workers, "
+              f"{r['connections']} connections, one run")
+    for col in ("extension", "nooks", "native", "gunicorn", "nooks/native", "nooks/gunicorn",
+                "nooks p99"):
+        t.add_column(col, justify="right")
+    for key, label in (("static_4k", "4 KiB static page"), ("flask", "Flask route")):
+        x = r[key]
+        t.add_row(label, f"{x['nooks']['requests_s']:,.0f}", f"{x['native']['requests_s']:,.0f}",
+                  f"{x['gunicorn']['requests_s']:,.0f}",
+                  f"{r['ratios'][key]['nooks/native']:.2f}×",
+                  f"{r['ratios'][key]['nooks/gunicorn']:.2f}×",
+                  f"{x['nooks']['p99_ms']:.1f} ms")
+    console.print(t)
     for target, met in r["targets_met"].items():
         mark = "[green]met[/green]" if met else "[red]MISSED[/red]"
         console.print(f"  target {target}: {mark}")
@@ -287,7 +313,9 @@ def _serve(args: argparse.Namespace) -> int:
         host = WebHost(app, args.bind, workers=args.workers, native=args.native,
                        name=args.name, deadline=args.timeout, queue_timeout=args.queue_timeout,
                        max_connections=args.max_connections,
-                       limits=HttpLimits(max_body=args.max_body),
+                       limits=HttpLimits(max_body=args.max_body,
+                                         request_timeout=args.request_timeout,
+                                         idle_timeout=args.idle_timeout),
                        retry_safe=tuple(args.retry_safe), fault=fault, on_ready=ready)
     except OSError as e:
         _error(f"nooks serve: cannot listen on {args.bind[0]}:{args.bind[1]}: {e.strerror}")
@@ -425,7 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nooks", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("bench", help="run a benchmark")
-    b.add_argument("what", choices=["xpc", "fs"])
+    b.add_argument("what", choices=["xpc", "fs", "web"])
+    b.add_argument("--workers", type=int, default=2, help="web benchmark: workers per server")
     b.add_argument("--driver", default="passthrough", choices=["passthrough", "vfat"],
                    help="driver for the fs benchmark")
     b.add_argument("--placement", default="one-core", choices=["one-core", "free"],
@@ -478,6 +507,10 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--queue-timeout", type=float, default=10.0,
                     help="seconds a request may wait for a worker before it is answered 503")
     sv.add_argument("--max-connections", type=int, default=512)
+    sv.add_argument("--request-timeout", type=float, default=10.0,
+                    help="seconds from a request's first byte to its last (slow clients: 408)")
+    sv.add_argument("--idle-timeout", type=float, default=5.0,
+                    help="seconds a kept-alive connection may wait for its next request")
     sv.add_argument("--max-body", type=_parse_size, default=8 << 20,
                     help="largest request body (default 8M)")
     sv.add_argument("--retry-safe", action="append", default=[], metavar="'METHOD /PATTERN'",

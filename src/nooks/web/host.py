@@ -43,6 +43,8 @@ from nooks.web.interface import Head
 log = logging.getLogger(__name__)
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+LINGER_SECONDS = 2.0  # after refusing a request: how long to drain what still comes
+LINGER_BYTES = 4 << 20
 
 
 class _Stop(Exception):
@@ -346,12 +348,24 @@ class WebHost:
                 sock.sendall(CONTINUE)
 
     def _refuse(self, sock: socket.socket, status: int, message: str) -> None:
+        """Answer a request that will not be served, then close gently: what the
+        client is still sending is read and dropped for a moment (bounded), so that
+        closing does not reset the connection before the client reads the answer."""
         with self._lock:
             self.rejected += 1
             self.statuses[status] += 1
         with contextlib.suppress(OSError):
             sock.settimeout(1.0)
             sock.sendall(http.error_response(status, message))
+            sock.shutdown(socket.SHUT_WR)
+            end = time.monotonic() + LINGER_SECONDS
+            drained = 0
+            while drained < LINGER_BYTES and (left := end - time.monotonic()) > 0:
+                sock.settimeout(left)
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                drained += len(chunk)
 
     # -- control -------------------------------------------------------------------------
 
