@@ -14,12 +14,14 @@ import hashlib
 import itertools
 import json
 import os
+import random
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -54,74 +56,95 @@ def status(name: str) -> dict[str, object]:
     return request(socket_path(name), {"cmd": "status"})  # type: ignore[no-any-return]
 
 
-def test_flask_app_survives_failures(tmp_path: Path) -> None:
-    ledger = tmp_path / "ledger"
-    env = dict(os.environ, NOOKS_TEST_LEDGER=str(ledger))
-    with serving("tests.web.flaskapp:app", "--workers", "2", "--timeout", "1",
-                 env=env) as (url, name, _):
-        stop = threading.Event()
-        faults: list[str] = []
+Check = Callable[[httpx.Client, int], tuple[str, int, bytes]]
 
-        def injector() -> None:
+
+def hammer(url: str, name: str, request: Check, curl_path: str, faults: int = 24,
+           ) -> tuple[list[tuple[str, int, bytes]], list[str], dict[str, Any]]:
+    """Four httpx clients and a curl loop send requests (``request(client, i)``) while
+    the workers are made to fail ``faults`` times in turn by segv, exception and
+    hang, and at least 1,000 requests have been answered; every answer, the
+    faults and the host's status."""
+    stop = threading.Event()
+    done: list[str] = []
+    answers: list[tuple[str, int, bytes]] = []
+    errors: list[BaseException] = []
+    curls: list[int] = []
+
+    def injector() -> None:
+        try:
             for fault in itertools.cycle(FAULTS):
-                if stop.is_set() or len(faults) >= 24:
+                if len(done) >= faults:
                     return
                 fail_and_wait(name, fault)
-                faults.append(fault)
+                done.append(fault)
+        except BaseException as e:
+            errors.append(e)
 
-        results: dict[str, list[tuple[str, int, bytes]]] = collections.defaultdict(list)
-
-        errors: list[BaseException] = []
-
-        def client(k: str, n: int) -> None:
-            try:
-                run_client(k, n)
-            except BaseException as e:
-                errors.append(e)
-
-        def run_client(k: str, n: int) -> None:
+    def client(n: int) -> None:
+        try:
             with httpx.Client(base_url=url, timeout=30) as c:
                 for i in range(n):
-                    if i % 5 == 4:
-                        rid = f"{k}-{i}"
-                        r = c.post("/orders", content=b"x" * i, headers={"X-Request-Id": rid})
-                        results["post"].append((rid, r.status_code, r.content))
-                    else:
-                        r = c.get(f"/item/{i}")
-                        results["get"].append((str(i), r.status_code, r.content))
+                    answers.append(request(c, i))
+        except BaseException as e:
+            errors.append(e)
 
-        inj = threading.Thread(target=injector)
-        inj.start()
-        # the load runs until the injector has made the workers fail 24 times, and
-        # for at least 1,000 requests
-        rounds = 0
-        while (inj.is_alive() or rounds < 5) and rounds < 40:
-            threads = [threading.Thread(target=client, args=(f"{rounds}.{k}", 50))
-                       for k in range(4)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            rounds += 1
-        stop.set()
-        inj.join()
-        # curl, a second client, after all that
-        curl = subprocess.run(["curl", "-sf", f"{url}/hello"], capture_output=True, check=False)
-        assert curl.returncode == 0 and curl.stdout == b"hello, world\n"
-        st = status(name)
+    def curl_loop() -> None:
+        while not stop.is_set():
+            r = subprocess.run(["curl", "-sf", "-o", "/dev/null", url + curl_path],
+                               check=False, timeout=60)
+            curls.append(r.returncode)
 
+    inj = threading.Thread(target=injector)
+    curl = threading.Thread(target=curl_loop)
+    inj.start()
+    curl.start()
+    rounds = 0
+    while (inj.is_alive() or len(answers) < 1000) and rounds < 40 and not errors:
+        threads = [threading.Thread(target=client, args=(50,)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        rounds += 1
+    stop.set()
+    inj.join()
+    curl.join()
     assert not errors, errors[:3]
-    gets, posts = results["get"], results["post"]
-    assert len(gets) + len(posts) >= 1000
-    assert len(faults) >= 20 and set(faults) == set(FAULTS)
+    assert curls and set(curls) == {0}, collections.Counter(curls)
+    st = status(name)
+    assert len(done) >= 20 and set(done) == set(FAULTS)
     recoveries = st["recoveries"]
     assert isinstance(recoveries, list) and len(recoveries) >= 20
     assert {r["kind"] for r in recoveries} >= {"crashed", "hung"}
+    assert len(answers) >= 1000
+    return answers, done, st
+
+
+def test_flask_app_survives_failures(tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger"
+    env = dict(os.environ, NOOKS_TEST_LEDGER=str(ledger))
+
+    def request(c: httpx.Client, i: int) -> tuple[str, int, bytes]:
+        if i % 5 == 4:
+            rid = f"{threading.get_ident()}-{i}-{os.urandom(4).hex()}"
+            r = c.post("/orders", content=b"x" * i, headers={"X-Request-Id": rid})
+            return f"POST {rid}", r.status_code, r.content
+        r = c.get(f"/item/{i}")
+        return f"GET {i}", r.status_code, r.content
+
+    with serving("tests.web.flaskapp:app", "--workers", "2", "--timeout", "1",
+                 env=env) as (url, name, _):
+        answers, _, _ = hammer(url, name, request, "/hello")
+
+    gets = [(k[4:], code, body) for k, code, body in answers if k.startswith("GET")]
+    posts = [(k[5:], code, body) for k, code, body in answers if k.startswith("POST")]
     bad = [(i, code) for i, code, _ in gets if code != 200]
     assert not bad, f"failed GETs: {bad[:10]}"
     for i, _, body in gets:
         assert json.loads(body) == {"n": int(i),
                                     "sha": hashlib.sha256(i.encode()).hexdigest()}
+    # no POST ran twice; each 201 ran exactly once; the others got 503 (ran once or never)
     ran = collections.Counter(ledger.read_text().split())
     assert all(n == 1 for n in ran.values()), [r for r, n in ran.items() if n > 1]
     for rid, code, body in posts:
@@ -131,7 +154,28 @@ def test_flask_app_survives_failures(tmp_path: Path) -> None:
     assert sum(code == 201 for _, code, _ in posts) > len(posts) // 2
 
 
-def test_static_server(tmp_path: Path) -> None:
+def test_static_server_survives_failures(tmp_path: Path) -> None:
+    www = tmp_path / "www"
+    www.mkdir()
+    rng = random.Random(7)
+    files = {f"f{i}.html": rng.randbytes(rng.randrange(100, 8192)) for i in range(20)}
+    files["large.bin"] = rng.randbytes(700 << 10)  # crosses in parts (``more``)
+    for rel, data in files.items():
+        (www / rel).write_bytes(data)
+    names = sorted(files)
+
+    def request(c: httpx.Client, i: int) -> tuple[str, int, bytes]:
+        rel = names[i % len(names)]
+        r = c.get(f"/{rel}")
+        return rel, r.status_code, r.content
+
+    with serving(f"static:{www}", "--workers", "2", "--timeout", "1") as (url, name, _):
+        answers, _, _ = hammer(url, name, request, "/large.bin")
+    bad = [(rel, code) for rel, code, body in answers if code != 200 or body != files[rel]]
+    assert not bad, f"failed or wrong GETs: {bad[:10]}"
+
+
+def test_static_server_features(tmp_path: Path) -> None:
     www = tmp_path / "www"
     (www / "sub").mkdir(parents=True)
     files = {"index.html": b"<h1>home</h1>\n", "sub/page.txt": os.urandom(4096),
@@ -167,20 +211,33 @@ def test_static_server(tmp_path: Path) -> None:
         assert len(status(name)["recoveries"]) == 3  # type: ignore[arg-type]
 
 
-def test_route_marked_safe_is_reissued_and_others_get_503(tmp_path: Path) -> None:
+def test_a_request_that_may_have_run_is_never_run_again(tmp_path: Path) -> None:
+    """The application records an order and crashes before it answers: the POST is
+    answered 503 and ran once. Marked safe to retry, it runs again and succeeds."""
     ledger = tmp_path / "ledger"
     env = dict(os.environ, NOOKS_TEST_LEDGER=str(ledger))
-    with serving("tests.web.flaskapp:app", "--workers", "1", "--timeout", "1",
-                 "--retry-safe", "POST /orders", env=env) as (url, name, _):
-        st = status(name)
-        assert "POST /orders" in st["retry_safe"]  # type: ignore[operator]
-        assert "PUT /never-mind/*" in st["retry_safe"]  # type: ignore[operator]
+    crash = {"X-Crash-After-Record": "once"}
     with serving("tests.web.flaskapp:app", "--workers", "1", "--timeout", "1",
                  env=env) as (url, name, _):
-        request(socket_path(name), {"cmd": "inject", "fault": "hang"})
-        r = httpx.post(f"{url}/orders", headers={"X-Request-Id": "hung"}, timeout=30)
+        assert status(name)["retry_safe"] == ["PUT /never-mind/*"]  # marked by the app
+        r = httpx.post(f"{url}/orders", headers={"X-Request-Id": "a", **crash}, timeout=30)
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert ledger.read_text().split() == ["a"]
+        # hung before it started: not run, and not run again
+        request(socket_path(name), {"cmd": "inject", "fault": "hang"})
+        r = httpx.post(f"{url}/orders", headers={"X-Request-Id": "b"}, timeout=30)
+        assert r.status_code == 503
+        assert ledger.read_text().split() == ["a"]
         assert httpx.get(f"{url}/hello").status_code == 200
+        kinds = [x["kind"] for x in status(name)["recoveries"]]  # type: ignore[attr-defined]
+        assert kinds == ["crashed", "hung"]
+    ledger.unlink()
+    with serving("tests.web.flaskapp:app", "--workers", "1", "--retry-safe", "POST /orders",
+                 env=env) as (url, name, _):
+        assert "POST /orders" in status(name)["retry_safe"]  # type: ignore[operator]
+        r = httpx.post(f"{url}/orders", headers={"X-Request-Id": "c", **crash}, timeout=30)
+        assert r.status_code == 201 and r.json()["id"] == "c"
+        assert ledger.read_text().split() == ["c", "c"]  # it ran again, as allowed
 
 
 def test_native_server_dies_with_its_application() -> None:

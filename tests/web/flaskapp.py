@@ -3,10 +3,13 @@
 Every POST to ``/orders`` is recorded in a ledger file (``NOOKS_TEST_LEDGER``),
 one line per execution, so a test can tell whether a request ran twice. The
 ledger lives outside the application's memory because its memory dies with it.
+With ``X-Crash-After-Record: once`` the application records the order, then
+crashes before answering (the first time it sees that request id).
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 
@@ -37,8 +40,11 @@ def orders() -> tuple[dict[str, object], int]:
     rid = request.headers.get("X-Request-Id", "")
     ledger = os.environ.get("NOOKS_TEST_LEDGER")
     if ledger:
+        seen = os.path.exists(ledger) and rid in open(ledger).read().split()
         with open(ledger, "a") as f:
             f.write(f"{rid}\n")
+        if request.headers.get("X-Crash-After-Record") == "once" and not seen:
+            ctypes.string_at(0)  # the order is recorded, and the reply never comes
     return {"id": rid, "size": len(request.get_data())}, 201
 
 

@@ -7,6 +7,10 @@ and a small Flask route — three ways each, with the same number of workers:
 * native: ``nooks serve --native`` (the same host, the extension in-process);
 * gunicorn: ``gunicorn -w N`` with sync workers, the same WSGI application.
 
+The three run side by side and are measured in turns (the order rotating),
+three rounds; each figure is the median round, and every round is kept in
+the JSON, because on a small machine one run can be off by a third.
+
 wrk drives each with keep-alive connections (gunicorn's sync workers close
 every connection; that is how they serve). Every server runs from the same
 machine, unpinned; wrk has one thread.
@@ -27,6 +31,7 @@ from typing import Any
 from nooks.web.process import start_server, stop_server, wait_listening
 
 PAGE = 4096
+HOWS = ("nooks", "native", "gunicorn")
 
 
 def _page() -> bytes:
@@ -85,6 +90,27 @@ def _serve(how: str, app: str, workers: int) -> tuple[subprocess.Popen[bytes], s
     return proc, f"http://{host}:{port}"
 
 
+def _compare(app: str, path: str, workers: int, *, seconds: float, rounds: int,
+             connections: int, progress: Callable[[str], None]) -> dict[str, Any]:
+    """The three servers side by side, measured in turns; the median round of each."""
+    servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
+    runs: dict[str, list[dict[str, float]]] = {how: [] for how in HOWS}
+    try:
+        for how in HOWS:
+            progress(f"starting {how}")
+            servers[how] = _serve(how, app, workers)
+            wrk(servers[how][1] + path, 1.0, connections)  # warm up
+        for r in range(rounds):
+            for how in HOWS[r % 3:] + HOWS[:r % 3]:
+                progress(f"{how}, round {r + 1} of {rounds}")
+                runs[how].append(wrk(servers[how][1] + path, seconds, connections))
+    finally:
+        for proc, _ in servers.values():
+            stop_server(proc)
+    return {how: sorted(rs, key=lambda x: x["requests_s"])[len(rs) // 2] | {
+        "rounds_requests_s": [x["requests_s"] for x in rs]} for how, rs in runs.items()}
+
+
 def run(workers: int = 2, quick: bool = False, connections: int = 16,
         progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     for tool in ("wrk",):
@@ -96,23 +122,18 @@ def run(workers: int = 2, quick: bool = False, connections: int = 16,
     except ImportError as e:
         raise RuntimeError(f"the web benchmark needs the test extras: {e}") from None
     seconds = 2.0 if quick else 5.0
+    rounds = 1 if quick else 3
     out: dict[str, Any] = {"workers": workers, "connections": connections,
-                           "seconds": seconds, "page_bytes": PAGE}
+                           "seconds": seconds, "rounds": rounds, "page_bytes": PAGE}
     with tempfile.TemporaryDirectory(prefix="nooks-bench-web-") as www:
         with open(os.path.join(www, "index.html"), "wb") as f:
             f.write(_page())
         apps = {"static_4k": (f"static:{www}", "/index.html"),
                 "flask": ("nooks.bench.webapp:app", "/hello")}
         for key, (app, path) in apps.items():
-            out[key] = {}
-            for how in ("nooks", "native", "gunicorn"):
-                progress(f"{key}: {how}")
-                proc, url = _serve(how, app, workers)
-                try:
-                    wrk(url + path, 1.0, connections)  # warm up
-                    out[key][how] = wrk(url + path, seconds, connections)
-                finally:
-                    stop_server(proc)
+            out[key] = _compare(app, path, workers, seconds=seconds, rounds=rounds,
+                                connections=connections,
+                                progress=lambda s, key=key: progress(f"{key}: {s}"))  # type: ignore[misc]
     ratios: dict[str, dict[str, float]] = {}
     for key in ("static_4k", "flask"):
         r = out[key]

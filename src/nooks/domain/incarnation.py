@@ -101,7 +101,8 @@ class Incarnation:
         self.pid = self.proc.pid
         self._apply_limits()
         self.sock = host_sock
-        self.channel = Channel(host_sock, self, spin_us=spec.spin_us)
+        self.channel = Channel(host_sock, self, spin_us=spec.spin_us if spec.host_spin_us is None
+                               else spec.host_spin_us)
         self._control = self.channel.register(CONTROL_ID, time.monotonic() + spec.start_deadline,
                                               "start")
         self.pidfd = os.pidfd_open(self.pid)

@@ -56,6 +56,9 @@ class DriverSpec:
     # both sides poll this long for the next message before sleeping (0: never);
     # only where the process may use more than one CPU (see nooks.xpc.poll)
     spin_us: float = 50.0
+    # the host side's own polling, if it differs: a host whose many threads share
+    # one interpreter lock does better asleep than spinning (the web class)
+    host_spin_us: float | None = None
     # a fault injected into the first domain's driver code as it loads (restarts
     # load the code from disk, as a reloaded kernel module would)
     fault: FaultPlan | None = None

@@ -33,7 +33,7 @@ class WebApp:
         return DriverSpec(
             target=ADAPTER, args=self._ctor(retry_safe), interface=WebInterface, name=name,
             deadline=deadline, limits=limits, preload=(self.module,), fault=fault,
-            spin_us=float(os.environ.get("NOOKS_SPIN_US", "50")))
+            host_spin_us=0.0)
 
     def native_spec(self, *, name: str, retry_safe: tuple[str, ...] = ()) -> DriverSpec:
         return DriverSpec(target=ADAPTER, args=self._ctor(retry_safe), interface=WebInterface,

@@ -19,7 +19,6 @@ import contextlib
 import itertools
 import logging
 import os
-import queue
 import signal
 import socket
 import threading
@@ -66,6 +65,7 @@ class Worker:
         self.shadow = shadow
         self.native = native
         self.pending_fault: str | None = None
+        self.busy = threading.Lock()  # held while it serves a request
 
     @property
     def usable(self) -> bool:
@@ -109,8 +109,8 @@ class WebHost:
         self.address: tuple[str, int] = self._listener.getsockname()[:2]
         self.name = name or f"{self.address[0]}:{self.address[1]}"
         self._conn_slots = threading.BoundedSemaphore(max_connections)
-        self._idle: queue.Queue[Worker] = queue.Queue()
         self._lock = threading.Lock()
+        self._freed = threading.Condition(threading.Lock())
         self._waiting = 0
         self._inject_next = itertools.count()
         self.connections = 0
@@ -128,7 +128,7 @@ class WebHost:
                     self._domain_worker(i, deadline, domain_limits or Limits(), retry_safe,
                                         max_tries, fault if i == 0 else None)
                 self.workers.append(w)
-                self._idle.put(w)
+            self._usable = list(self.workers)
             marked = self.workers[0].call("retry_safe")
             for s in self.web_shadows:
                 s.mark_retry_safe(marked)
@@ -191,24 +191,36 @@ class WebHost:
                     rec.kind, rec.detail, rec.call, rec.duration_ms)
 
     def _acquire(self) -> Worker:
-        with self._lock:
+        """An idle worker: at once if there is one, else the first to come free within
+        ``queue_timeout`` (ServiceBusy if none does, or too many wait already)."""
+        for w in self._usable:
+            if w.busy.acquire(False):
+                return w
+        deadline = time.monotonic() + self.queue_timeout
+        with self._freed:
             if self._waiting >= self.max_queue:
                 raise ServiceBusy("too many requests are waiting; try again")
             self._waiting += 1
-        try:
-            return self._idle.get(timeout=self.queue_timeout)
-        except queue.Empty:
-            raise ServiceBusy("no worker became free in time; try again") from None
-        finally:
-            with self._lock:
+            try:
+                while True:
+                    for w in self._usable:
+                        if w.busy.acquire(False):
+                            return w
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not self._freed.wait(left):
+                        raise ServiceBusy("no worker became free in time; try again")
+            finally:
                 self._waiting -= 1
 
     def _release(self, w: Worker) -> None:
-        if w.usable:
-            self._idle.put(w)
-        else:
+        if not w.usable:
             log.error("%s: worker %d cannot be restarted; %d left", self.name, w.index,
                       sum(x.usable for x in self.workers))
+            self._usable = [x for x in self._usable if x is not w]
+        w.busy.release()
+        if self._waiting:  # read unlocked: a new waiter tries the workers again itself
+            with self._freed:
+                self._freed.notify()
 
     # -- requests ------------------------------------------------------------------------
 
