@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+from pathlib import Path
 
 from flask import Flask, Response, request
 
@@ -40,7 +41,7 @@ def orders() -> tuple[dict[str, object], int]:
     rid = request.headers.get("X-Request-Id", "")
     ledger = os.environ.get("NOOKS_TEST_LEDGER")
     if ledger:
-        seen = os.path.exists(ledger) and rid in open(ledger).read().split()
+        seen = os.path.exists(ledger) and rid in Path(ledger).read_text().split()
         with open(ledger, "a") as f:
             f.write(f"{rid}\n")
         if request.headers.get("X-Crash-After-Record") == "once" and not seen:
