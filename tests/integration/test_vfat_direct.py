@@ -48,6 +48,7 @@ def mounted(image: Path, mountpoint: Path) -> Iterator[Path]:
     mountpoint.mkdir(exist_ok=True)
     ops = Vfat(str(image))
     failure: list[BaseException] = []
+    cwd = os.getcwd()  # libfuse's session set-up moves this process to /
 
     def serve() -> None:
         try:
@@ -69,6 +70,7 @@ def mounted(image: Path, mountpoint: Path) -> Iterator[Path]:
             subprocess.run(["fusermount3", "-u", str(mountpoint)], check=True)
         thread.join(60)
         ops.close()
+        os.chdir(cwd)
     assert not thread.is_alive(), "FUSE did not return after the unmount"
     assert not failure, failure
 

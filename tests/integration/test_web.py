@@ -33,6 +33,7 @@ from nooks.web.process import Output, start_server, stop_server
 pytestmark = pytest.mark.timeout(240)
 
 FAULTS = ("segv", "exception", "hang")
+ROOT = str(Path(__file__).resolve().parents[2])  # where tests.web.flaskapp is found
 
 
 @contextmanager
@@ -41,7 +42,7 @@ def serving(app: str, *extra: str, env: dict[str, str] | None = None,
     name = f"web-{os.getpid()}-{next(_names)}"
     cmd = [sys.executable, "-m", "nooks", "serve", app, "--bind", "127.0.0.1:0",
            "--name", name, *extra]
-    proc, (host, port), out = start_server(cmd, env=env)
+    proc, (host, port), out = start_server(cmd, env=env, cwd=ROOT)
     try:
         yield f"http://{host}:{port}", name, out
     finally:

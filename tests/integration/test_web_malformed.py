@@ -14,6 +14,7 @@ import socket
 import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -88,7 +89,7 @@ def test_malformed_http_is_refused_by_the_host() -> None:
     proc, address, out = start_server(
         [sys.executable, "-m", "nooks", "serve", "tests.web.flaskapp:app", "--bind",
          "127.0.0.1:0", "--name", name, "--workers", "1", "--request-timeout", "2",
-         "--max-body", "1M"])
+         "--max-body", "1M"], cwd=str(Path(__file__).resolve().parents[2]))
     try:
         path = socket_path(name)
         assert httpx.get(f"http://{address[0]}:{address[1]}/hello").status_code == 200

@@ -56,8 +56,8 @@ def resolve(app: str) -> WebApp:
         raise ValueError(f"{app!r}: give static:DIR or a WSGI application as module:app")
     try:
         found = importlib.util.find_spec(kind)
-    except (ImportError, ValueError):
-        found = None
+    except (ImportError, ValueError) as e:
+        raise ValueError(f"{app}: cannot find module {kind!r}: {e}") from None
     if found is None:
         raise ValueError(f"{app}: no module named {kind!r} (on PYTHONPATH or in the "
                          "current directory)")
