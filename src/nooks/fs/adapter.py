@@ -17,6 +17,7 @@ in a direct mount, so that the driver sees the same calls:
 
 from __future__ import annotations
 
+import functools
 import inspect
 import threading
 from collections.abc import Callable
@@ -64,15 +65,21 @@ class FsAdapter:
         self.driver = factory(*[_resolve(a, self._devices) for a in args],
                               **{k: _resolve(v, self._devices) for k, v in kwargs.items()})
         self._via_call = callable(self.driver)
+        self._ops: dict[str, Callable[..., Any]] = {}
         self._ns = bool(getattr(self.driver, "use_ns", False))
         create = getattr(self.driver, "create", None)
         self._create_flags = create is not None and _arity(create) >= 3
 
     def _op(self, name: str) -> Callable[..., Any]:
-        if self._via_call:
-            call = self.driver
-            return lambda *args: call(name, *args)
-        return getattr(self.driver, name)  # type: ignore[no-any-return]
+        op = self._ops.get(name)
+        if op is None:
+            if self._via_call:
+                call = self.driver
+                op = functools.partial(call, name)
+            else:
+                op = getattr(self.driver, name)
+            self._ops[name] = op
+        return op
 
     def implemented(self) -> list[str]:
         out = []
@@ -87,8 +94,9 @@ class FsAdapter:
 
     def _call(self, ctx: tuple[int, int, int], name: str, *args: Any) -> Any:
         _ctx.value = ctx
-        for device in self._devices:
-            device.request_started()
+        if self._devices:
+            for device in self._devices:
+                device.request_started()
         return self._op(name)(*args)
 
     def init(self, ctx: tuple[int, int, int], path: str) -> None:
@@ -114,7 +122,8 @@ class FsAdapter:
         return data if isinstance(data, bytes) else bytes(data or b"")
 
     def getattr(self, ctx: tuple[int, int, int], path: str, fh: int | None = None) -> Any:
-        return dict(self._call(ctx, "getattr", path, fh))
+        attrs = self._call(ctx, "getattr", path, fh)
+        return attrs if type(attrs) is dict else dict(attrs)
 
 
 def _passthrough(name: str) -> Callable[..., Any]:

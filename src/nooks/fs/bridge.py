@@ -8,6 +8,7 @@ driver mounted directly, so the kernel sees the same filesystem.
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +40,8 @@ def make_operations(call: Call, implemented: list[str], use_ns: bool,
     if "create" in implemented:
         def create(self: object, path: str, mode: int, flags: int = 0) -> Any:
             return call("create", _fuse_context(), path, mode, flags)
+        # mfusepy asks inspect.signature(create) on every create: answer it once
+        create.__signature__ = inspect.signature(create)  # type: ignore[attr-defined]
         ns["create"] = create
 
     def init(self: object, path: str) -> None:

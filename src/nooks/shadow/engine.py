@@ -192,8 +192,10 @@ class Shadow:
             finally:
                 if suspect is not None:
                     suspect.release()
+            if not self.spec.handle_result(op):
+                return self.spec.record(op, args, result)
             with self._state:
-                if gen == self.generation or not self.spec.handle_result(op):
+                if gen == self.generation:
                     return self.spec.record(op, args, result)
             # a recovery happened while this request ran: its handle died with the
             # old driver, so ask the new one

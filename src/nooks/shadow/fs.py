@@ -71,6 +71,7 @@ class FsShadow:
         self.handles: dict[int, Handle] = {}
         self._next = 1
         self.journal: list[tuple[str, tuple[Any, ...], Any]] = []
+        self._recorded = OPENERS | CLOSERS | {"rename", "unlink"} | (LOGGED if volatile else set())
 
     # -- passive mode --------------------------------------------------------------------
 
@@ -101,6 +102,8 @@ class FsShadow:
         return True  # every filesystem request is idempotent, or made so (see translate)
 
     def record(self, op: str, args: tuple[Any, ...], result: Any) -> Any:
+        if op not in self._recorded:
+            return result  # getattr, read, write, statfs...: nothing to remember
         with self._lock:
             if self.volatile and op in LOGGED:
                 self.journal.append((op, args, result))

@@ -71,8 +71,9 @@ class Waiter:
     __slots__ = ("awake", "call", "deadline", "lock", "msg", "nested", "sleeping")
 
     def __init__(self, deadline: float, call: str) -> None:
-        self.lock = threading.Lock()
-        self.lock.acquire()
+        # made when the waiter first sleeps (most calls never do); a wake that
+        # comes before is remembered in ``awake``
+        self.lock: threading.Lock | None = None
         self.awake = False
         self.sleeping = False
         self.msg: Any = None
@@ -148,6 +149,11 @@ class Channel:
                     self._leading = True
                 else:
                     w.sleeping = True
+                    if w.lock is None:
+                        w.lock = threading.Lock()
+                        if not w.awake:
+                            w.lock.acquire()
+                    lock = w.lock
             if lead:
                 try:
                     self._lead(w)
@@ -155,7 +161,7 @@ class Channel:
                     self._handoff()
                 continue
             remaining = w.deadline - time.monotonic()
-            woke = remaining > 0 and w.lock.acquire(timeout=remaining)
+            woke = remaining > 0 and lock.acquire(timeout=remaining)
             with self._mu:
                 w.sleeping = False
                 if woke:
@@ -167,7 +173,8 @@ class Channel:
         # under self._mu
         if not w.awake:
             w.awake = True
-            w.lock.release()
+            if w.lock is not None:
+                w.lock.release()
 
     def _handoff(self) -> None:
         with self._mu:
