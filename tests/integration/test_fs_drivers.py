@@ -184,3 +184,33 @@ def test_mfusepy_examples_match_direct_mount_and_survive_crashes(
     assert all(r["ok"] for r in st["recoveries"])
 
 
+
+
+def test_suspect_errors_get_a_second_opinion(tmp_path: Path) -> None:
+    """EIO, or EBADF for an open handle, from a driver whose state is corrupt: a
+    fresh driver is asked again and the application reads its data. An error
+    the fresh driver repeats (a bad sector) reaches the application, once asked."""
+    backing = tmp_path / "backing"
+    backing.mkdir()
+    for name in ("flaky.txt", "stale.txt", "bad.txt"):
+        (backing / name).write_text(f"contents of {name}")
+    with mounted(str(tmp_path), "tests.drivers.flaky:FlakyPassthrough",
+                 extra=("--state", "persistent"), ctor=(str(backing),)) as m:
+        for name in ("flaky.txt", "stale.txt"):
+            assert (Path(m.path) / name).read_text() == f"contents of {name}"
+        recs = m.status()["recoveries"]
+        assert [r["kind"] for r in recs] == ["misbehaved"]  # one restart cured both
+        assert "asking a fresh driver" in recs[0]["detail"]
+        for _ in range(3):
+            with pytest.raises(OSError) as e:
+                (Path(m.path) / "bad.txt").read_text()
+            assert e.value.errno == errno.EIO
+        st = m.status()
+        assert len(st["recoveries"]) == 2  # asked once; then the error was trusted
+        assert st["second_opinions"] == 2
+    (backing / ".first-incarnation-done").unlink()
+    with mounted(str(tmp_path / "native"), "tests.drivers.flaky:FlakyPassthrough",
+                 native=True, extra=("--state", "persistent"), ctor=(str(backing),)) as m:
+        with pytest.raises(OSError) as e:
+            (Path(m.path) / "flaky.txt").read_text()
+        assert e.value.errno == errno.EIO

@@ -40,6 +40,11 @@ def test_pipelined_requests_come_out_whole_and_in_order() -> None:
         ("GET", "/a?x=1", b"", True), ("POST", "/b", b"abc", True),
         ("PUT", "/c", b"xyz", True), ("GET", "/d", b"", False)]
     assert reqs[0].headers == [("Host", "h")]
+    assert [r.http10 for r in reqs] == [False, False, False, True]
+    ka = parse(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")[0]
+    assert ka.keep_alive and ka.http10
+    assert b"Connection: keep-alive\r\n" in render_head(200, "", [], 0, keep_alive=True,
+                                                         head_only=False, http10=True)
 
 
 @settings(max_examples=60, deadline=None)

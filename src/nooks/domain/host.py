@@ -354,6 +354,16 @@ class Domain:
             raise self._misbehaved(inc, f"{spec.name} returned a bad result: {e}",
                                    spec.name) from None
 
+    def condemn(self, detail: str, call: str) -> FailureReport:
+        """Declare the current driver failed (misbehaved) on the host's judgement, e.g.
+        an answer a correct driver cannot give; it is killed like any failed driver."""
+        inc = self._inc
+        if inc is None:
+            raise Closed(f"domain {self.name} is {self.state}")
+        exc = self._misbehaved(inc, detail, call)
+        self._note(exc)
+        return exc.report
+
     def _misbehaved(self, inc: Incarnation, detail: str, call: str) -> DomainFailed:
         exc = DomainFailed.of(detect.host_verdict(FailureKind.MISBEHAVED, detail,
                                                   driver=self.name, pid=inc.pid, call=call))

@@ -135,6 +135,7 @@ class FsHost:
         out.update(
             state=self.domain.state, mode=self.shadow.mode, domain_pid=self.domain.pid,
             calls=self.domain.calls, poisoned=self.shadow.poisoned,
+            second_opinions=self.shadow.second_opinions_asked,
             generation=self.shadow.generation,
             open_handles=len(self.shadow.spec.handles),  # type: ignore[attr-defined]
             start_failures=[{"kind": r.kind.value, "detail": r.detail}

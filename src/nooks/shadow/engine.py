@@ -22,6 +22,11 @@ Modes and rules:
 * *poison*: a request that has failed the driver ``max_tries`` times fails
   alone with the spec's poison error. Re-issued requests run one at a time, so
   a repeat failure is pinned on the request that caused it.
+* *second opinions*: an error the spec calls suspect (one a correct driver
+  rarely or never gives, e.g. EIO) condemns the driver as misbehaved; it is
+  recovered and the request re-issued, and only if the fresh driver gives the
+  same error does the caller see it (that error is then trusted, without
+  restarts, for ``trust_seconds``).
 * every recovery is recorded (``Recovery``).
 """
 
@@ -100,6 +105,11 @@ class ClassSpec(Protocol):
     def reissued(self, op: str, args: tuple[Any, ...], error: BaseException) -> tuple[bool, Any]:
         """A re-issued request raised ``error``: (True, result) if it was already done."""
 
+    def suspect(self, op: str, args: tuple[Any, ...], error: BaseException) -> bool:
+        """Whether an error the driver returned may be a sign that it is broken (an
+        answer a correct driver gives rarely or never here): then a fresh driver is
+        asked again before the caller sees it."""
+
     def answer(self, op: str, args: tuple[Any, ...]) -> Any:
         """Answer from the log while the driver is down, or raise NotInLog."""
 
@@ -116,7 +126,8 @@ class ClassSpec(Protocol):
 class Shadow:
     def __init__(self, domain: Domain, spec: ClassSpec, *, max_tries: int = 3,
                  block_timeout: float = 60.0, recovery_attempts: int = 3,
-                 on_recovery: Callable[[Recovery], None] | None = None) -> None:
+                 on_recovery: Callable[[Recovery], None] | None = None,
+                 second_opinions: bool = True) -> None:
         self.domain = domain
         self.spec = spec
         self.max_tries = max_tries
@@ -131,6 +142,11 @@ class Shadow:
         self._suspects = threading.Lock()
         self._state = threading.Condition(threading.Lock())
         self._recovering = False
+        # errors a fresh driver is asked about again (see ClassSpec.suspect)
+        self.second_opinions = second_opinions
+        self.second_opinions_asked = 0
+        self.trust_seconds = 10.0
+        self._trusted: dict[tuple[str, str], float] = {}
 
     @property
     def mode(self) -> str:
@@ -148,6 +164,7 @@ class Shadow:
         """Serve one request: from the driver, or by the class's strategy while it is down."""
         tries = 0
         last: FailureReport | None = None
+        second_opinion: tuple[str, str] | None = None
         while True:
             if self.dead is not None:
                 raise self.spec.poison(op, self.dead.args[0] if self.dead.args else last)  # type: ignore[arg-type]
@@ -188,7 +205,20 @@ class Shadow:
                     done, value = self.spec.reissued(op, args, e)
                     if done:
                         return value
-                raise
+                    if second_opinion is not None:
+                        # a fresh driver said the same: the error is the world's, not
+                        # the driver's; trust it for a while rather than restart again
+                        self._trusted[second_opinion] = time.monotonic() + self.trust_seconds
+                    raise
+                key = self._second_opinion(op, args, e)
+                if key is None:
+                    raise
+                last = self.domain.condemn(
+                    f"{op} answered {type(e).__name__}: {e}; asking a fresh driver", op)
+                second_opinion = key
+                tries += 1
+                self._recover(gen, last)
+                continue
             finally:
                 if suspect is not None:
                     suspect.release()
@@ -199,6 +229,17 @@ class Shadow:
                     return self.spec.record(op, args, result)
             # a recovery happened while this request ran: its handle died with the
             # old driver, so ask the new one
+
+    def _second_opinion(self, op: str, args: tuple[Any, ...],
+                        error: Exception) -> tuple[str, str] | None:
+        """The key under which to ask a fresh driver about ``error``, or None."""
+        if not self.second_opinions or not self.spec.suspect(op, args, error):
+            return None
+        key = (op, str(getattr(error, "errno", type(error).__name__)))
+        if self._trusted.get(key, 0.0) > time.monotonic():
+            return None
+        self.second_opinions_asked += 1
+        return key
 
     def _spoof(self, op: str, args: tuple[Any, ...]) -> tuple[bool, Any]:
         strategy = self.spec.strategy(op)

@@ -15,6 +15,9 @@ Rules:
   unlink/rmdir/rename that meets ENOENT, a release that meets EBADF, found
   their own earlier effect and count as done.
 * A request that keeps failing the driver fails alone with EIO.
+* Second opinions: EIO or EFAULT from the driver, or EBADF for a handle the
+  shadow holds open, condemn the driver; a fresh one is asked again, and the
+  application sees the error only if it says the same.
 * With ``volatile=True`` (a driver whose whole state lives in its memory) the
   shadow also keeps every state-changing request since the mount and replays
   them all into the new driver; without it, only open handles are replayed and
@@ -49,6 +52,9 @@ ALREADY_DONE = {
     "link": errno.EEXIST, "unlink": errno.ENOENT, "rmdir": errno.ENOENT,
     "rename": errno.ENOENT, "release": errno.EBADF, "releasedir": errno.EBADF,
 }
+# errors a driver gives when it is broken more often than when the world is: a
+# fresh driver is asked again before the application sees one
+SUSPECT = frozenset({errno.EIO, errno.EFAULT})
 # what the volatile log keeps: requests that change stored state
 LOGGED = frozenset({"mknod", "mkdir", "unlink", "rmdir", "symlink", "rename", "link", "chmod",
                     "chown", "truncate", "write", "create", "utimens", "setxattr",
@@ -97,6 +103,17 @@ class FsShadow:
         out = list(args)
         out[at] = h.real
         return tuple(out)
+
+    def suspect(self, op: str, args: tuple[Any, ...], error: BaseException) -> bool:
+        if not isinstance(error, OSError):
+            return False
+        if error.errno in SUSPECT:
+            return True
+        if error.errno == errno.EBADF:
+            # the kernel only passes handles it was given: one we hold open is valid
+            at = FH_AT.get(op)
+            return at is not None and at < len(args) and args[at] in self.handles
+        return False
 
     def reissuable(self, op: str, args: tuple[Any, ...]) -> bool:
         return True  # every filesystem request is idempotent, or made so (see translate)

@@ -80,6 +80,9 @@ class WebShadow:
             return self.safe_to_retry(str(args[0]), str(args[1]))
         return op != "more"
 
+    def suspect(self, op: str, args: tuple[object, ...], error: BaseException) -> bool:
+        return False  # a web extension's errors are its responses: 500s are answers
+
     def reissued(self, op: str, args: tuple[object, ...],
                  error: BaseException) -> tuple[bool, object]:
         return False, None

@@ -196,6 +196,8 @@ class WebHost:
         for w in self._usable:
             if w.busy.acquire(False):
                 return w
+        if not self._usable:
+            raise ServiceBusy("the application cannot be restarted")
         deadline = time.monotonic() + self.queue_timeout
         with self._freed:
             if self._waiting >= self.max_queue:
@@ -249,11 +251,15 @@ class WebHost:
                                req)
         except Closed:
             return self._error(503, "the server is shutting down", req, retry_after=RETRY_AFTER)
+        except Exception:
+            log.exception("%s: %s %s", self.name, req.method, req.target[:200])
+            return self._error(500, "the server failed to handle this request", req)
         with self._lock:
             self.statuses[head.status] += 1
         head_only = req.method == "HEAD"
         out = http.render_head(head.status, head.reason, head.headers, len(body),
-                               keep_alive=req.keep_alive, head_only=head_only)
+                               keep_alive=req.keep_alive, head_only=head_only,
+                               http10=req.http10)
         return out if head_only or head.status in (204, 304) else out + body
 
     def _error(self, status: int, message: str, req: Request,

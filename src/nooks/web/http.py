@@ -51,6 +51,7 @@ class Request:
     headers: list[tuple[str, str]]
     body: bytes
     keep_alive: bool
+    http10: bool = False
 
     @property
     def idempotent(self) -> bool:
@@ -191,7 +192,8 @@ class RequestParser:
             return
         self._ready.append(Request(
             method=p.get_method().decode("ascii"), target=target, headers=headers,
-            body=b"".join(cur.body), keep_alive=p.should_keep_alive()))
+            body=b"".join(cur.body), keep_alive=p.should_keep_alive(),
+            http10=p.get_http_version() == "1.0"))
 
 
 def check_head(status: int, reason: str, headers: list[tuple[str, str]]) -> str | None:
@@ -209,7 +211,7 @@ def check_head(status: int, reason: str, headers: list[tuple[str, str]]) -> str 
 
 
 def render_head(status: int, reason: str, headers: list[tuple[str, str]], length: int, *,
-                keep_alive: bool, head_only: bool) -> bytes:
+                keep_alive: bool, head_only: bool, http10: bool = False) -> bytes:
     """Status line and headers; framing (Content-Length, Connection) is the host's."""
     reason = reason or _reason(status)
     lines = [f"HTTP/1.1 {status} {reason}"]
@@ -225,6 +227,8 @@ def render_head(status: int, reason: str, headers: list[tuple[str, str]], length
         lines.append(f"Content-Length: {declared if head_only and declared else length}")
     if not keep_alive:
         lines.append("Connection: close")
+    elif http10:
+        lines.append("Connection: keep-alive")  # HTTP/1.0 closes unless told otherwise
     lines.append("\r\n")
     return "\r\n".join(lines).encode("latin-1")
 
