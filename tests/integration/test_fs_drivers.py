@@ -202,7 +202,7 @@ def test_suspect_errors_get_a_second_opinion(tmp_path: Path) -> None:
         assert [r["kind"] for r in recs] == ["misbehaved"]  # one restart cured both
         assert "asking a fresh driver" in recs[0]["detail"]
         for _ in range(3):
-            with pytest.raises(OSError) as e:
+            with pytest.raises(OSError, match="Input/output error") as e:
                 (Path(m.path) / "bad.txt").read_text()
             assert e.value.errno == errno.EIO
         st = m.status()
@@ -211,6 +211,6 @@ def test_suspect_errors_get_a_second_opinion(tmp_path: Path) -> None:
     (backing / ".first-incarnation-done").unlink()
     with mounted(str(tmp_path / "native"), "tests.drivers.flaky:FlakyPassthrough",
                  native=True, extra=("--state", "persistent"), ctor=(str(backing),)) as m:
-        with pytest.raises(OSError) as e:
+        with pytest.raises(OSError, match="Input/output error") as e:
             (Path(m.path) / "flaky.txt").read_text()
         assert e.value.errno == errno.EIO
