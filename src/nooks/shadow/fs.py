@@ -15,9 +15,10 @@ Rules:
   unlink/rmdir/rename that meets ENOENT, a release that meets EBADF, found
   their own earlier effect and count as done.
 * A request that keeps failing the driver fails alone with EIO.
-* Second opinions: EIO or EFAULT from the driver, or EBADF for a handle the
-  shadow holds open, condemn the driver; a fresh one is asked again, and the
-  application sees the error only if it says the same.
+* Second opinions: EIO, EFAULT or ENOSPC from the driver; ENOENT from any
+  request but a lookup (the kernel looked the path up first); EBADF or EINVAL
+  for a handle the shadow holds open: each condemns the driver; a fresh one is
+  asked again, and the application sees the error only if it says the same.
 * With ``volatile=True`` (a driver whose whole state lives in its memory) the
   shadow also keeps every state-changing request since the mount and replays
   them all into the new driver; without it, only open handles are replayed and
@@ -54,7 +55,8 @@ ALREADY_DONE = {
 }
 # errors a driver gives when it is broken more often than when the world is: a
 # fresh driver is asked again before the application sees one
-SUSPECT = frozenset({errno.EIO, errno.EFAULT})
+SUSPECT = frozenset({errno.EIO, errno.EFAULT, errno.ENOSPC})
+LOOKUPS = frozenset({"getattr", "access", "statfs", "init", "destroy"})
 # what the volatile log keeps: requests that change stored state
 LOGGED = frozenset({"mknod", "mkdir", "unlink", "rmdir", "symlink", "rename", "link", "chmod",
                     "chown", "truncate", "write", "create", "utimens", "setxattr",
@@ -109,7 +111,10 @@ class FsShadow:
             return False
         if error.errno in SUSPECT:
             return True
-        if error.errno == errno.EBADF:
+        if error.errno == errno.ENOENT:
+            # the kernel looked the path up (getattr) before sending anything else
+            return op not in LOOKUPS
+        if error.errno in (errno.EBADF, errno.EINVAL):
             # the kernel only passes handles it was given: one we hold open is valid
             at = FH_AT.get(op)
             return at is not None and at < len(args) and args[at] in self.handles
