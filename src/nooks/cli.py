@@ -16,7 +16,8 @@ from rich.table import Table
 
 from nooks.domain.config import FAULTS, FaultPlan
 
-console = Console()
+# into a pipe or a file, tables keep whole lines rather than wrap at 80 columns
+console = Console() if sys.stdout.isatty() else Console(width=200)
 errors = Console(stderr=True, soft_wrap=True, highlight=False)
 
 

@@ -250,3 +250,31 @@ def test_native_server_dies_with_its_application() -> None:
             httpx.get(f"{url}/hello")
         curl = subprocess.run(["curl", "-sf", f"{url}/hello"], capture_output=True, check=False)
         assert curl.returncode == 7  # couldn't connect: the server is gone
+
+
+def test_status_and_inject_by_bind_address() -> None:
+    """Without --name, a web host is named by its bind address in status and inject."""
+    cmd = [sys.executable, "-m", "nooks", "serve", "tests.web.flaskapp:app", "--bind",
+           "127.0.0.1:0", "--workers", "2"]
+    proc, (host, port), out = start_server(cmd, cwd=ROOT)
+    try:
+        name = f"{host}:{port}"
+
+        def nooks(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "nooks", *args], capture_output=True,
+                                  text=True, check=False, timeout=60)
+
+        r = nooks("inject", name, "--fault", "segv", "--worker", "1")
+        assert r.returncode == 0, r.stderr
+        assert httpx.get(f"http://{name}/hello").status_code == 200
+        fail_and_wait(name, "segv")  # worker 0 this time (each in turn)
+        st = json.loads(nooks("status", name, "--json").stdout)
+        assert st["name"] == name and st["class"] == "web" and st["bind"] == name
+        assert len(st["workers"]) == 2 and all(w["state"] == "live" for w in st["workers"])
+        assert sorted(r["worker"] for r in st["recoveries"]) == [0, 1]
+        r = nooks("inject", name, "--fault", "segv", "--worker", "5")
+        assert r.returncode == 1 and "no worker 5" in r.stderr
+        table = nooks("status")
+        assert table.returncode == 0 and name in table.stdout
+    finally:
+        assert stop_server(proc) == 0, out.tail()
