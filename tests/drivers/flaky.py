@@ -32,3 +32,38 @@ class FlakyPassthrough(Passthrough):
         if self.corrupt and name.startswith("stale"):
             raise FuseOSError(errno.EBADF)
         return super().read(path, size, offset, fh)
+
+
+class QuietlyWrongPassthrough(Passthrough):
+    """A first incarnation that answers success but does not do the work: mkdir of
+    ``lost*`` makes nothing, unlink of ``stuck*`` removes nothing, reads of
+    ``short*`` stop half-way, and root is refused entry to ``locked*``."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        marker = os.path.join(root, ".first-incarnation-done")
+        self.wrong = not os.path.exists(marker)
+        if self.wrong:
+            with open(marker, "w"):
+                pass
+
+    def mkdir(self, path: str, mode: int) -> int:
+        if self.wrong and os.path.basename(path).startswith("lost"):
+            return 0
+        return super().mkdir(path, mode)
+
+    def unlink(self, path: str) -> int:
+        if self.wrong and os.path.basename(path).startswith("stuck"):
+            return 0
+        return super().unlink(path)
+
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        data = super().read(path, size, offset, fh)
+        if self.wrong and os.path.basename(path).startswith("short"):
+            return data[: len(data) // 2]
+        return data
+
+    def access(self, path: str, amode: int) -> int:
+        if self.wrong and os.path.basename(path).startswith("locked"):
+            raise FuseOSError(errno.EACCES)
+        return super().access(path, amode)

@@ -214,3 +214,34 @@ def test_suspect_errors_get_a_second_opinion(tmp_path: Path) -> None:
         with pytest.raises(OSError, match="Input/output error") as e:
             (Path(m.path) / "flaky.txt").read_text()
         assert e.value.errno == errno.EIO
+
+
+@pytest.mark.parametrize("case", ["mkdir", "unlink", "read", "access"])
+def test_wrong_answers_get_a_second_opinion(tmp_path: Path, case: str) -> None:
+    """A driver that answers success without doing the work: the shadow's
+    postcondition (checked with the driver's own getattr) fails, a fresh driver
+    is asked again, and the application sees the right outcome."""
+    backing = tmp_path / "backing"
+    backing.mkdir()
+    data = os.urandom(300_000)
+    (backing / "stuck.txt").write_text("remove me")
+    (backing / "short.bin").write_bytes(data)
+    (backing / "locked").mkdir()
+    with mounted(str(tmp_path), "tests.drivers.flaky:QuietlyWrongPassthrough",
+                 extra=("--state", "persistent"), ctor=(str(backing),)) as m:
+        root = Path(m.path)
+        if case == "mkdir":
+            (root / "lost").mkdir()
+            assert (backing / "lost").is_dir()
+        elif case == "unlink":
+            (root / "stuck.txt").unlink()
+            assert not (backing / "stuck.txt").exists()
+        elif case == "read":
+            assert (root / "short.bin").read_bytes() == data
+        else:
+            assert os.access(root / "locked", os.X_OK)
+            subprocess.run(["sh", "-c", "cd locked && pwd"], cwd=root, check=True,
+                           capture_output=True)
+        st = m.status()
+        assert [r["kind"] for r in st["recoveries"]] == ["misbehaved"]
+        assert "asking a fresh driver" in st["recoveries"][0]["detail"]

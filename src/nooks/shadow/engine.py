@@ -23,10 +23,12 @@ Modes and rules:
   alone with the spec's poison error. Re-issued requests run one at a time, so
   a repeat failure is pinned on the request that caused it.
 * *second opinions*: an error the spec calls suspect (one a correct driver
-  rarely or never gives, e.g. EIO) condemns the driver as misbehaved; it is
-  recovered and the request re-issued, and only if the fresh driver gives the
-  same error does the caller see it (that error is then trusted, without
-  restarts, for ``trust_seconds``).
+  rarely or never gives, e.g. EIO), or a result the spec doubts (a
+  postcondition that does not hold, e.g. a directory that is not there after
+  mkdir), condemns the driver as misbehaved; it is recovered and the request
+  re-issued, and only if the fresh driver gives the same answer does the
+  caller see it (that answer is then trusted, without restarts, for
+  ``trust_seconds``).
 * every recovery is recorded (``Recovery``).
 """
 
@@ -76,6 +78,13 @@ class Answered(Exception):
         self.value = value
 
 
+class _Doubt(Exception):
+    def __init__(self, reason: str, key: tuple[str, str]) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.key = key
+
+
 class NotInLog(Exception):
     """The log cannot answer this request; fall back to blocking."""
 
@@ -105,10 +114,15 @@ class ClassSpec(Protocol):
     def reissued(self, op: str, args: tuple[Any, ...], error: BaseException) -> tuple[bool, Any]:
         """A re-issued request raised ``error``: (True, result) if it was already done."""
 
-    def suspect(self, op: str, args: tuple[Any, ...], error: BaseException) -> bool:
+    def suspect(self, op: str, args: tuple[Any, ...], error: BaseException,
+                domain: Domain) -> bool:
         """Whether an error the driver returned may be a sign that it is broken (an
         answer a correct driver gives rarely or never here): then a fresh driver is
-        asked again before the caller sees it."""
+        asked again before the caller sees it. May ask the driver (``domain``)."""
+
+    def doubt(self, op: str, args: tuple[Any, ...], result: Any, domain: Domain) -> str | None:
+        """Why a result the driver gave cannot be right (a postcondition that does not
+        hold), or None; then a fresh driver is asked again. May ask the driver."""
 
     def answer(self, op: str, args: tuple[Any, ...]) -> Any:
         """Answer from the log while the driver is down, or raise NotInLog."""
@@ -178,8 +192,16 @@ class Shadow:
                 suspect.acquire()
             try:
                 result = self.domain.call(op, *self.spec.translate(op, args, tries > 0))
+                if self.second_opinions:
+                    self._check(op, args, result, tries, second_opinion)
             except Answered as a:
                 return a.value
+            except _Doubt as d:
+                last = self.domain.condemn(f"{op}: {d.reason}; asking a fresh driver", op)
+                second_opinion = d.key
+                tries += 1
+                self._recover(gen, last)
+                continue
             except DomainDown as e:
                 # the driver had failed before this request was sent: not its fault
                 self._recover(gen, e.report)
@@ -233,13 +255,33 @@ class Shadow:
     def _second_opinion(self, op: str, args: tuple[Any, ...],
                         error: Exception) -> tuple[str, str] | None:
         """The key under which to ask a fresh driver about ``error``, or None."""
-        if not self.second_opinions or not self.spec.suspect(op, args, error):
+        if not self.second_opinions:
             return None
         key = (op, str(getattr(error, "errno", type(error).__name__)))
         if self._trusted.get(key, 0.0) > time.monotonic():
             return None
+        if not self.spec.suspect(op, args, error, self.domain):
+            return None
         self.second_opinions_asked += 1
         return key
+
+    def _check(self, op: str, args: tuple[Any, ...], result: Any, tries: int,
+               asked: tuple[str, str] | None) -> None:
+        """Raise _Doubt if ``result`` cannot be right and a fresh driver should be
+        asked; a fresh driver's answer that is doubted too is trusted for a while."""
+        key = (op, "result")
+        if self._trusted.get(key, 0.0) > time.monotonic():
+            return
+        if tries and asked != key:
+            return
+        reason = self.spec.doubt(op, args, result, self.domain)
+        if reason is None:
+            return
+        if tries:
+            self._trusted[key] = time.monotonic() + self.trust_seconds
+            return
+        self.second_opinions_asked += 1
+        raise _Doubt(reason, key)
 
     def _spoof(self, op: str, args: tuple[Any, ...]) -> tuple[bool, Any]:
         strategy = self.spec.strategy(op)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -57,10 +58,27 @@ ALREADY_DONE = {
 # fresh driver is asked again before the application sees one
 SUSPECT = frozenset({errno.EIO, errno.EFAULT, errno.ENOSPC})
 LOOKUPS = frozenset({"getattr", "access", "statfs", "init", "destroy"})
+# postconditions: what must be there, or gone, after a request succeeds
+MADE = frozenset({"mkdir", "mknod", "symlink", "link"})
+GONE = frozenset({"unlink", "rmdir"})
 # what the volatile log keeps: requests that change stored state
 LOGGED = frozenset({"mknod", "mkdir", "unlink", "rmdir", "symlink", "rename", "link", "chmod",
                     "chown", "truncate", "write", "create", "utimens", "setxattr",
                     "removexattr", "open", "opendir", "release", "releasedir"})
+
+
+def _attrs(domain: Domain, ctx: Any, path: str) -> dict[str, Any] | None:
+    """The driver's getattr of ``path``, or None if it says there is no such file."""
+    try:
+        return domain.call("getattr", ctx, path, None)  # type: ignore[no-any-return]
+    except OSError:
+        return None
+
+
+def _mode(domain: Domain, ctx: Any, path: str) -> int | None:
+    attrs = _attrs(domain, ctx, path)
+    mode = attrs.get("st_mode") if attrs is not None else None
+    return mode if isinstance(mode, int) else None
 
 
 @dataclass
@@ -106,11 +124,19 @@ class FsShadow:
         out[at] = h.real
         return tuple(out)
 
-    def suspect(self, op: str, args: tuple[Any, ...], error: BaseException) -> bool:
+    def suspect(self, op: str, args: tuple[Any, ...], error: BaseException,
+                domain: Domain) -> bool:
         if not isinstance(error, OSError):
             return False
         if error.errno in SUSPECT:
             return True
+        if op == "access" and error.errno in (errno.EACCES, errno.EPERM) and args[0][0] == 0:
+            # root may read and write anything, and search any directory or run any
+            # file with an execute bit: a refusal of those is the driver's mistake
+            if not args[2] & os.X_OK:
+                return True
+            mode = _mode(domain, args[0], args[1])
+            return mode is not None and (stat.S_ISDIR(mode) or bool(mode & 0o111))
         if error.errno == errno.ENOENT:
             # the kernel looked the path up (getattr) before sending anything else
             return op not in LOOKUPS
@@ -119,6 +145,35 @@ class FsShadow:
             at = FH_AT.get(op)
             return at is not None and at < len(args) and args[at] in self.handles
         return False
+
+    def doubt(self, op: str, args: tuple[Any, ...], result: Any, domain: Domain) -> str | None:
+        """Postconditions, checked with the driver's own getattr. They assume the mount
+        is the only writer of what it serves (a change from elsewhere between the
+        request and the check costs a needless restart, no more)."""
+        if op == "read":
+            size, offset = args[2], args[3]
+            if len(result) >= size:
+                return None
+            attrs = _attrs(domain, args[0], args[1])
+            end = attrs.get("st_size") if attrs is not None else None
+            if isinstance(end, int) and offset + len(result) < end:
+                return f"read {len(result)} of {size} bytes at {offset} of a {end}-byte file"
+            return None
+        if op == "write":
+            if isinstance(result, int) and result != len(args[2]):
+                return f"wrote {result} of {len(args[2])} bytes"
+            return None
+        if op in MADE:
+            if _attrs(domain, args[0], args[1]) is None:
+                return f"{args[1]} is not there after {op}"
+            return None
+        if op in GONE:
+            if _attrs(domain, args[0], args[1]) is not None:
+                return f"{args[1]} is still there after {op}"
+            return None
+        if op == "rename" and _attrs(domain, args[0], args[2]) is None:
+            return f"{args[2]} is not there after rename"
+        return None
 
     def reissuable(self, op: str, args: tuple[Any, ...]) -> bool:
         return True  # every filesystem request is idempotent, or made so (see translate)

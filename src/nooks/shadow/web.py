@@ -80,8 +80,13 @@ class WebShadow:
             return self.safe_to_retry(str(args[0]), str(args[1]))
         return op != "more"
 
-    def suspect(self, op: str, args: tuple[object, ...], error: BaseException) -> bool:
+    def suspect(self, op: str, args: tuple[object, ...], error: BaseException,
+                domain: Domain) -> bool:
         return False  # a web extension's errors are its responses: 500s are answers
+
+    def doubt(self, op: str, args: tuple[object, ...], result: object,
+              domain: Domain) -> str | None:
+        return None
 
     def reissued(self, op: str, args: tuple[object, ...],
                  error: BaseException) -> tuple[bool, object]:
