@@ -41,7 +41,9 @@ class FsDriver:
             target="nooks.fs.adapter:FsAdapter",
             args=(self.target, list(self.args), {}),
             interface=FsInterface, name=name, kernel=kernel, kernel_impl=kernel_impl,
-            deadline=deadline, limits=limits,
+            # loading and building a driver is held to the request deadline too (but
+            # at least 10 s): a driver that hangs while starting is restarted in time
+            deadline=deadline, start_deadline=max(deadline, 10.0), limits=limits,
             preload=self.preload or (self.module,), fault=fault,
         )
 
