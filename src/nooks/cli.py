@@ -324,7 +324,11 @@ def _serve(args: argparse.Namespace) -> int:
     except Exception as e:
         _error(f"nooks serve: the application did not start: {e}")
         return 1
-    host.run()
+    try:
+        host.run()
+    except RuntimeError as e:  # e.g. another host has this name
+        _error(f"nooks serve: {e}")
+        return 1
     return 0
 
 

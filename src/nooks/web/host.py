@@ -448,7 +448,11 @@ class WebHost:
 
     def run(self) -> None:
         """Serve until SIGINT or SIGTERM (or ``stop``)."""
-        control = ControlServer(self.name, self._control)
+        try:
+            control = ControlServer(self.name, self._control)
+        except BaseException:
+            self.close()
+            raise
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, _raise_stop)
             signal.signal(signal.SIGINT, _raise_stop)
