@@ -19,6 +19,7 @@ import contextlib
 import itertools
 import logging
 import os
+import queue
 import signal
 import socket
 import threading
@@ -65,7 +66,6 @@ class Worker:
         self.shadow = shadow
         self.native = native
         self.pending_fault: str | None = None
-        self.busy = threading.Lock()  # held while it serves a request
 
     @property
     def usable(self) -> bool:
@@ -110,7 +110,8 @@ class WebHost:
         self.name = name or f"{self.address[0]}:{self.address[1]}"
         self._conn_slots = threading.BoundedSemaphore(max_connections)
         self._lock = threading.Lock()
-        self._freed = threading.Condition(threading.Lock())
+        # idle workers; a C-level queue, since every request takes one and gives it back
+        self._idle: queue.SimpleQueue[Worker] = queue.SimpleQueue()
         self._waiting = 0
         self._inject_next = itertools.count()
         self.connections = 0
@@ -129,6 +130,8 @@ class WebHost:
                                         max_tries, fault if i == 0 else None)
                 self.workers.append(w)
             self._usable = list(self.workers)
+            for w in self.workers:
+                self._idle.put(w)
             marked = self.workers[0].call("retry_safe")
             for s in self.web_shadows:
                 s.mark_retry_safe(marked)
@@ -193,36 +196,31 @@ class WebHost:
     def _acquire(self) -> Worker:
         """An idle worker: at once if there is one, else the first to come free within
         ``queue_timeout`` (ServiceBusy if none does, or too many wait already)."""
-        for w in self._usable:
-            if w.busy.acquire(False):
-                return w
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            pass
         if not self._usable:
             raise ServiceBusy("the application cannot be restarted")
-        deadline = time.monotonic() + self.queue_timeout
-        with self._freed:
+        with self._lock:
             if self._waiting >= self.max_queue:
                 raise ServiceBusy("too many requests are waiting; try again")
             self._waiting += 1
-            try:
-                while True:
-                    for w in self._usable:
-                        if w.busy.acquire(False):
-                            return w
-                    left = deadline - time.monotonic()
-                    if left <= 0 or not self._freed.wait(left):
-                        raise ServiceBusy("no worker became free in time; try again")
-            finally:
+        try:
+            return self._idle.get(timeout=self.queue_timeout)
+        except queue.Empty:
+            raise ServiceBusy("no worker became free in time; try again") from None
+        finally:
+            with self._lock:
                 self._waiting -= 1
 
     def _release(self, w: Worker) -> None:
-        if not w.usable:
-            log.error("%s: worker %d cannot be restarted; %d left", self.name, w.index,
-                      sum(x.usable for x in self.workers))
-            self._usable = [x for x in self._usable if x is not w]
-        w.busy.release()
-        if self._waiting:  # read unlocked: a new waiter tries the workers again itself
-            with self._freed:
-                self._freed.notify()
+        if w.usable:
+            self._idle.put(w)
+            return
+        self._usable = [x for x in self._usable if x is not w]
+        log.error("%s: worker %d cannot be restarted; %d left", self.name, w.index,
+                  len(self._usable))
 
     # -- requests ------------------------------------------------------------------------
 
