@@ -14,14 +14,23 @@ from mfusepy import FuseOSError
 from nooks.drivers.passthrough import Passthrough
 
 
-class FlakyPassthrough(Passthrough):
+class _FirstIncarnation(Passthrough):
+    """``self.first`` is true in the first driver built over ``root`` (a marker file
+    there says when one was), as the campaign's faults are."""
+
     def __init__(self, root: str) -> None:
         super().__init__(root)
         marker = os.path.join(root, ".first-incarnation-done")
-        self.corrupt = not os.path.exists(marker)
-        if self.corrupt:
+        self.first = not os.path.exists(marker)
+        if self.first:
             with open(marker, "w"):
                 pass
+
+
+class FlakyPassthrough(_FirstIncarnation):
+    @property
+    def corrupt(self) -> bool:
+        return self.first
 
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
         name = os.path.basename(path)
@@ -34,18 +43,14 @@ class FlakyPassthrough(Passthrough):
         return super().read(path, size, offset, fh)
 
 
-class QuietlyWrongPassthrough(Passthrough):
+class QuietlyWrongPassthrough(_FirstIncarnation):
     """A first incarnation that answers success but does not do the work: mkdir of
     ``lost*`` makes nothing, unlink of ``stuck*`` removes nothing, reads of
     ``short*`` stop half-way, and root is refused entry to ``locked*``."""
 
-    def __init__(self, root: str) -> None:
-        super().__init__(root)
-        marker = os.path.join(root, ".first-incarnation-done")
-        self.wrong = not os.path.exists(marker)
-        if self.wrong:
-            with open(marker, "w"):
-                pass
+    @property
+    def wrong(self) -> bool:
+        return self.first
 
     def mkdir(self, path: str, mode: int) -> int:
         if self.wrong and os.path.basename(path).startswith("lost"):
