@@ -117,6 +117,8 @@ def test_responses_are_framed_by_the_host() -> None:
     err = error_response(503, "busy", retry_after=1)
     assert err.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
     assert b"Retry-After: 1\r\n" in err and err.endswith(b"\r\n\r\nbusy\n")
+    head = error_response(503, "busy", head_only=True, keep_alive=True)
+    assert head.endswith(b"Content-Length: 5\r\n\r\n")  # the length, not the body
 
 
 @pytest.mark.parametrize(("status", "reason", "headers"), [
@@ -158,6 +160,8 @@ def test_environ_follows_pep_3333() -> None:
     assert env["PATH_INFO"] == "/a b/c" and env["QUERY_STRING"] == "q=1"
     assert env["CONTENT_TYPE"] == "text/plain" and env["CONTENT_LENGTH"] == "4"
     assert env["HTTP_X_MULTI"] == "1,2" and "HTTP_X_ALIAS" not in env
+    forged = environ("GET", "/", [("Content_Length", "99")], b"", ("c", 1), ("s", 2))
+    assert "CONTENT_LENGTH" not in forged
     assert env["REMOTE_ADDR"] == "10.0.0.1" and env["SERVER_PORT"] == "8080"
     assert isinstance(env["wsgi.input"], io.BytesIO)
 

@@ -135,10 +135,12 @@ class Domain:
             self._make_current(inc)
 
     def _make_current(self, inc: Incarnation) -> None:
-        inc.idle_hook = self._idle_failure
+        inc.idle_hook = lambda report: self._idle_failure(inc, report)
         self._inc = inc
 
-    def _idle_failure(self, report: FailureReport) -> None:
+    def _idle_failure(self, inc: Incarnation, report: FailureReport) -> None:
+        if self._inc is not inc:
+            return  # already replaced: whoever replaced it knew it had failed
         self.failures.append(report)
         hook = self.on_idle_failure
         if hook is not None:

@@ -117,7 +117,8 @@ class FsHost:
     def _idle_failure(self, report: FailureReport) -> None:
         # the driver died with nothing in flight: recover now, not at the next request
         if self.shadow is not None:
-            threading.Thread(target=self.shadow.recover_now, args=(report,), daemon=True).start()
+            threading.Thread(target=self.shadow.recover_now,
+                             args=(report, self.shadow.generation), daemon=True).start()
 
     # -- control -------------------------------------------------------------------------
 

@@ -197,10 +197,9 @@ class Shadow:
             except Answered as a:
                 return a.value
             except _Doubt as d:
-                last = self.domain.condemn(f"{op}: {d.reason}; asking a fresh driver", op)
                 second_opinion = d.key
                 tries += 1
-                self._recover(gen, last)
+                self._condemn(gen, f"{op}: {d.reason}; asking a fresh driver", op)
                 continue
             except DomainDown as e:
                 # the driver had failed before this request was sent: not its fault
@@ -232,14 +231,16 @@ class Shadow:
                         # the driver's; trust it for a while rather than restart again
                         self._trusted[second_opinion] = time.monotonic() + self.trust_seconds
                     raise
-                key = self._second_opinion(op, args, e)
+                try:
+                    key = self._second_opinion(op, args, e)
+                except (DomainFailed, DomainDown):
+                    key = None  # the driver failed while being asked: its error stands
                 if key is None:
                     raise
-                last = self.domain.condemn(
-                    f"{op} answered {type(e).__name__}: {e}; asking a fresh driver", op)
                 second_opinion = key
                 tries += 1
-                self._recover(gen, last)
+                self._condemn(
+                    gen, f"{op} answered {type(e).__name__}: {e}; asking a fresh driver", op)
                 continue
             finally:
                 if suspect is not None:
@@ -252,10 +253,20 @@ class Shadow:
             # a recovery happened while this request ran: its handle died with the
             # old driver, so ask the new one
 
+    def _condemn(self, gen: int, detail: str, op: str) -> None:
+        """Fail the driver of generation ``gen`` on the host's judgement and recover;
+        if it has been replaced meanwhile, the answer came from a driver already
+        gone, and the request is simply sent again."""
+        with self._recover_lock:
+            if self.generation != gen or self.dead is not None:
+                return
+            report = self.domain.condemn(detail, op)
+        self._recover(gen, report)
+
     def _second_opinion(self, op: str, args: tuple[Any, ...],
                         error: Exception) -> tuple[str, str] | None:
         """The key under which to ask a fresh driver about ``error``, or None."""
-        if not self.second_opinions:
+        if not self.second_opinions or not self.spec.reissuable(op, args):
             return None
         key = (op, str(getattr(error, "errno", type(error).__name__)))
         if self._trusted.get(key, 0.0) > time.monotonic():
@@ -273,6 +284,8 @@ class Shadow:
         if self._trusted.get(key, 0.0) > time.monotonic():
             return
         if tries and asked != key:
+            return
+        if not self.spec.reissuable(op, args):
             return
         reason = self.spec.doubt(op, args, result, self.domain)
         if reason is None:
@@ -344,6 +357,7 @@ class Shadow:
                 continue
         raise RecoveryFailed(f"{self.domain.name} could not be restarted: {err}")
 
-    def recover_now(self, report: FailureReport) -> None:
-        """Recover proactively (e.g. the driver died while idle)."""
-        self._recover(self.generation, report)
+    def recover_now(self, report: FailureReport, generation: int | None = None) -> None:
+        """Recover proactively (e.g. the driver died while idle); ``generation`` is the
+        one the failure was seen in (a later driver is left alone)."""
+        self._recover(self.generation if generation is None else generation, report)

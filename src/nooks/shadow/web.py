@@ -99,7 +99,7 @@ class WebShadow:
         return ServiceBusy("the application is restarting; try again")
 
     def poison(self, op: str, report: FailureReport | None) -> BaseException:
-        kind = report.kind.value if report is not None else "failed"
+        kind = getattr(getattr(report, "kind", None), "value", "failed")
         return ExtensionFailed(f"the application {kind} on this request every time it ran")
 
     def dropped(self, op: str) -> object:

@@ -66,12 +66,12 @@ def environ(method: str, target: str, headers: list[tuple[str, str]], body: byte
         "wsgi.input_terminated": True,
     }
     for name, value in headers:
+        if "_" in name:
+            continue  # a header that would alias another once its dashes are underscores
         key = name.upper().replace("-", "_")
         if key in _SPECIAL:
             env[key] = value
             continue
-        if "_" in name:
-            continue  # a header that would alias another once its dashes are underscores
         key = "HTTP_" + key
         env[key] = f"{env[key]},{value}" if key in env else value
     if "CONTENT_LENGTH" not in env and body:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import itertools
 import logging
 import os
@@ -184,7 +185,8 @@ class WebHost:
                         block_timeout=self.queue_timeout, on_recovery=self._recovered)
 
         def idle_failure(report: FailureReport) -> None:
-            threading.Thread(target=shadow.recover_now, args=(report,), daemon=True).start()
+            threading.Thread(target=shadow.recover_now, args=(report, shadow.generation),
+                             daemon=True).start()
 
         domain.on_idle_failure = idle_failure
         return Worker(index, shadow.call, domain=domain, shadow=shadow)
@@ -218,7 +220,8 @@ class WebHost:
         if w.usable:
             self._idle.put(w)
             return
-        self._usable = [x for x in self._usable if x is not w]
+        with self._lock:
+            self._usable = [x for x in self._usable if x is not w]
         log.error("%s: worker %d cannot be restarted; %d left", self.name, w.index,
                   len(self._usable))
 
@@ -265,7 +268,8 @@ class WebHost:
         with self._lock:
             self.statuses[status] += 1
         return http.error_response(status, message, retry_after=retry_after,
-                                   keep_alive=req.keep_alive)
+                                   keep_alive=req.keep_alive, head_only=req.method == "HEAD",
+                                   http10=req.http10)
 
     def _run(self, req: Request, client: tuple[str, int]) -> tuple[Head, bytes]:
         w = self._acquire()
@@ -461,16 +465,26 @@ class WebHost:
                 self._conn_slots.acquire()
                 try:
                     sock, addr = self._listener.accept()
-                except OSError:
+                except OSError as e:
                     self._conn_slots.release()
                     if self._stopping:
                         break
+                    if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                        log.warning("%s: cannot accept: %s", self.name, e)
+                        time.sleep(0.1)  # out of descriptors: let connections finish
                     continue
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                with self._lock:
-                    self.connections += 1
-                threading.Thread(target=self._connection, args=(sock, addr[:2]),
-                                 name="nooks-http", daemon=True).start()
+                try:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    with self._lock:
+                        self.connections += 1
+                    threading.Thread(target=self._connection, args=(sock, addr[:2]),
+                                     name="nooks-http", daemon=True).start()
+                except (OSError, RuntimeError) as e:  # the peer is gone; no thread to be had
+                    log.warning("%s: connection from %s dropped: %s", self.name, addr, e)
+                    with self._lock:
+                        self.connections -= 1
+                    sock.close()
+                    self._conn_slots.release()
         except _Stop:
             pass
         finally:

@@ -234,13 +234,15 @@ def render_head(status: int, reason: str, headers: list[tuple[str, str]], length
 
 
 def error_response(status: int, message: str, *, retry_after: int | None = None,
-                   keep_alive: bool = False) -> bytes:
+                   keep_alive: bool = False, head_only: bool = False,
+                   http10: bool = False) -> bytes:
     body = (message.rstrip("\n") + "\n").encode()
     headers = [("Content-Type", "text/plain; charset=utf-8")]
     if retry_after is not None:
         headers.append(("Retry-After", str(retry_after)))
-    return render_head(status, "", headers, len(body), keep_alive=keep_alive,
-                       head_only=False) + body
+    head = render_head(status, "", headers, len(body), keep_alive=keep_alive,
+                       head_only=False, http10=http10)
+    return head if head_only else head + body  # a HEAD answer has no body
 
 
 def _reason(status: int) -> str:
