@@ -339,6 +339,9 @@ class WebHost:
                 sock.sendall(out)
                 if not req.keep_alive:
                     return
+                if deadline is not None:
+                    # the next request's clock starts now, not while we served this one
+                    deadline = time.monotonic() + lim.request_timeout
                 continue
             now = time.monotonic()
             left = lim.idle_timeout if deadline is None else deadline - now
