@@ -266,6 +266,11 @@ def test_status_and_inject_by_bind_address() -> None:
 
         r = nooks("inject", name, "--fault", "segv", "--worker", "1")
         assert r.returncode == 0, r.stderr
+        # bodies up to --max-body (8M by default) cross whole, through the arena
+        big = httpx.post(f"http://{name}/orders", content=os.urandom(6 << 20), timeout=60)
+        assert big.status_code == 201 and big.json()["size"] == 6 << 20
+        assert httpx.post(f"http://{name}/orders", content=bytes(9 << 20),
+                          timeout=60).status_code == 413
         assert httpx.get(f"http://{name}/hello").status_code == 200
         fail_and_wait(name, "segv")  # worker 0 this time (each in turn)
         st = json.loads(nooks("status", name, "--json").stdout)

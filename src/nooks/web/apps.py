@@ -10,6 +10,7 @@ from typing import Any
 from nooks.domain.config import FaultPlan
 from nooks.domain.spec import DriverSpec, Limits
 from nooks.web.interface import WebInterface
+from nooks.xpc.arena import DEFAULT_SLOT_SIZE
 
 ADAPTER = "nooks.web.adapter:WsgiAdapter"
 
@@ -28,12 +29,17 @@ class WebApp:
     def module(self) -> str:
         return self.target.partition(":")[0]
 
-    def spec(self, *, name: str, deadline: float, limits: Limits,
+    def spec(self, *, name: str, deadline: float, limits: Limits, max_body: int = 0,
              retry_safe: tuple[str, ...] = (), fault: FaultPlan | None = None) -> DriverSpec:
+        # a request body crosses in one arena slot: slots as large as the largest body
+        # (the arenas are shared memory touched only where written)
+        slot = DEFAULT_SLOT_SIZE
+        while slot < max_body:
+            slot *= 2
         return DriverSpec(
             target=ADAPTER, args=self._ctor(retry_safe), interface=WebInterface, name=name,
             deadline=deadline, limits=limits, preload=(self.module,), fault=fault,
-            host_spin_us=0.0)
+            host_spin_us=0.0, slot_size=slot)
 
     def native_spec(self, *, name: str, retry_safe: tuple[str, ...] = ()) -> DriverSpec:
         return DriverSpec(target=ADAPTER, args=self._ctor(retry_safe), interface=WebInterface,

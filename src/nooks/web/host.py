@@ -166,7 +166,7 @@ class WebHost:
                        retry_safe: tuple[str, ...], max_tries: int,
                        fault: FaultPlan | None) -> Worker:
         spec = self.app.spec(name=f"{self._label}-{index}", deadline=deadline, limits=limits,
-                             retry_safe=retry_safe, fault=fault)
+                             max_body=self.limits.max_body, retry_safe=retry_safe, fault=fault)
         domain = Domain(spec, start=False)
         for attempt in range(max_tries):
             try:
