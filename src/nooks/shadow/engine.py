@@ -140,8 +140,7 @@ class ClassSpec(Protocol):
 class Shadow:
     def __init__(self, domain: Domain, spec: ClassSpec, *, max_tries: int = 3,
                  block_timeout: float = 60.0, recovery_attempts: int = 3,
-                 on_recovery: Callable[[Recovery], None] | None = None,
-                 second_opinions: bool = True) -> None:
+                 on_recovery: Callable[[Recovery], None] | None = None) -> None:
         self.domain = domain
         self.spec = spec
         self.max_tries = max_tries
@@ -156,8 +155,7 @@ class Shadow:
         self._suspects = threading.Lock()
         self._state = threading.Condition(threading.Lock())
         self._recovering = False
-        # errors a fresh driver is asked about again (see ClassSpec.suspect)
-        self.second_opinions = second_opinions
+        # answers a fresh driver was asked about again (see ClassSpec.suspect, doubt)
         self.second_opinions_asked = 0
         self.trust_seconds = 10.0
         self._trusted: dict[tuple[str, str], float] = {}
@@ -192,8 +190,7 @@ class Shadow:
                 suspect.acquire()
             try:
                 result = self.domain.call(op, *self.spec.translate(op, args, tries > 0))
-                if self.second_opinions:
-                    self._check(op, args, result, tries, second_opinion)
+                self._check(op, args, result, tries, second_opinion)
             except Answered as a:
                 return a.value
             except _Doubt as d:
@@ -266,7 +263,7 @@ class Shadow:
     def _second_opinion(self, op: str, args: tuple[Any, ...],
                         error: Exception) -> tuple[str, str] | None:
         """The key under which to ask a fresh driver about ``error``, or None."""
-        if not self.second_opinions or not self.spec.reissuable(op, args):
+        if not self.spec.reissuable(op, args):
             return None
         key = (op, str(getattr(error, "errno", type(error).__name__)))
         if self._trusted.get(key, 0.0) > time.monotonic():

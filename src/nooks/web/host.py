@@ -452,7 +452,7 @@ class WebHost:
     # -- running -------------------------------------------------------------------------
 
     def run(self) -> None:
-        """Serve until SIGINT or SIGTERM (or ``stop``)."""
+        """Serve until SIGINT or SIGTERM."""
         try:
             control = ControlServer(self.name, self._control)
         except BaseException:
@@ -494,11 +494,6 @@ class WebHost:
             self._stopping = True
             control.close()
             self.close()
-
-    def stop(self) -> None:
-        self._stopping = True
-        with contextlib.suppress(OSError):
-            self._listener.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
         self._stopping = True
