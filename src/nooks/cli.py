@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
+import shutil
 import sys
 import threading
 import time
@@ -224,8 +226,17 @@ def _mount(args: argparse.Namespace) -> int:
         _error("nooks mount: give the driver's arguments and a mountpoint")
         return 2
     *driver_args, mountpoint = args.rest
+    if not args.check_interval >= 0:
+        _error(f"nooks mount: --check-interval must be 0 or more, not {args.check_interval}")
+        return 2
     try:
-        driver = resolve(args.driver, [*driver_args, *args.ctor_args], state=args.state)
+        checker = tuple(shlex.split(args.checker)) if args.checker is not None else None
+        if checker == ():
+            raise ValueError("--checker needs a command")
+        if checker and shutil.which(checker[0]) is None:
+            raise ValueError(f"--checker: {checker[0]}: command not found")
+        driver = resolve(args.driver, [*driver_args, *args.ctor_args], state=args.state,
+                         image=args.image, checker=checker)
     except ValueError as e:
         _error(f"nooks mount: {e}")
         return 2
@@ -266,7 +277,7 @@ def _mount(args: argparse.Namespace) -> int:
         host = FsHost(driver, mountpoint, name=args.name, native=args.native,
                       threads=args.threads, deadline=args.deadline,
                       options=_fuse_options(args.options), on_ready=ready, fault=fault,
-                      record_lines=args.record_lines)
+                      record_lines=args.record_lines, check_interval=args.check_interval)
     except Exception as e:
         _error(f"nooks mount: the driver did not start: {e}")
         return 1
@@ -491,6 +502,17 @@ def build_parser() -> argparse.ArgumentParser:
                     "or in storage it reaches (only open files are re-opened)")
     mt.add_argument("--deadline", type=float, default=10.0,
                     help="seconds a request may take before the driver counts as hung")
+    mt.add_argument("--image", metavar="PATH",
+                    help="module:Class drivers: a disk image the host owns; the driver gets "
+                    "it as its first constructor argument (a file object whose writes the "
+                    "host commits per request; natively, the path)")
+    mt.add_argument("--checker", metavar="'CMD ARGS'",
+                    help="a command that checks the image (exit 0: consistent), run with the "
+                    "image's path added (vfat: 'fsck.fat -n')")
+    mt.add_argument("--check-interval", type=float, default=1.0, metavar="SECONDS",
+                    help="vfat: check the image with fsck.fat -n this often while it changes, "
+                    "and before unmounting; an inconsistent image is rolled back and redone "
+                    "by a fresh driver (0: never)")
     # for the reliability campaign: a fault in the driver's code, and a coverage dry run
     mt.add_argument("--fault-plan", help=argparse.SUPPRESS)
     mt.add_argument("--record-lines", help=argparse.SUPPRESS)

@@ -264,6 +264,10 @@ def run_one(p: Planned, native: bool, lines: list[int]) -> RunResult:
             alive = proc.poll() is None and is_mounted(mnt)
             if alive:
                 try:
+                    if not native:
+                        # the check the host makes before unmounting, made now, so
+                        # that a rollback it leads to is counted with the recoveries
+                        request(socket_path(name), {"cmd": "checkpoint"}, timeout=30)
                     st = request(socket_path(name), {"cmd": "status"}, timeout=5)
                     recoveries = len(st["recoveries"]) + len(st.get("start_failures", []))
                 except OSError:

@@ -39,19 +39,75 @@ class BlockDeviceInterface(Interface):
     def bd_sync(self) -> None: ...
 
 
+class UndoLog:
+    """What the image held before each write committed since the last checkpoint.
+
+    Kept across driver incarnations (one per mount), so that the host can put the
+    image back as it was at a checkpoint (``nooks.fs.consistency``). Only the
+    first write of each exact range is saved: undoing in reverse order, a later
+    write of the same range is covered by the first one's saved bytes.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        self._lock = threading.Lock()
+        self._saved: list[tuple[int, bytes]] = []
+        self._seen: set[tuple[int, int]] = set()
+        self.bytes = 0
+
+    def save(self, offset: int, length: int) -> None:
+        """Called before ``length`` bytes at ``offset`` are overwritten."""
+        key = (offset, length)
+        with self._lock:
+            if key in self._seen:
+                return
+            self._seen.add(key)
+            self._saved.append((offset, os.pread(self._fd, length, offset)))
+            self.bytes += length
+
+    def clear(self) -> None:
+        """A checkpoint: the image as it is now is the one to come back to."""
+        with self._lock:
+            self._saved.clear()
+            self._seen.clear()
+            self.bytes = 0
+
+    def rollback(self) -> int:
+        """Put the image back as it was at the last checkpoint; bytes restored."""
+        with self._lock:
+            restored = 0
+            for offset, old in reversed(self._saved):
+                os.pwrite(self._fd, old, offset)
+                restored += len(old)
+            os.fsync(self._fd)
+            self._saved.clear()
+            self._seen.clear()
+            self.bytes = 0
+            return restored
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+
 class ImageDevice:
     """The host side: an image file with a per-request overlay.
 
     The overlay is the list of writes since the last committed request, in
-    order; a read merges it over the file, a commit writes it out in order.
+    order; a read merges it over the file, a commit writes it out in order
+    (saving what it overwrites in ``undo`` first, when there is one).
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, undo: UndoLog | None = None) -> None:
         self.path = path
         self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         self.size = os.fstat(self.fd).st_size
         self._pending: list[tuple[int, bytes]] = []
         self._lock = threading.Lock()
+        self._undo = undo
 
     def bd_size(self) -> int:
         return self.size
@@ -90,7 +146,10 @@ class ImageDevice:
         with self._lock:
             if not self._pending:
                 return
+            undo = self._undo
             for offset, data in self._pending:
+                if undo is not None:
+                    undo.save(offset, len(data))
                 os.pwrite(self.fd, data, offset)
             self._pending.clear()
 

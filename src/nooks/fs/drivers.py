@@ -8,7 +8,7 @@ from typing import Any
 
 from nooks.domain.config import FaultPlan
 from nooks.domain.spec import DriverSpec, Limits
-from nooks.fs.blockdev import BlockDeviceInterface, ImageDevice
+from nooks.fs.blockdev import BlockDeviceInterface, ImageDevice, UndoLog
 from nooks.fs.interface import FsInterface
 
 
@@ -23,6 +23,9 @@ class FsDriver:
     volatile: bool = False  # its whole state lives in its memory
     preload: tuple[str, ...] = ()
     label: str = ""
+    # a program that checks the image's consistency (exit 0: consistent), given the
+    # image path as its last argument; see nooks.fs.consistency
+    checker: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -30,13 +33,14 @@ class FsDriver:
         return self.target.partition(":")[0]
 
     def spec(self, *, name: str, deadline: float, limits: Limits,
-             fault: FaultPlan | None = None) -> DriverSpec:
-        """The domain spec: the adapter runs the driver inside the domain."""
+             fault: FaultPlan | None = None, undo: UndoLog | None = None) -> DriverSpec:
+        """The domain spec: the adapter runs the driver inside the domain; ``undo``
+        saves what each committed write of the image overwrites."""
         kernel = kernel_impl = None
         if self.image is not None:
             image = self.image
             kernel = BlockDeviceInterface
-            kernel_impl = lambda _ctx: ImageDevice(image)  # noqa: E731
+            kernel_impl = lambda _ctx: ImageDevice(image, undo)  # noqa: E731
         return DriverSpec(
             target="nooks.fs.adapter:FsAdapter",
             args=(self.target, list(self.args), {}),
@@ -56,14 +60,23 @@ class FsDriver:
 SHIPPED = ("vfat", "passthrough")
 
 
-def resolve(driver: str, args: list[str], state: str | None = None) -> FsDriver:
+def resolve(driver: str, args: list[str], state: str | None = None, *,
+            image: str | None = None, checker: tuple[str, ...] | None = None) -> FsDriver:
     """A shipped driver by name (``vfat IMAGE``, ``passthrough DIR``) or ``module:Class``.
 
     A ``module:Class`` driver needs ``state``: "volatile" if its files live in its
     own memory (then the shadow journals every change to replay it after a
     crash), "persistent" if they live in storage it reaches. Guessing wrong
-    would lose files silently, so there is no default.
+    would lose files silently, so there is no default. Or it works on a disk
+    ``image`` the host owns: its first constructor argument is then the host's
+    block device (a file object; natively, the image's path), and ``checker``
+    is a command that checks the image (``nooks.fs.consistency``).
     """
+    if image is not None and (driver in SHIPPED or ":" not in driver):
+        raise ValueError("--image is for module:Class drivers (vfat takes its image as "
+                         "an argument)")
+    if checker is not None and driver != "vfat" and image is None:
+        raise ValueError("--checker needs a driver on a disk image (vfat, or --image)")
     if driver == "vfat":
         if len(args) != 1:
             raise ValueError("vfat takes one argument: the image file")
@@ -71,7 +84,8 @@ def resolve(driver: str, args: list[str], state: str | None = None) -> FsDriver:
         if not os.path.isfile(image):
             raise ValueError(f"{args[0]}: no such image file")
         return FsDriver("nooks.drivers.vfat:Vfat", ({"$kernel": "blockdev"},),
-                        native_args=(image,), image=image, label=f"vfat {image}")
+                        native_args=(image,), image=image, label=f"vfat {image}",
+                        checker=("fsck.fat", "-n") if checker is None else checker)
     if driver == "passthrough":
         if len(args) != 1:
             raise ValueError("passthrough takes one argument: the directory to mirror")
@@ -83,6 +97,14 @@ def resolve(driver: str, args: list[str], state: str | None = None) -> FsDriver:
     if ":" not in driver:
         raise ValueError(f"unknown driver {driver!r}: give one of {', '.join(SHIPPED)} "
                          "or module:Class")
+    if image is not None:
+        if state == "volatile":
+            raise ValueError("a driver on a disk image keeps its files there: not volatile")
+        path = os.path.realpath(image)
+        if not os.path.isfile(path):
+            raise ValueError(f"{image}: no such image file")
+        return FsDriver(driver, ({"$kernel": "blockdev"}, *args), native_args=(path, *args),
+                        image=path, label=f"{driver} {path}", checker=checker or ())
     if state not in ("volatile", "persistent"):
         raise ValueError(f"{driver}: say where its files live with --state volatile (in its "
                          "own memory) or --state persistent (in storage it reaches)")

@@ -25,6 +25,8 @@ from nooks.domain.spec import Limits
 from nooks.errors import DomainDown, DomainFailed, FailureReport
 from nooks.faults import Fault, LineRecorder, loader
 from nooks.fs import bridge
+from nooks.fs.blockdev import UndoLog
+from nooks.fs.consistency import Checkpoints
 from nooks.fs.drivers import FsDriver
 from nooks.shadow.engine import Recovery, Shadow
 from nooks.shadow.fs import ROOT_CTX, FsShadow
@@ -38,7 +40,7 @@ class FsHost:
                  block_timeout: float = 60.0, max_tries: int = 3, volatile: bool | None = None,
                  limits: Limits | None = None, options: dict[str, Any] | None = None,
                  on_ready: Any = None, fault: FaultPlan | None = None,
-                 record_lines: str | None = None) -> None:
+                 record_lines: str | None = None, check_interval: float = 1.0) -> None:
         self.driver = driver
         self.mountpoint = os.path.realpath(mountpoint)
         self.name = name or self.mountpoint
@@ -51,6 +53,8 @@ class FsHost:
         self.domain: Domain | None = None
         self.nat: NativeDomain | None = None
         self.shadow: Shadow | None = None
+        self.checkpoints: Checkpoints | None = None
+        self._undo: UndoLog | None = None
         label = driver.target.rpartition(":")[2].lower()
         self.fault_site: str | None = None
         self.start_failures: list[FailureReport] = []
@@ -72,16 +76,29 @@ class FsHost:
                                    f"{site.what}") if site else "the faulty module was not loaded"
             self._call = self._native_call
         else:
+            checked = driver.image is not None and bool(driver.checker) and check_interval > 0
+            if checked:
+                assert driver.image is not None
+                self._undo = UndoLog(driver.image)
             spec = driver.spec(name=label, deadline=deadline, limits=limits or Limits(),
-                               fault=fault)
+                               fault=fault, undo=self._undo)
             self.domain = Domain(spec, start=False)
             self._start_domain(max_tries)
-            fs = FsShadow(volatile=driver.volatile if volatile is None else volatile)
+            fs = FsShadow(volatile=driver.volatile if volatile is None else volatile,
+                          journaled=checked)
             self.shadow = Shadow(self.domain, fs, max_tries=max_tries,
                                  block_timeout=block_timeout, on_recovery=self._recovered)
             self.domain.on_idle_failure = self._idle_failure
             self.fault_site = self.domain.fault_site
             self._call = self.shadow.call
+            if self._undo is not None:
+                assert driver.image is not None
+                self.checkpoints = Checkpoints(
+                    image=driver.image, command=driver.checker, shadow=self.shadow, fs=fs,
+                    domain=self.domain, undo=self._undo, name=self.name,
+                    interval=check_interval)
+                if self.checkpoints.off is None:
+                    self._call = self.checkpoints.call
         self.implemented: list[str] = self._call("implemented")
         self.use_ns: bool = self._call("uses_ns")
 
@@ -117,8 +134,16 @@ class FsHost:
     def _idle_failure(self, report: FailureReport) -> None:
         # the driver died with nothing in flight: recover now, not at the next request
         if self.shadow is not None:
-            threading.Thread(target=self.shadow.recover_now,
-                             args=(report, self.shadow.generation), daemon=True).start()
+            threading.Thread(target=self._recover_idle, args=(report, self.shadow.generation),
+                             daemon=True).start()
+
+    def _recover_idle(self, report: FailureReport, generation: int) -> None:
+        assert self.shadow is not None
+        if self.checkpoints is None:
+            self.shadow.recover_now(report, generation)
+            return
+        with self.checkpoints.lock:  # not in the middle of a checkpoint's rollback
+            self.shadow.recover_now(report, generation)
 
     # -- control -------------------------------------------------------------------------
 
@@ -145,6 +170,7 @@ class FsHost:
                          "duration_ms": r.duration_ms, "restart_ms": r.restart_ms,
                          "replayed": r.replayed, "ok": r.ok}
                         for r in self.shadow.recoveries],
+            consistency=self.checkpoints.status() if self.checkpoints is not None else None,
         )
         return out
 
@@ -167,6 +193,11 @@ class FsHost:
             if self.domain is not None:
                 self.domain.wait_spare()
             return {"settled": True}
+        if cmd == "checkpoint":
+            # check the image now (as before an unmount); a rollback shows in status
+            if self.checkpoints is None or self.checkpoints.off is not None:
+                return {"checked": False}
+            return {"checked": True, "consistent": self.checkpoints.checkpoint()}
         if cmd == "inject":
             fault = req.get("fault")
             if not isinstance(fault, str):
@@ -191,6 +222,8 @@ class FsHost:
             fsname = f"nooks-{self.driver.target.rpartition(':')[2].lower()}"
             if self._recorder is not None:
                 self._recorder.start()
+            if self.checkpoints is not None:
+                self.checkpoints.start()
             try:
                 bridge.mount(ops, self.mountpoint, threads=self.threads, fsname=fsname,
                              options=self.options)
@@ -204,7 +237,11 @@ class FsHost:
             self.close()
 
     def close(self) -> None:
+        if self.checkpoints is not None:
+            self.checkpoints.close()
         if self.domain is not None:
             self.domain.close()
+        if self._undo is not None:
+            self._undo.close()
         if self.nat is not None:
             self.nat.close()

@@ -23,10 +23,16 @@ Rules:
   shadow also keeps every state-changing request since the mount and replays
   them all into the new driver; without it, only open handles are replayed and
   the stored state is the driver's own business (a disk image, a directory).
+* With ``journaled=True`` (a driver whose image the host checks at checkpoints,
+  ``nooks.fs.consistency``) the shadow keeps every state-changing request since
+  the last ``checkpoint()``. An ordinary recovery replays open handles only;
+  one after the host has put the image back as it was at the checkpoint
+  (``rolled_back``) re-opens the handles open then and replays the requests since.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -91,13 +97,20 @@ class Handle:
 
 
 class FsShadow:
-    def __init__(self, *, volatile: bool = False) -> None:
+    def __init__(self, *, volatile: bool = False, journaled: bool = False) -> None:
         self.volatile = volatile
+        self.journaled = journaled and not volatile
         self._lock = threading.Lock()
         self.handles: dict[int, Handle] = {}
         self._next = 1
         self.journal: list[tuple[str, tuple[Any, ...], Any]] = []
-        self._recorded = OPENERS | CLOSERS | {"rename", "unlink"} | (LOGGED if volatile else set())
+        self.journal_bytes = 0  # data of the journaled writes
+        self.rolled_back = False
+        # the handles open at the last checkpoint: (kind, path, flags) by virtual handle
+        self._base: dict[int, tuple[str, str, int]] = {}
+        self._logs = volatile or self.journaled
+        self._recorded = OPENERS | CLOSERS | {"rename", "unlink"} | (LOGGED if self._logs
+                                                                     else set())
 
     # -- passive mode --------------------------------------------------------------------
 
@@ -182,15 +195,17 @@ class FsShadow:
         if op not in self._recorded:
             return result  # getattr, read, write, statfs...: nothing to remember
         with self._lock:
-            if self.volatile and op in LOGGED:
+            if self._logs and op in LOGGED:
                 self.journal.append((op, args, result))
+                if op == "write":
+                    self.journal_bytes += len(args[2])
             if op in OPENERS:
                 vfh = self._next
                 self._next += 1
                 flags = args[2] if op == "open" else args[3] if op == "create" else 0
                 self.handles[vfh] = Handle("dir" if op == "opendir" else "file", args[1],
                                            flags, int(result))
-                if self.volatile:
+                if self._logs:
                     self.journal[-1] = (op, args, vfh)
                 return vfh
             if op in CLOSERS:
@@ -223,6 +238,15 @@ class FsShadow:
     def handle_result(self, op: str) -> bool:
         return op in OPENERS
 
+    def checkpoint(self) -> None:
+        """The stored state is known good as it is now: forget the journal, remember
+        which handles are open (a rollback comes back to exactly this)."""
+        with self._lock:
+            self.journal.clear()
+            self.journal_bytes = 0
+            self._base = {vfh: (h.kind, h.path, h.flags & ~REPLAY_STRIP)
+                          for vfh, h in self.handles.items() if not h.lost}
+
     # -- active mode ---------------------------------------------------------------------
 
     def answer(self, op: str, args: tuple[Any, ...]) -> Any:
@@ -251,7 +275,19 @@ class FsShadow:
 
     def replay(self, domain: Domain) -> int:
         if self.volatile:
-            return self._replay_journal(domain)
+            return self._replay_journal(domain, {})
+        if self.rolled_back:
+            # the image is as it was at the checkpoint: re-open what was open then,
+            # then redo everything since
+            self.rolled_back = False
+            real: dict[int, int] = {}
+            with self._lock:
+                base = dict(self._base)
+            for vfh, (kind, path, flags) in base.items():
+                with contextlib.suppress(OSError):  # its file is gone: the handle is lost
+                    real[vfh] = int(domain.call("opendir", ROOT_CTX, path) if kind == "dir"
+                                    else domain.call("open", ROOT_CTX, path, flags))
+            return len(base) + self._replay_journal(domain, real)
         count = 0
         with self._lock:
             for h in self.handles.values():
@@ -268,8 +304,7 @@ class FsShadow:
                     h.lost = True
         return count
 
-    def _replay_journal(self, domain: Domain) -> int:
-        real: dict[int, int] = {}
+    def _replay_journal(self, domain: Domain, real: dict[int, int]) -> int:
         with self._lock:
             for op, args, result in self.journal:
                 call = list(args)

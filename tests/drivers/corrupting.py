@@ -1,0 +1,31 @@
+"""A vfat driver whose first incarnation corrupts the volume quietly: creating a
+file named ``corrupt*`` also takes a free cluster in the FAT that nothing uses
+(a lost cluster, which ``fsck.fat -n`` reports), and the create succeeds. A
+restarted driver (the marker file named by ``NOOKS_TEST_MARKER`` exists) is
+healthy, as the campaign's faulty drivers are once reloaded from disk."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from nooks.drivers.vfat import Vfat
+
+
+class CorruptingVfat(Vfat):
+    def __init__(self, image: Any) -> None:
+        super().__init__(image)
+        marker = os.environ["NOOKS_TEST_MARKER"]
+        self.first = not os.path.exists(marker)
+        if self.first:
+            with open(marker, "w"):
+                pass
+
+    def create(self, path: str, mode: int, fi: int | None = None) -> int:
+        fh = super().create(path, mode, fi)
+        if self.first and os.path.basename(path).startswith("corrupt"):
+            self._alloc(1, self._hint)  # linked in nowhere
+            self._op_writes = False
+            self._write(0, self._read(0, 1))  # as an operation does: dirty first
+            self._end_op()
+        return fh

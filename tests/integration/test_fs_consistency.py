@@ -1,0 +1,95 @@
+"""Consistency checkpoints on a real vfat mount: a driver that corrupts the volume
+without failing is caught by fsck.fat at a checkpoint, the image is rolled back
+and a fresh driver redoes the requests since; without checkpoints the damage
+stays (the test shows both)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from nooks.control import request, socket_path
+from nooks.fs.mkfs import mkfs_vfat
+from tests.integration.fsutil import make_tree, manifest, mounted
+
+pytestmark = [pytest.mark.timeout(300),
+              pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse"),
+              pytest.mark.skipif(shutil.which("fsck.fat") is None, reason="needs fsck.fat")]
+
+DRIVER = "tests.drivers.corrupting:CorruptingVfat"
+
+
+def fsck(image: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["fsck.fat", "-n", str(image)], capture_output=True, text=True,
+                          check=False)
+
+
+def corrupting_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                   interval: str) -> tuple[Path, dict[str, object], str, str]:
+    """Copy a tree in, create a file the first driver corrupts the volume for, copy
+    more, take a checkpoint; (image, status, manifest before, manifest on the mount)."""
+    image = tmp_path / "disk.img"
+    mkfs_vfat(str(image), 64 << 20)
+    monkeypatch.setenv("NOOKS_TEST_MARKER", str(tmp_path / "first-driver-done"))
+    src = tmp_path / "src"
+    make_tree(str(src / "a"))
+    shutil.copytree(src / "a" / "json", src / "after")
+    (src / "corrupt-me.txt").write_text("the create of this file corrupts the FAT")
+    want = manifest(str(src))
+    with mounted(str(tmp_path), DRIVER, extra=("--image", str(image), "--checker",
+                                               "fsck.fat -n", "--check-interval", interval)) as m:
+        mnt = Path(m.path)
+        assert subprocess.run(["cp", "-a", str(src / "a"), str(mnt)], check=False).returncode == 0
+        shutil.copy(src / "corrupt-me.txt", mnt / "corrupt-me.txt")
+        shutil.copytree(src / "after", mnt / "after")
+        reply = request(socket_path(m.name), {"cmd": "checkpoint"}, timeout=60)
+        st = m.status()
+        st["checkpoint_reply"] = reply
+        got = manifest(str(mnt))
+    return image, st, want, got
+
+
+def test_quiet_corruption_is_rolled_back_and_redone(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    image, st, want, got = corrupting_run(tmp_path, monkeypatch, "60")
+    cons = st["consistency"]
+    assert isinstance(cons, dict)
+    assert st["checkpoint_reply"] == {"checked": True, "consistent": False}
+    assert cons["state"] == "on"
+    assert cons["inconsistent"] == 1 and cons["rolled_back"] == 1, cons
+    assert cons["kept_inconsistent"] == 0
+    recoveries = st["recoveries"]
+    assert isinstance(recoveries, list) and len(recoveries) == 1
+    rec = recoveries[0]
+    assert rec["kind"] == "misbehaved" and "inconsistent" in rec["detail"], rec
+    assert rec["ok"] and rec["replayed"] > 100  # every request since the mount, redone
+    assert got == want  # every file, with its content, as the application wrote it
+    r = fsck(image)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_without_checkpoints_the_damage_stays(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    image, st, want, got = corrupting_run(tmp_path, monkeypatch, "0")
+    assert st["consistency"] is None
+    assert st["checkpoint_reply"] == {"checked": False}
+    assert st["recoveries"] == []
+    assert got == want  # the corruption is quiet: the files read back fine
+    r = fsck(image)
+    assert r.returncode != 0, r.stdout
+
+
+def test_an_image_inconsistent_at_mount_is_not_checked(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    image, _, _, _ = corrupting_run(tmp_path, monkeypatch, "0")  # leaves it damaged
+    with mounted(str(tmp_path / "again"), "vfat", str(image)) as m:
+        cons = m.status()["consistency"]
+        (Path(m.path) / "new.txt").write_text("still writable")
+        assert request(socket_path(m.name), {"cmd": "checkpoint"}) == {"checked": False}
+        assert (Path(m.path) / "new.txt").read_text() == "still writable"
+    assert cons["state"].startswith("off: the image was not consistent at mount"), cons
+    assert cons["checks"] == 1 and cons["inconsistent"] == 0
