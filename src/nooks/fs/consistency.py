@@ -31,7 +31,9 @@ checker would blame every driver for it).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import shutil
 import subprocess
 import threading
@@ -40,10 +42,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nooks.domain.host import Domain
-from nooks.errors import Closed
+from nooks.errors import Closed, DomainDown, DomainFailed
 from nooks.fs.blockdev import UndoLog
 from nooks.shadow.engine import Shadow
-from nooks.shadow.fs import FsShadow
+from nooks.shadow.fs import ROOT_CTX, FsShadow
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,7 @@ class CheckStats:
     inconsistent: int = 0  # checks that found the image inconsistent
     rolled_back: int = 0  # of those, undone by a fresh driver's replay
     kept: int = 0  # of those, inconsistent again after the replay
+    last_finding: str = ""
     check_ms: list[float] = field(default_factory=list)  # the last 100
 
 
@@ -114,10 +117,14 @@ class Checkpoints:
             self._thread.join(timeout=10)
 
     def call(self, op: str, *args: Any) -> Any:
-        if op == "destroy":
-            with self.lock:
-                self._checkpoint("unmount")
         with self.lock:
+            if op == "destroy":
+                self._checkpoint("unmount")
+            elif op == "open" and args[2] & os.O_ACCMODE != os.O_WRONLY \
+                    and args[1] in self.fs.written and not self.fs.is_open(args[1]):
+                # a file written since the checkpoint and closed is opened to be read:
+                # what it reads back as is checked before anyone reads it
+                self._checkpoint("re-open")
             result = self.shadow.call(op, *args)
             if self.fs.journal_bytes + self.undo.bytes > self.max_bytes:
                 self._checkpoint("journal size")
@@ -138,16 +145,25 @@ class Checkpoints:
             return True
         if not self.fs.journal and not self.undo.bytes:
             return True  # nothing changed since the last checkpoint
-        ok, said = self._check()
+        gen = self.shadow.generation
+        try:
+            ok, said = self._check()
+        except (DomainFailed, DomainDown) as e:
+            # the driver failed while its writes were read back: an ordinary recovery;
+            # the checkpoint is taken next time
+            self.shadow.recover_now(e.report, gen)
+            return True
+        except Closed:
+            return True
         if ok:
             self.fs.checkpoint()
             self.undo.clear()
             return True
         self.stats.inconsistent += 1
+        self.stats.last_finding = said
         requests = len(self.fs.journal)
         log.warning("%s: image inconsistent at a checkpoint (%s, %d requests since the last "
                     "one): %s; rolling back", self.name, why, requests, _summary(said))
-        gen = self.shadow.generation
         try:
             report = self.domain.condemn(
                 f"the image is inconsistent after {requests} requests: {_summary(said)}",
@@ -160,7 +176,10 @@ class Checkpoints:
         self.fs.rolled_back = False
         if self.shadow.dead is not None:
             return False
-        ok, said = self._check()
+        try:
+            ok, said = self._check()
+        except (DomainFailed, DomainDown, Closed) as e:
+            ok, said = False, f"the fresh driver failed while checked: {e}"
         if ok:
             self.stats.rolled_back += 1
         else:
@@ -172,15 +191,49 @@ class Checkpoints:
         return False
 
     def _check(self) -> tuple[bool, str]:
+        """The checker's verdict on the image, then the written data read back."""
         t0 = time.monotonic()
         try:
             # the image holds every completed request; nothing is in flight (the lock)
             ok, said = run_checker(self.command, self.image)
+            if ok:
+                ok, said = self._read_back()
         finally:
             self.stats.checks += 1
             self.stats.check_ms = [*self.stats.check_ms[-99:],
                                    (time.monotonic() - t0) * 1e3]
         return ok, said
+
+    def _read_back(self) -> tuple[bool, str]:
+        """Whether every file written since the checkpoint has the size and (sampled)
+        bytes the applications wrote, as the driver reads it now."""
+        for path, w in self.fs.written_files():
+            try:
+                attrs = self.domain.call("getattr", ROOT_CTX, path, None)
+            except OSError as e:
+                return False, f"{path}: written since the checkpoint, now {e.strerror}"
+            size = attrs.get("st_size") if isinstance(attrs, dict) else None
+            if not isinstance(size, int) or (w.size is not None and size != w.size) \
+                    or size < w.least:
+                want = w.size if w.size is not None else f"at least {w.least}"
+                return False, f"{path}: {size} bytes, {want} written"
+            if not w.samples:
+                continue
+            try:
+                fh = self.domain.call("open", ROOT_CTX, path, os.O_RDONLY)
+            except OSError as e:
+                return False, f"{path}: written since the checkpoint, cannot open: {e.strerror}"
+            try:
+                for offset, data in w.samples:
+                    got = self.domain.call("read", ROOT_CTX, path, len(data), offset, fh)
+                    if got != data:
+                        return False, f"{path}: {len(data)} bytes at {offset} read back wrong"
+            except OSError as e:
+                return False, f"{path}: written since the checkpoint, cannot read: {e.strerror}"
+            finally:
+                with contextlib.suppress(OSError):
+                    self.domain.call("release", ROOT_CTX, path, fh)
+        return True, ""
 
     def status(self) -> dict[str, Any]:
         times = sorted(self.stats.check_ms)
@@ -190,6 +243,8 @@ class Checkpoints:
             "checks": self.stats.checks, "inconsistent": self.stats.inconsistent,
             "rolled_back": self.stats.rolled_back, "kept_inconsistent": self.stats.kept,
             "check_ms_p50": times[len(times) // 2] if times else None,
+            "last_finding": _summary(self.stats.last_finding) if self.stats.last_finding
+            else None,
             "journal": len(self.fs.journal),
         }
 

@@ -17,8 +17,12 @@ Rules:
 * A request that keeps failing the driver fails alone with EIO.
 * Second opinions: EIO, EFAULT or ENOSPC from the driver; ENOENT from any
   request but a lookup (the kernel looked the path up first); EBADF or EINVAL
-  for a handle the shadow holds open: each condemns the driver; a fresh one is
-  asked again, and the application sees the error only if it says the same.
+  for a handle the shadow holds open, EBADF for a request without one; ENOTDIR
+  for what the driver's getattr calls a directory: each condemns the driver; a
+  fresh one is asked again, and the application sees the error only if it
+  says the same. Postconditions likewise (``doubt``): what mkdir, mknod,
+  symlink or link made must be there (a directory after mkdir, a symbolic
+  link after symlink), what unlink or rmdir removed must be gone.
 * With ``volatile=True`` (a driver whose whole state lives in its memory) the
   shadow also keeps every state-changing request since the mount and replays
   them all into the new driver; without it, only open handles are replayed and
@@ -44,6 +48,7 @@ from nooks.domain.host import Domain
 from nooks.errors import FailureReport
 from nooks.fs.interface import os_error
 from nooks.shadow.engine import Answered, NotInLog, Strategy
+from nooks.shadow.writes import Written, WrittenFiles
 
 ROOT_CTX = (0, 0, 0)
 
@@ -67,6 +72,7 @@ LOOKUPS = frozenset({"getattr", "access", "statfs", "init", "destroy"})
 # postconditions: what must be there, or gone, after a request succeeds
 MADE = frozenset({"mkdir", "mknod", "symlink", "link"})
 GONE = frozenset({"unlink", "rmdir"})
+MADE_KIND = {"mkdir": (stat.S_IFDIR, "directory"), "symlink": (stat.S_IFLNK, "symbolic link")}
 # what the volatile log keeps: requests that change stored state
 LOGGED = frozenset({"mknod", "mkdir", "unlink", "rmdir", "symlink", "rename", "link", "chmod",
                     "chown", "truncate", "write", "create", "utimens", "setxattr",
@@ -108,6 +114,7 @@ class FsShadow:
         self.rolled_back = False
         # the handles open at the last checkpoint: (kind, path, flags) by virtual handle
         self._base: dict[int, tuple[str, str, int]] = {}
+        self.written = WrittenFiles()  # journaled: what to read back at the checkpoint
         self._logs = volatile or self.journaled
         self._recorded = OPENERS | CLOSERS | {"rename", "unlink"} | (LOGGED if self._logs
                                                                      else set())
@@ -154,9 +161,16 @@ class FsShadow:
             # the kernel looked the path up (getattr) before sending anything else
             return op not in LOOKUPS
         if error.errno in (errno.EBADF, errno.EINVAL):
-            # the kernel only passes handles it was given: one we hold open is valid
+            # the kernel only passes handles it was given: one we hold open is valid;
+            # and a request that carries no handle cannot have a bad one
             at = FH_AT.get(op)
-            return at is not None and at < len(args) and args[at] in self.handles
+            if at is None or at >= len(args) or args[at] is None:
+                return error.errno == errno.EBADF
+            return args[at] in self.handles
+        if error.errno == errno.ENOTDIR and op in ("opendir", "readdir", "rmdir"):
+            # "not a directory" for what the driver itself says is one
+            mode = _mode(domain, args[0], args[1])
+            return mode is not None and stat.S_ISDIR(mode)
         return False
 
     def doubt(self, op: str, args: tuple[Any, ...], result: Any, domain: Domain) -> str | None:
@@ -177,8 +191,13 @@ class FsShadow:
                 return f"wrote {result} of {len(args[2])} bytes"
             return None
         if op in MADE:
-            if _attrs(domain, args[0], args[1]) is None:
+            attrs = _attrs(domain, args[0], args[1])
+            if attrs is None:
                 return f"{args[1]} is not there after {op}"
+            mode = attrs.get("st_mode")
+            kind, what = MADE_KIND.get(op, (None, ""))
+            if kind is not None and isinstance(mode, int) and stat.S_IFMT(mode) != kind:
+                return f"{args[1]} is not a {what} after {op} (mode {mode:o})"
             return None
         if op in GONE:
             if _attrs(domain, args[0], args[1]) is not None:
@@ -199,6 +218,8 @@ class FsShadow:
                 self.journal.append((op, args, result))
                 if op == "write":
                     self.journal_bytes += len(args[2])
+                if self.journaled:
+                    self._note_written(op, args)
             if op in OPENERS:
                 vfh = self._next
                 self._next += 1
@@ -215,6 +236,34 @@ class FsShadow:
             elif op == "unlink" and self.volatile:
                 self._compact(args[1])
             return result
+
+    def _note_written(self, op: str, args: tuple[Any, ...]) -> None:
+        if op == "create":
+            self.written.created(args[1])
+        elif op == "open" and args[2] & os.O_TRUNC and args[2] & os.O_ACCMODE != os.O_RDONLY:
+            self.written.truncate(args[1], 0)
+        elif op in ("write", "truncate"):
+            at = FH_AT[op]
+            h = self.handles.get(args[at]) if at < len(args) else None
+            path = h.path if h is not None else args[1]
+            if path is None:
+                return
+            if op == "write":
+                self.written.write(path, args[3], args[2])
+            else:
+                self.written.truncate(path, args[2])
+        elif op == "unlink":
+            self.written.removed(args[1])
+        elif op == "rename":
+            self.written.renamed(args[1], args[2])
+
+    def written_files(self) -> list[tuple[str, Written]]:
+        with self._lock:
+            return list(self.written.files.items())
+
+    def is_open(self, path: str) -> bool:
+        with self._lock:
+            return any(h.path == path for h in self.handles.values())
 
     def _moved(self, old: str, new: str) -> None:
         for h in self.handles.values():
@@ -244,6 +293,7 @@ class FsShadow:
         with self._lock:
             self.journal.clear()
             self.journal_bytes = 0
+            self.written.clear()
             self._base = {vfh: (h.kind, h.path, h.flags & ~REPLAY_STRIP)
                           for vfh, h in self.handles.items() if not h.lost}
 
