@@ -186,6 +186,14 @@ class FsShadow:
             if isinstance(end, int) and offset + len(result) < end:
                 return f"read {len(result)} of {size} bytes at {offset} of a {end}-byte file"
             return None
+        if op == "getattr":
+            h = self.handles.get(args[2]) if len(args) > 2 and args[2] is not None else None
+            mode = result.get("st_mode") if isinstance(result, dict) else None
+            if h is not None and h.kind == "file" and isinstance(mode, int) \
+                    and (stat.S_ISDIR(mode) or stat.S_ISSOCK(mode)):
+                # an open file cannot be a directory or a socket (open() refuses both)
+                return f"the open file {h.path} is described as mode {mode:o}"
+            return None
         if op == "write":
             if isinstance(result, int) and result != len(args[2]):
                 return f"wrote {result} of {len(args[2])} bytes"
