@@ -5,7 +5,9 @@ stays (the test shows both)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import random
 import shutil
 import subprocess
 from pathlib import Path
@@ -93,3 +95,29 @@ def test_an_image_inconsistent_at_mount_is_not_checked(tmp_path: Path,
         assert (Path(m.path) / "new.txt").read_text() == "still writable"
     assert cons["state"].startswith("off: the image was not consistent at mount"), cons
     assert cons["checks"] == 1 and cons["inconsistent"] == 0
+
+
+@pytest.mark.parametrize("interval", ["60", "0"])
+def test_misplaced_writes_are_read_back_before_anyone_reads_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interval: str) -> None:
+    image = tmp_path / "disk.img"
+    mkfs_vfat(str(image), 64 << 20)
+    monkeypatch.setenv("NOOKS_TEST_MARKER", str(tmp_path / "first-driver-done"))
+    data = random.Random(7).randbytes(300_000)
+    with mounted(str(tmp_path), DRIVER, extra=("--image", str(image), "--checker",
+                                               "fsck.fat -n", "--check-interval", interval)) as m:
+        target = Path(m.path) / "misplaced.bin"
+        target.write_bytes(data)  # closed: the next open for reading is checked first
+        got = target.read_bytes()
+        st = m.status()
+    if interval == "0":
+        assert got != data  # the damage is real, and quiet: nothing failed
+        assert st["recoveries"] == []
+        return
+    assert hashlib.sha256(got).hexdigest() == hashlib.sha256(data).hexdigest()
+    cons = st["consistency"]
+    assert cons["inconsistent"] == 1 and cons["rolled_back"] == 1, cons
+    assert cons["last_finding"].startswith("/misplaced.bin: "), cons  # read back: size, bytes
+    assert [r["kind"] for r in st["recoveries"]] == ["misbehaved"]
+    r = fsck(image)
+    assert r.returncode == 0, r.stdout + r.stderr
