@@ -16,7 +16,7 @@ import pytest
 
 from nooks.control import request, socket_path
 from nooks.fs.mkfs import mkfs_vfat
-from tests.integration.fsutil import make_tree, manifest, mounted
+from tests.integration.fsutil import make_tree, manifest, mounted, wait_for
 
 pytestmark = [pytest.mark.timeout(300),
               pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse"),
@@ -104,10 +104,20 @@ def test_misplaced_writes_are_read_back_before_anyone_reads_them(
     mkfs_vfat(str(image), 64 << 20)
     monkeypatch.setenv("NOOKS_TEST_MARKER", str(tmp_path / "first-driver-done"))
     data = random.Random(7).randbytes(300_000)
+    # the kernel keeps attributes for an hour: only an invalidation can refresh them
     with mounted(str(tmp_path), DRIVER, extra=("--image", str(image), "--checker",
-                                               "fsck.fat -n", "--check-interval", interval)) as m:
+                                               "fsck.fat -n", "--check-interval", interval,
+                                               "-o", "attr_timeout=3600,entry_timeout=3600")) as m:
         target = Path(m.path) / "misplaced.bin"
-        target.write_bytes(data)  # closed: the next open for reading is checked first
+        target.write_bytes(data)
+        other = Path(m.path) / "other.txt"
+        other.write_text("fine")
+        assert target.stat().st_size == len(data) + 1  # what the first driver made of it
+        # written and closed, opened for reading: every file written is checked first
+        assert other.read_text() == "fine"
+        if interval != "0":
+            # the rollback told the kernel to forget what it cached of the file
+            wait_for(lambda: target.stat().st_size == len(data), 10, "the size to be right")
         got = target.read_bytes()
         st = m.status()
     if interval == "0":

@@ -8,6 +8,7 @@ driver mounted directly, so the kernel sees the same filesystem.
 
 from __future__ import annotations
 
+import ctypes
 import inspect
 import os
 from collections.abc import Callable
@@ -50,6 +51,33 @@ def make_operations(call: Call, implemented: list[str], use_ns: bool,
 
     ns["init"] = init
     return type("NooksOperations", (), ns)()
+
+
+class KernelCache:
+    """The kernel's cached attributes and data of paths on this mount, which the host
+    can invalidate when the files change behind the kernel's back (a rollback)."""
+
+    def __init__(self) -> None:
+        self._fuse: int | None = None
+        lib = mfusepy._libfuse
+        self._invalidate = lib.fuse_invalidate_path
+        self._invalidate.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        self._invalidate.restype = ctypes.c_int
+        self._context = lib.fuse_get_context
+
+    def capture(self) -> None:
+        """Called inside a FUSE request (init): remember the mount's ``struct fuse``."""
+        self._fuse = self._context().contents.fuse
+
+    def invalidate(self, paths: list[str]) -> int:
+        """Drop what the kernel caches of ``paths`` (those it does not know are
+        skipped); how many it knew."""
+        if self._fuse is None:
+            return 0
+        known = 0
+        for path in paths:
+            known += self._invalidate(self._fuse, os.fsencode(path)) == 0
+        return known
 
 
 def mount(operations: object, mountpoint: str, *, threads: bool, fsname: str,

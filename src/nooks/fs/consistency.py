@@ -38,6 +38,7 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,7 +77,8 @@ class Checkpoints:
 
     def __init__(self, *, image: str, command: tuple[str, ...], shadow: Shadow, fs: FsShadow,
                  domain: Domain, undo: UndoLog, name: str, interval: float = 1.0,
-                 max_bytes: int = 64 << 20) -> None:
+                 max_bytes: int = 64 << 20,
+                 invalidate: Callable[[list[str]], int] | None = None) -> None:
         self.image = image
         self.command = command
         self.shadow = shadow
@@ -86,6 +88,7 @@ class Checkpoints:
         self.name = name
         self.interval = interval
         self.max_bytes = max_bytes
+        self.invalidate = invalidate
         self.stats = CheckStats()
         self.off: str | None = None  # why checking is off, if it is
         # held for each request and for each checkpoint: a check sees no request
@@ -170,10 +173,16 @@ class Checkpoints:
                 "checkpoint")
         except Closed:
             return False
+        touched = self.fs.journal_paths()
         self.undo.rollback()
         self.fs.rolled_back = True
         self.shadow.recover_now(report, gen)
         self.fs.rolled_back = False
+        if self.invalidate is not None:
+            # what the kernel cached of these files may differ from what the fresh
+            # driver made of them (a directory's size, a file's times): drop it, from
+            # another thread (this one may be serving one of those files' requests)
+            threading.Thread(target=self.invalidate, args=(touched,), daemon=True).start()
         if self.shadow.dead is not None:
             return False
         try:

@@ -54,6 +54,7 @@ class FsHost:
         self.nat: NativeDomain | None = None
         self.shadow: Shadow | None = None
         self.checkpoints: Checkpoints | None = None
+        self.kernel_cache = bridge.KernelCache()
         self._undo: UndoLog | None = None
         label = driver.target.rpartition(":")[2].lower()
         self.fault_site: str | None = None
@@ -96,7 +97,7 @@ class FsHost:
                 self.checkpoints = Checkpoints(
                     image=driver.image, command=driver.checker, shadow=self.shadow, fs=fs,
                     domain=self.domain, undo=self._undo, name=self.name,
-                    interval=check_interval)
+                    interval=check_interval, invalidate=self.kernel_cache.invalidate)
                 if self.checkpoints.off is None:
                     self._call = self.checkpoints.call
         self.implemented: list[str] = self._call("implemented")
@@ -209,6 +210,7 @@ class FsHost:
     # -- running -------------------------------------------------------------------------
 
     def _init(self) -> None:
+        self.kernel_cache.capture()
         self._call("init", ROOT_CTX, "/")
         if self.on_ready is not None:
             self.on_ready()

@@ -265,6 +265,19 @@ class FsShadow:
         elif op == "rename":
             self.written.renamed(args[1], args[2])
 
+    def journal_paths(self) -> list[str]:
+        """Every path the journal names, their parent directories, and the root."""
+        paths = {"/"}
+        with self._lock:
+            for op, args, _ in self.journal:
+                names = [args[1], args[2]] if op in ("rename", "link", "symlink") else [args[1]]
+                for name in names:
+                    at = name
+                    while isinstance(at, str) and at.startswith("/") and at not in paths:
+                        paths.add(at)
+                        at = os.path.dirname(at)
+        return sorted(paths)
+
     def written_files(self) -> list[tuple[str, Written]]:
         with self._lock:
             return list(self.written.files.items())
