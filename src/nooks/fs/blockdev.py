@@ -24,6 +24,7 @@ from typing import Annotated, Any
 
 import msgspec
 
+from nooks.fs.spill import Spill
 from nooks.wrappers import Interface
 
 Offset = Annotated[int, msgspec.Meta(ge=0, lt=1 << 48)]
@@ -45,14 +46,16 @@ class UndoLog:
     Kept across driver incarnations (one per mount), so that the host can put the
     image back as it was at a checkpoint (``nooks.fs.consistency``). Only the
     first write of each exact range is saved: undoing in reverse order, a later
-    write of the same range is covered by the first one's saved bytes.
+    write of the same range is covered by the first one's saved bytes. The
+    saved bytes live in a ``Spill``, not in the Python heap.
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         self._lock = threading.Lock()
-        self._saved: list[tuple[int, bytes]] = []
+        self._spill = Spill("nooks-undo")
+        self._saved: list[tuple[int, int, int]] = []  # (image offset, spill pos, length)
         self._seen: set[tuple[int, int]] = set()
         self.bytes = 0
 
@@ -63,26 +66,29 @@ class UndoLog:
             if key in self._seen:
                 return
             self._seen.add(key)
-            self._saved.append((offset, os.pread(self._fd, length, offset)))
-            self.bytes += length
+            pos, n = self._spill.put_from(self._fd, offset, length)
+            self._saved.append((offset, pos, n))
+            self.bytes += n
 
     def clear(self) -> None:
         """A checkpoint: the image as it is now is the one to come back to."""
         with self._lock:
             self._saved.clear()
             self._seen.clear()
+            self._spill.reset()
             self.bytes = 0
 
     def rollback(self) -> int:
         """Put the image back as it was at the last checkpoint; bytes restored."""
         with self._lock:
             restored = 0
-            for offset, old in reversed(self._saved):
-                os.pwrite(self._fd, old, offset)
-                restored += len(old)
+            for offset, pos, length in reversed(self._saved):
+                os.pwrite(self._fd, self._spill.get(pos, length), offset)
+                restored += length
             os.fsync(self._fd)
             self._saved.clear()
             self._seen.clear()
+            self._spill.reset()
             self.bytes = 0
             return restored
 
@@ -91,6 +97,7 @@ class UndoLog:
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
+            self._spill.close()
 
 
 class ImageDevice:

@@ -245,5 +245,7 @@ class FsHost:
             self.domain.close()
         if self._undo is not None:
             self._undo.close()
+        if self.shadow is not None and isinstance(self.shadow.spec, FsShadow):
+            self.shadow.spec.close()
         if self.nat is not None:
             self.nat.close()

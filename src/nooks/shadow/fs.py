@@ -47,6 +47,7 @@ from typing import Any
 from nooks.domain.host import Domain
 from nooks.errors import FailureReport
 from nooks.fs.interface import os_error
+from nooks.fs.spill import Spill
 from nooks.shadow.engine import Answered, NotInLog, Strategy
 from nooks.shadow.writes import Written, WrittenFiles
 
@@ -93,6 +94,14 @@ def _mode(domain: Domain, ctx: Any, path: str) -> int | None:
     return mode if isinstance(mode, int) else None
 
 
+@dataclass(frozen=True)
+class Spilled:
+    """Journaled write data, kept in the journal's ``Spill``."""
+
+    pos: int
+    length: int
+
+
 @dataclass
 class Handle:
     kind: str  # "file" or "dir"
@@ -115,6 +124,7 @@ class FsShadow:
         # the handles open at the last checkpoint: (kind, path, flags) by virtual handle
         self._base: dict[int, tuple[str, str, int]] = {}
         self.written = WrittenFiles()  # journaled: what to read back at the checkpoint
+        self._spill = Spill("nooks-journal") if self.journaled else None
         self._logs = volatile or self.journaled
         self._recorded = OPENERS | CLOSERS | {"rename", "unlink"} | (LOGGED if self._logs
                                                                      else set())
@@ -223,9 +233,15 @@ class FsShadow:
             return result  # getattr, read, write, statfs...: nothing to remember
         with self._lock:
             if self._logs and op in LOGGED:
-                self.journal.append((op, args, result))
                 if op == "write":
                     self.journal_bytes += len(args[2])
+                    if self._spill is not None:
+                        kept = Spilled(self._spill.put(args[2]), len(args[2]))
+                        self.journal.append((op, (*args[:2], kept, *args[3:]), result))
+                    else:
+                        self.journal.append((op, args, result))
+                else:
+                    self.journal.append((op, args, result))
                 if self.journaled:
                     self._note_written(op, args)
             if op in OPENERS:
@@ -264,6 +280,10 @@ class FsShadow:
             self.written.removed(args[1])
         elif op == "rename":
             self.written.renamed(args[1], args[2])
+
+    def close(self) -> None:
+        if self._spill is not None:
+            self._spill.close()
 
     def journal_paths(self) -> list[str]:
         """Every path the journal names, their parent directories, and the root."""
@@ -315,6 +335,8 @@ class FsShadow:
             self.journal.clear()
             self.journal_bytes = 0
             self.written.clear()
+            if self._spill is not None:
+                self._spill.reset()
             self._base = {vfh: (h.kind, h.path, h.flags & ~REPLAY_STRIP)
                           for vfh, h in self.handles.items() if not h.lost}
 
@@ -379,6 +401,8 @@ class FsShadow:
         with self._lock:
             for op, args, result in self.journal:
                 call = list(args)
+                if op == "write" and isinstance(call[2], Spilled) and self._spill is not None:
+                    call[2] = self._spill.get(call[2].pos, call[2].length)
                 at = FH_AT.get(op)
                 if at is not None and at < len(call) and call[at] is not None:
                     if call[at] not in real:
