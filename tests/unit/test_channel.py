@@ -502,6 +502,27 @@ def test_control_message_is_delivered_to_the_control_waiter(rig: Rig) -> None:
     assert rig.channel.broken is None
 
 
+def test_message_that_arrived_in_time_is_not_late_when_read_after_the_deadline(
+        rig: Rig) -> None:
+    # a warm spare's Hello waits unread until the spare is taken, long after its start
+    # deadline: it came in time, so the spare is ready, not hung
+    w = rig.register(CONTROL_ID, "start", deadline=-1.0)  # already past when read
+    rig.domain.send(m.encode(m.Hello(pid=1234, kernel_arena=4096)))
+    msg = rig.channel.wait(w)
+    assert msg == m.Hello(pid=1234, kernel_arena=4096)
+    assert rig.hooks.deadlines == []
+    assert rig.channel.broken is None
+
+
+def test_nothing_queued_after_the_deadline_still_fails_at_once(rig: Rig) -> None:
+    w = rig.register(CONTROL_ID, "start", deadline=-1.0)
+    t0 = time.monotonic()
+    with pytest.raises(Deadline):
+        rig.channel.wait(w)
+    assert time.monotonic() - t0 < TICK * 5
+    assert [c for c, _ in rig.hooks.deadlines] == ["start"]
+
+
 def test_control_failure_fails_the_channel_with_on_controls_exception(rig: Rig) -> None:
     w = rig.register(CONTROL_ID, "start")
     rig.domain.send(m.encode(m.Failure(kind="crashed", detail="boom")))
