@@ -54,10 +54,17 @@ class FakeHooks:
         self.broken: list[BaseException] = []
         self.broken_event = threading.Event()
         self.replies_seen = 0
+        self.posts: list[m.Post] = []
+        self.replies_at_post: list[int] = []
 
     def on_request(self, msg: m.Call) -> None:
         with self.lock:
             self.requests.append(msg)
+
+    def on_post(self, msg: m.Post) -> BaseException | None:
+        self.posts.append(msg)
+        self.replies_at_post.append(self.replies_seen)
+        return None
 
     def on_reply(self) -> None:
         with self.lock:
@@ -553,3 +560,16 @@ def test_forget_drops_a_registered_call(rig: Rig) -> None:
     rig.channel.forget(1)
     rig.channel.forget(1)
     assert rig.channel.in_flight() == ["two"]
+
+
+def test_posted_calls_run_in_order_before_the_reply_after_them(rig: Rig) -> None:
+    # the domain side: two posted calls, then the reply to the host's call
+    w = rig.register(7, "op")
+    rig.domain.send(m.encode((m.TAG_POST, [(3, (1, b"a")), (3, (2, b"b"))])))
+    rig.domain.send(m.encode_reply(7, "done"))
+    msg = rig.channel.wait(w)
+    assert isinstance(msg, m.Reply) and msgspec.msgpack.decode(msg.result) == "done"
+    assert rig.hooks.replies_seen == 1
+    assert [[(i, msgspec.msgpack.decode(a)) for i, a in p.calls] for p in rig.hooks.posts] == \
+        [[(3, [1, b"a"]), (3, [2, b"b"])]]
+    assert rig.hooks.replies_at_post == [0]  # run before the reply was seen

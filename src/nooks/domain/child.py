@@ -80,6 +80,11 @@ class _Pending:
         self.msg: Any = None
 
 
+# posted kernel calls are sent once this much data, or this many calls, are queued
+POST_BYTES = 1 << 20
+POST_CALLS = 256
+
+
 class KernelProxy:
     """Makes kernel calls on behalf of the driver: ``kernel().call("name", args...)``."""
 
@@ -119,6 +124,8 @@ class Runtime:
         self.spin = spin_budget(cfg.spin_us)
         self.view = memoryview(self.buf)
         self.send_lock = threading.Lock()
+        self.posted: list[tuple[int, tuple[Any, ...]]] = []  # posted kernel calls not yet sent
+        self.posted_bytes = 0
         self.backlog: collections.deque[Any] = collections.deque()
         self.pending: dict[int, _Pending] = {}
         self.ids = itertools.count(1 << 32)  # distinct from the host's ids
@@ -134,7 +141,21 @@ class Runtime:
 
     def send(self, data: bytes) -> None:
         with self.send_lock:
+            if self.posted:
+                self._send_posted()
             self.sock.send(data)
+
+    def post(self, index: int, args: tuple[Any, ...]) -> None:
+        """Queue a posted kernel call; it goes out before whatever is sent next."""
+        with self.send_lock:
+            self.posted.append((index, args))
+            self.posted_bytes += sum(len(a) for a in args if isinstance(a, bytes))
+            if self.posted_bytes >= POST_BYTES or len(self.posted) >= POST_CALLS:
+                self._send_posted()
+
+    def _send_posted(self) -> None:
+        calls, self.posted, self.posted_bytes = self.posted, [], 0
+        self.sock.send(m.encode((m.TAG_POST, calls)))
 
     def recv(self) -> Any:
         n = recv_spinning(self.sock, self.buf, self.spin)
@@ -280,6 +301,9 @@ class Runtime:
     def kernel_call(self, spec: InterfaceSpec, name: str, args: tuple[Any, ...]) -> Any:
         meth = spec.method(name)
         args = meth.bind(args, {})
+        if meth.posted:
+            self.post(meth.index, args)
+            return None
         cid = next(self.ids)
         parent = getattr(self.local, "current", 0)
         p = _Pending()

@@ -228,6 +228,35 @@ class Incarnation:
         with contextlib.suppress(RuntimeError):  # shutting down
             self._executor.submit(self.serve, msg)
 
+    def on_post(self, msg: m.Post) -> BaseException | None:
+        """Run posted kernel calls in order; one that is malformed or fails fails the driver
+        (it was told nothing, so it carries on as if the call had worked)."""
+        kiface = self.kiface
+        for method, raw in msg.calls:
+            if kiface is None or not 0 <= method < len(kiface.methods) \
+                    or not kiface.methods[method].posted:
+                return self._fail_now(FailureKind.MISBEHAVED,
+                                      f"posted kernel call #{method}, which is not posted",
+                                      self._current_call())
+            spec = kiface.methods[method]
+            try:
+                args = msgspec.structs.astuple(spec.args_decoder.decode(raw))
+            except msgspec.ValidationError as e:
+                return self._fail_now(FailureKind.MISBEHAVED,
+                                      f"kernel call {spec.name}: {spec.describe_error(e)}",
+                                      self._current_call())
+            if any(isinstance(args[i], m.ArenaRef) for i in spec.bulk_args):
+                return self._fail_now(FailureKind.MISBEHAVED,
+                                      f"kernel call {spec.name}: arena references are host-only",
+                                      self._current_call())
+            try:
+                getattr(self.kernel_impl, spec.name)(*args)
+            except Exception as e:
+                return self._fail_now(FailureKind.MISBEHAVED,
+                                      f"posted kernel call {spec.name} failed: "
+                                      f"{type(e).__name__}: {e}", self._current_call())
+        return None
+
     def serve(self, msg: m.Call) -> None:
         """Check and run one kernel call from the driver, and send its reply."""
         kiface = self.kiface
@@ -236,6 +265,10 @@ class Incarnation:
                            self._current_call())
             return
         spec = kiface.methods[msg.method]
+        if spec.posted:
+            self._fail_now(FailureKind.MISBEHAVED, f"waited for posted kernel call {spec.name}",
+                           self._current_call())
+            return
         try:
             args = list(msgspec.structs.astuple(spec.args_decoder.decode(msg.args)))
             for i, tracked in spec.tracked_args:

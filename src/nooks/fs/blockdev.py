@@ -25,7 +25,7 @@ from typing import Annotated, Any
 import msgspec
 
 from nooks.fs.spill import Spill
-from nooks.wrappers import Interface
+from nooks.wrappers import Interface, posted
 
 Offset = Annotated[int, msgspec.Meta(ge=0, lt=1 << 48)]
 Size = Annotated[int, msgspec.Meta(ge=0, le=4 << 20)]
@@ -36,7 +36,8 @@ class BlockDeviceInterface(Interface):
     def bd_size(self) -> int: ...
     def bd_path(self) -> str: ...
     def bd_read(self, offset: Offset, size: Size) -> Chunk: ...
-    def bd_write(self, offset: Offset, data: Chunk) -> int: ...
+    @posted
+    def bd_write(self, offset: Offset, data: Chunk) -> None: ...
     def bd_sync(self) -> None: ...
 
 
@@ -137,12 +138,11 @@ class ImageDevice:
                     out[lo - offset:hi - offset] = wdata[lo - woff:hi - woff]
             return bytes(out)
 
-    def bd_write(self, offset: int, data: bytes) -> int:
+    def bd_write(self, offset: int, data: bytes) -> None:
         if offset + len(data) > self.size:
             raise OSError(28, "write past the end of the device")  # ENOSPC
         with self._lock:
             self._pending.append((offset, data))
-        return len(data)
 
     def bd_sync(self) -> None:
         self.call_done()
@@ -169,13 +169,19 @@ class ImageDevice:
                 self.fd = -1
 
 
+# own writes of earlier requests kept before asking the host whether they are committed
+OWN_MAX = 64
+
+
 class BlockDeviceFile(io.RawIOBase):
     """Inside the domain: the host's block device as a seekable binary file.
 
     Reads come from a read-only mapping of the image (the driver may read
     kernel memory, not write it) patched with this domain's own writes that the
     host may not have committed yet; writes are kernel calls, so the host can
-    hold them back until the request that made them completes.
+    hold them back until the request that made them completes. Writes are *posted*
+    kernel calls: the domain does not wait for them, and they reach the host, in
+    order, before the request's reply.
 
     Which own writes are still uncommitted: the host commits a request's writes
     when it reads the request's reply, before it reads anything the domain sends
@@ -261,11 +267,17 @@ class BlockDeviceFile(io.RawIOBase):
 
     def write(self, data: Any) -> int:
         data = bytes(data)
-        n = int(self._k.bd_write(self._pos, data))
-        self._answered()
+        if self._pos + len(data) > self._size:
+            raise OSError(28, "write past the end of the device")  # ENOSPC
+        self._k.bd_write(self._pos, data)  # posted: not waited for
         self._own.append((self._epoch, self._pos, data))
-        self._pos += n
-        return n
+        self._pos += len(data)
+        if len(self._own) > OWN_MAX and self._own[0][0] < self._epoch:
+            # writes are posted, so nothing answered says the host has committed
+            # earlier requests; ask something, to forget their writes
+            self._k.bd_size()
+            self._answered()
+        return len(data)
 
     def flush(self) -> None:
         pass

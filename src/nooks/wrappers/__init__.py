@@ -9,6 +9,7 @@ from nooks.wrappers.declare import (
     Tracked,
     declare,
     load,
+    posted,
 )
 
 __all__ = [
@@ -20,4 +21,5 @@ __all__ = [
     "Tracked",
     "declare",
     "load",
+    "posted",
 ]

@@ -20,6 +20,10 @@ hand-written per call. Rules:
   ``role="release"`` on an argument removes it from the tracker.
 * ``ordinary`` lists the exceptions that are returns, not failures (an errno the
   driver means to return); any other exception from a driver is a failure.
+* ``@posted`` marks a kernel call the driver does not wait for (it returns
+  None): the domain sends posted calls in one message before the next thing it
+  sends, and the host runs them in order as it reads them; one that fails
+  fails the driver.
 """
 
 from __future__ import annotations
@@ -38,6 +42,12 @@ from nooks.errors import InterfaceError
 from nooks.xpc.messages import ArenaRef
 
 Errno = Annotated[int, msgspec.Meta(ge=1, le=4095)]
+
+
+def posted(func: Callable[..., None]) -> Callable[..., None]:
+    """Declare a kernel call the driver does not wait for (see the module docstring)."""
+    func.__nooks_posted__ = True  # type: ignore[attr-defined]
+    return func
 
 
 class Interface:
@@ -98,6 +108,7 @@ class MethodSpec:
     bulk_result: bool
     tracked_args: tuple[tuple[int, Tracked], ...]
     tracked_result: Tracked | None
+    posted: bool = False
 
     def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
         """Positional arguments for a call, or InterfaceError if they do not fit."""
@@ -229,6 +240,10 @@ def _declare(cls: type[Interface]) -> InterfaceSpec:
             raise InterfaceError(f"{where}: no return type")
         result = hints["return"]
         result_wire, bulk_result, tracked_result = _wire(result, f"{where} result")
+        is_posted = bool(getattr(func, "__nooks_posted__", False))
+        if is_posted and (result is not type(None) or any(p.tracked for p in params)):
+            raise InterfaceError(f"{where}: a posted call returns None and takes no "
+                                 "tracked objects")
         fields = [(p.name, p.wire) if p.default is msgspec.NODEFAULT
                   else (p.name, p.wire, p.default) for p in params]
         args_type = msgspec.defstruct(f"{cls.__name__}_{name}_args", fields, array_like=True,
@@ -244,6 +259,7 @@ def _declare(cls: type[Interface]) -> InterfaceSpec:
             bulk_result=bulk_result,
             tracked_args=tuple((i, p.tracked) for i, p in enumerate(params) if p.tracked),
             tracked_result=tracked_result,
+            posted=is_posted,
         ))
     ordinary = tuple(cls.ordinary)
     return InterfaceSpec(

@@ -66,6 +66,9 @@ class Hooks(Protocol):
     def on_reply(self) -> None:
         """A reply to a host call was read: everything before it on the channel is done."""
 
+    def on_post(self, msg: m.Post) -> BaseException | None:
+        """Posted kernel calls: run them now, in order; an exception to fail with."""
+
 
 class Waiter:
     __slots__ = ("awake", "call", "deadline", "lock", "msg", "nested", "sleeping")
@@ -232,6 +235,11 @@ class Channel:
                         self._wake(w)
             if w is None:
                 self.fail(self.hooks.on_garbage(f"a reply to call {msg.id}, which is not pending"))
+        elif type(msg) is m.Post:
+            # run here, in channel order: before the reply that follows them
+            exc = self.hooks.on_post(msg)
+            if exc is not None:
+                self.fail(exc)
         elif isinstance(msg, m.Call):
             with self._mu:
                 w = self._waiters.get(msg.parent) if msg.parent else None

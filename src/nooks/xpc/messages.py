@@ -76,6 +76,12 @@ class BatchReply(msgspec.Struct, array_like=True, tag=6):
     results: list[Reply | Raise | Reject]
 
 
+class Post(msgspec.Struct, array_like=True, tag=7):
+    """Posted kernel calls (not waited for), to run in order before what follows."""
+
+    calls: list[tuple[int, Raw]]
+
+
 class Hello(msgspec.Struct, array_like=True, tag=10):
     """A new domain is up: interpreter started, driver module imported."""
 
@@ -110,7 +116,7 @@ class Inject(msgspec.Struct, array_like=True, tag=14):
 
 
 ToDomain = Call | Reply | Raise | Reject | Batch | Construct | Inject
-ToHost = Call | Reply | Raise | Reject | BatchReply | Hello | Ready | Failure
+ToHost = Call | Reply | Raise | Reject | BatchReply | Post | Hello | Ready | Failure
 
 TAG_CALL = 1
 TAG_REPLY = 2
@@ -118,6 +124,7 @@ TAG_RAISE = 3
 TAG_REJECT = 4
 TAG_BATCH = 5
 TAG_BATCH_REPLY = 6
+TAG_POST = 7
 
 _encoder = msgspec.msgpack.Encoder()
 encode = _encoder.encode
