@@ -232,8 +232,9 @@ def _mount(args: argparse.Namespace) -> int:
         _error("nooks mount: give the driver's arguments and a mountpoint")
         return 2
     *driver_args, mountpoint = args.rest
-    if not args.check_interval >= 0:
-        _error(f"nooks mount: --check-interval must be 0 or more, not {args.check_interval}")
+    if not 0 <= args.check_interval <= 86400:
+        _error("nooks mount: --check-interval must be between 0 and 86400 seconds, not "
+               f"{args.check_interval}")
         return 2
     try:
         checker = tuple(shlex.split(args.checker)) if args.checker is not None else None

@@ -18,7 +18,8 @@ class CorruptingVfat(Vfat):
     def __init__(self, image: Any) -> None:
         super().__init__(image)
         marker = os.environ["NOOKS_TEST_MARKER"]
-        self.first = not os.path.exists(marker)
+        # NOOKS_TEST_ALWAYS: every incarnation is broken (a bug in the code, not a fault)
+        self.first = not os.path.exists(marker) or "NOOKS_TEST_ALWAYS" in os.environ
         if self.first:
             with open(marker, "w"):
                 pass

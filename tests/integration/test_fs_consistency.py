@@ -94,7 +94,7 @@ def test_an_image_inconsistent_at_mount_is_not_checked(tmp_path: Path,
         assert request(socket_path(m.name), {"cmd": "checkpoint"}) == {"checked": False}
         assert (Path(m.path) / "new.txt").read_text() == "still writable"
     assert cons["state"].startswith("off: the image was not consistent at mount"), cons
-    assert cons["checks"] == 1 and cons["inconsistent"] == 0
+    assert "journal" not in cons  # nothing kept for a rollback that cannot come
 
 
 @pytest.mark.parametrize("interval", ["60", "0"])
@@ -131,3 +131,27 @@ def test_misplaced_writes_are_read_back_before_anyone_reads_them(
     assert [r["kind"] for r in st["recoveries"]] == ["misbehaved"]
     r = fsck(image)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_driver_that_always_corrupts_is_checked_once_then_left_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    image = tmp_path / "disk.img"
+    mkfs_vfat(str(image), 64 << 20)
+    monkeypatch.setenv("NOOKS_TEST_MARKER", str(tmp_path / "first-driver-done"))
+    monkeypatch.setenv("NOOKS_TEST_ALWAYS", "1")
+    with mounted(str(tmp_path), DRIVER, extra=("--image", str(image), "--checker",
+                                               "fsck.fat -n", "--check-interval", "60")) as m:
+        mnt = Path(m.path)
+        (mnt / "corrupt-me.txt").write_text("every driver corrupts the FAT for this")
+        assert request(socket_path(m.name), {"cmd": "checkpoint"}) == \
+            {"checked": True, "consistent": False}
+        for i in range(3):  # later changes: no more restarts of a driver that will not heal
+            (mnt / f"later-{i}.txt").write_text(str(i))
+            request(socket_path(m.name), {"cmd": "checkpoint"})
+        st = m.status()
+        assert sorted(p.name for p in mnt.iterdir()) == [
+            "corrupt-me.txt", "later-0.txt", "later-1.txt", "later-2.txt"]
+    cons = st["consistency"]
+    assert cons["kept_inconsistent"] == 1 and cons["rolled_back"] == 0, cons
+    assert cons["state"].startswith("off: a fresh driver left the image inconsistent too")
+    assert len(st["recoveries"]) == 1

@@ -4,8 +4,9 @@ on it natively and under nooks, and classify what happened.
 One *run* is one fault (type, seed) in one mode. Each run gets a fresh image (or
 backing directory) and a fresh mount, runs the workload — ``cp -a`` and
 ``sha256sum -c``, ``tar`` out and back, a Python writer with fsync and rename,
-``sqlite3`` transactions — then unmounts and checks the data (checksums, sqlite's
-integrity check, ``fsck.fat -n`` for vfat). Outcomes:
+``sqlite3`` transactions — then (under nooks, after the checkpoint a host takes
+before unmounting) checks the copies again, unmounts and checks the image
+(checksums, sqlite's integrity check, ``fsck.fat -n`` for vfat). Outcomes:
 
 * ``system failure``: the host died, the mount went away, the workload hung, or
   applications got ENOTCONN — or, natively, EIO (for a kernel: the crash);
@@ -171,6 +172,21 @@ def workload(mnt: str, seed: int, on_hang: Callable[[], None] = lambda: None) ->
     return errors
 
 
+def recheck(mnt: str, on_hang: Callable[[], None] = lambda: None) -> list[str]:
+    """After the workload (and, under nooks, the final checkpoint): the copies it made
+    still hold what was written; what went wrong (empty: nothing)."""
+    src = tree_source()
+    sums = subprocess.run("find . -type f -print0 | sort -z | xargs -0 sha256sum", shell=True,
+                          cwd=src, capture_output=True, text=True, check=True).stdout
+    errors = []
+    for where in ("tree", "x"):
+        rc, out = _step(f"cd {shlex.quote(os.path.join(mnt, where))} && sha256sum -c --quiet -",
+                        on_hang, stdin=sums)
+        if rc != 0:
+            errors.append(f"recheck of {where}: {'hung' if rc == -1 else f'exit {rc}'}: {out}")
+    return errors
+
+
 def _mount_cmd(driver: str, args: list[str], mnt: str, name: str, *, native: bool,
                extra: list[str]) -> list[str]:
     cmd = [sys.executable, "-m", "nooks", "mount", driver, *args, mnt, "--name", name,
@@ -268,6 +284,9 @@ def run_one(p: Planned, native: bool, lines: list[int]) -> RunResult:
                         # the check the host makes before unmounting, made now, so
                         # that a rollback it leads to is counted with the recoveries
                         request(socket_path(name), {"cmd": "checkpoint"}, timeout=30)
+                    if not errors:
+                        # and what the programs wrote is still there after it
+                        errors = recheck(mnt, on_hang=proc.kill)
                     st = request(socket_path(name), {"cmd": "status"}, timeout=5)
                     recoveries = len(st["recoveries"]) + len(st.get("start_failures", []))
                 except OSError:
@@ -291,7 +310,8 @@ def run_one(p: Planned, native: bool, lines: list[int]) -> RunResult:
         else:
             outcome = "no effect"
         data_ok = fsck_ok and not any(("sha256sum" in e or "tar round trip" in e
-                                       or "integrity" in e or "writer" in e) for e in errors)
+                                       or "integrity" in e or "writer" in e
+                                       or "recheck" in e) for e in errors)
         detail = "; ".join(errors)[:500] if errors else ("fsck.fat found problems"
                                                         if not fsck_ok else "")
     return RunResult(driver=p.driver, index=p.index, mode=mode, kind=p.kind, seed=p.seed,

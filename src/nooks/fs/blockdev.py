@@ -59,17 +59,23 @@ class UndoLog:
         self._saved: list[tuple[int, int, int]] = []  # (image offset, spill pos, length)
         self._seen: set[tuple[int, int]] = set()
         self.bytes = 0
+        self.enabled = True
 
     def save(self, offset: int, length: int) -> None:
         """Called before ``length`` bytes at ``offset`` are overwritten."""
         key = (offset, length)
         with self._lock:
-            if key in self._seen:
+            if key in self._seen or not self.enabled:
                 return
-            self._seen.add(key)
             pos, n = self._spill.put_from(self._fd, offset, length)
+            self._seen.add(key)
             self._saved.append((offset, pos, n))
             self.bytes += n
+
+    def disable(self) -> None:
+        """Save nothing more (nothing will roll back): forget what was saved."""
+        self.clear()
+        self.enabled = False
 
     def clear(self) -> None:
         """A checkpoint: the image as it is now is the one to come back to."""

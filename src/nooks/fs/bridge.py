@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import inspect
 import os
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -33,8 +34,10 @@ def _forward(call: Call, name: str) -> Callable[..., Any]:
 
 
 def make_operations(call: Call, implemented: list[str], use_ns: bool,
-                    on_init: Callable[[], None] | None = None) -> object:
-    """An Operations object for ``mfusepy.FUSE`` that forwards to ``call``."""
+                    on_init: Callable[[], None] | None = None,
+                    on_destroy: Callable[[], None] | None = None) -> object:
+    """An Operations object for ``mfusepy.FUSE`` that forwards to ``call``; ``on_init``
+    and ``on_destroy`` run in libfuse's init and destroy, before the driver's."""
     ns: dict[str, Any] = {"use_ns": use_ns}
     for name in implemented:
         ns[name] = _forward(call, name)
@@ -49,7 +52,14 @@ def make_operations(call: Call, implemented: list[str], use_ns: bool,
         if on_init is not None:
             on_init()
 
+    def destroy(self: object, path: str) -> None:
+        if on_destroy is not None:
+            on_destroy()
+        if "destroy" in implemented:
+            call("destroy", _fuse_context(), path)
+
     ns["init"] = init
+    ns["destroy"] = destroy
     return type("NooksOperations", (), ns)()
 
 
@@ -59,24 +69,33 @@ class KernelCache:
 
     def __init__(self) -> None:
         self._fuse: int | None = None
+        self._lock = threading.Lock()
         lib = mfusepy._libfuse
-        self._invalidate = lib.fuse_invalidate_path
-        self._invalidate.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-        self._invalidate.restype = ctypes.c_int
+        self._invalidate = getattr(lib, "fuse_invalidate_path", None)  # libfuse 3 only
+        if self._invalidate is not None:
+            self._invalidate.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+            self._invalidate.restype = ctypes.c_int
         self._context = lib.fuse_get_context
 
     def capture(self) -> None:
         """Called inside a FUSE request (init): remember the mount's ``struct fuse``."""
-        self._fuse = self._context().contents.fuse
+        with self._lock:
+            self._fuse = self._context().contents.fuse
+
+    def forget(self) -> None:
+        """Called in destroy: the ``struct fuse`` is about to be freed."""
+        with self._lock:
+            self._fuse = None
 
     def invalidate(self, paths: list[str]) -> int:
         """Drop what the kernel caches of ``paths`` (those it does not know are
         skipped); how many it knew."""
-        if self._fuse is None:
-            return 0
         known = 0
-        for path in paths:
-            known += self._invalidate(self._fuse, os.fsencode(path)) == 0
+        with self._lock:
+            for path in paths:
+                if self._fuse is None or self._invalidate is None:
+                    break
+                known += self._invalidate(self._fuse, os.fsencode(path)) == 0
         return known
 
 

@@ -61,19 +61,45 @@ class CheckStats:
     check_ms: list[float] = field(default_factory=list)  # the last 100
 
 
+class CheckerError(Exception):
+    """The checker could not be run, or gave no verdict: the image is not judged."""
+
+
 def run_checker(command: tuple[str, ...], image: str, timeout: float = 60.0) -> tuple[bool, str]:
-    """Run the checker on the image: (consistent, what it said)."""
+    """Run the checker on the image: (consistent, what it said); CheckerError if it
+    could not say."""
     try:
-        r = subprocess.run([*command, image], capture_output=True, text=True, timeout=timeout,
-                           check=False)
+        r = subprocess.run([*command, image], capture_output=True, text=True, errors="replace",
+                           timeout=timeout, check=False)
     except (OSError, subprocess.TimeoutExpired) as e:
-        return False, f"{command[0]}: {e}"
+        raise CheckerError(f"{command[0]}: {e}") from None
     said = (r.stdout + r.stderr).strip()
+    if r.returncode < 0:
+        raise CheckerError(f"{command[0]} was killed by signal {-r.returncode}")
     return r.returncode == 0, said
 
 
+def preflight(command: tuple[str, ...], image: str) -> str | None:
+    """Why the image cannot be checked at checkpoints, or None if it can: the checker
+    must be there, and must find the image consistent before the driver touches it
+    (else every driver would be blamed for damage that predates it)."""
+    if shutil.which(command[0]) is None:
+        return f"{command[0]} is not installed"
+    try:
+        ok, said = run_checker(command, image)
+    except CheckerError as e:
+        return f"the checker failed at mount ({e})"
+    if not ok:
+        return "the image was not consistent at mount (" + _summary(said) + ")"
+    return None
+
+
 class Checkpoints:
-    """Checkpoints of one mounted image; every request passes through ``call``."""
+    """Checkpoints of one mounted image; every request passes through ``call``.
+
+    Built only for an image that ``preflight`` found checkable; the journal and
+    the undo log start empty, so the image as mounted is the first checkpoint.
+    """
 
     def __init__(self, *, image: str, command: tuple[str, ...], shadow: Shadow, fs: FsShadow,
                  domain: Domain, undo: UndoLog, name: str, interval: float = 1.0,
@@ -90,23 +116,16 @@ class Checkpoints:
         self.max_bytes = max_bytes
         self.invalidate = invalidate
         self.stats = CheckStats()
-        self.off: str | None = None  # why checking is off, if it is
+        self.off: str | None = None  # why checking stopped, if it did
         # held for each request and for each checkpoint: a check sees no request
         # half done, and a rollback races no request
         self.lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        if shutil.which(command[0]) is None:
-            self.off = f"{command[0]} is not installed"
-            log.warning("%s: not checking consistency: %s", name, self.off)
-            return
-        ok, said = self._check()
-        if not ok:
-            self.off = "the image was not consistent at mount (" + _summary(said) + ")"
-            log.warning("%s: not checking consistency: %s", name, self.off)
-            return
-        fs.checkpoint()
-        undo.clear()
+        self._readback_failures = 0  # driver failures while reading back, in a row
+        # every replay of a rollback (a fresh driver may fail in it) starts from the
+        # checkpoint's image
+        fs.rewind = undo.rollback
 
     def start(self) -> None:
         if self.off is None and self.interval > 0:
@@ -119,11 +138,15 @@ class Checkpoints:
         if self._thread is not None:
             self._thread.join(timeout=10)
 
+    def unmounting(self) -> None:
+        """The last checkpoint, before the driver is told to stop."""
+        with self.lock:
+            self._checkpoint("unmount")
+            self.invalidate = None
+
     def call(self, op: str, *args: Any) -> Any:
         with self.lock:
-            if op == "destroy":
-                self._checkpoint("unmount")
-            elif op == "open" and args[2] & os.O_ACCMODE != os.O_WRONLY \
+            if op == "open" and args[2] & os.O_ACCMODE != os.O_WRONLY \
                     and args[1] in self.fs.written and not self.fs.is_open(args[1]):
                 # a file written since the checkpoint and closed is opened to be read:
                 # what it reads back as is checked before anyone reads it
@@ -135,68 +158,95 @@ class Checkpoints:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
-            with self.lock:
-                self._checkpoint("interval")
+            try:
+                with self.lock:
+                    self._checkpoint("interval")
+            except Exception:
+                log.exception("%s: a checkpoint failed", self.name)
 
     def checkpoint(self) -> bool:
         """Take a checkpoint now; whether the image was consistent."""
         with self.lock:
             return self._checkpoint("asked")
 
+    def _stop_checking(self, why: str) -> None:
+        """Checking can no longer help: stop, and stop keeping what it would need."""
+        self.off = why
+        self.fs.stop_journal()
+        self.undo.disable()
+        log.error("%s: consistency checks stop: %s", self.name, why)
+
     def _checkpoint(self, why: str) -> bool:
         if self.off is not None or self.shadow.dead is not None:
             return True
-        if not self.fs.journal and not self.undo.bytes:
-            return True  # nothing changed since the last checkpoint
+        if not self.undo.bytes and not self.fs.written:
+            # the image has not changed (open, release...): a checkpoint for free
+            if self.fs.journal:
+                self.fs.checkpoint()
+            return True
         gen = self.shadow.generation
         try:
             ok, said = self._check()
-        except (DomainFailed, DomainDown) as e:
-            # the driver failed while its writes were read back: an ordinary recovery;
-            # the checkpoint is taken next time
-            self.shadow.recover_now(e.report, gen)
+            self._readback_failures = 0
+        except CheckerError as e:
+            log.warning("%s: no checkpoint: %s", self.name, e)
             return True
+        except (DomainFailed, DomainDown) as e:
+            # the driver failed while its writes were read back: an ordinary recovery,
+            # and the checkpoint next time -- unless the fresh driver fails there too
+            self._readback_failures += 1
+            if self._readback_failures < 2:
+                self.shadow.recover_now(e.report, gen)
+                return True
+            self._readback_failures = 0
+            ok, said = False, f"the driver failed twice while its writes were read back: {e}"
         except Closed:
             return True
         if ok:
             self.fs.checkpoint()
             self.undo.clear()
             return True
+        return self._roll_back(why, said, gen)
+
+    def _roll_back(self, why: str, said: str, gen: int) -> bool:
         self.stats.inconsistent += 1
         self.stats.last_finding = said
         requests = len(self.fs.journal)
         log.warning("%s: image inconsistent at a checkpoint (%s, %d requests since the last "
                     "one): %s; rolling back", self.name, why, requests, _summary(said))
+        touched = self.fs.journal_paths()
         try:
             report = self.domain.condemn(
                 f"the image is inconsistent after {requests} requests: {_summary(said)}",
                 "checkpoint")
         except Closed:
-            return False
-        touched = self.fs.journal_paths()
-        self.undo.rollback()
+            return False  # the driver is down already: its recovery comes first
         self.fs.rolled_back = True
-        self.shadow.recover_now(report, gen)
-        self.fs.rolled_back = False
-        if self.invalidate is not None:
+        try:
+            self.shadow.recover_now(report, gen)
+        finally:
+            self.fs.rolled_back = False
+        if self.shadow.dead is not None:
+            return False
+        if self.invalidate is not None and why != "unmount":
             # what the kernel cached of these files may differ from what the fresh
             # driver made of them (a directory's size, a file's times): drop it, from
             # another thread (this one may be serving one of those files' requests)
             threading.Thread(target=self.invalidate, args=(touched,), daemon=True).start()
-        if self.shadow.dead is not None:
-            return False
         try:
             ok, said = self._check()
-        except (DomainFailed, DomainDown, Closed) as e:
-            ok, said = False, f"the fresh driver failed while checked: {e}"
+        except (CheckerError, DomainFailed, DomainDown, Closed) as e:
+            ok, said = False, f"the check after the rollback did not finish: {e}"
         if ok:
             self.stats.rolled_back += 1
+            self.fs.checkpoint()
+            self.undo.clear()
         else:
+            # the fresh driver did the same: the fault is in the driver (or the
+            # checker), and checking again would restart a healthy driver for ever
             self.stats.kept += 1
-            log.error("%s: a fresh driver left the image inconsistent too (%s); keeping it",
-                      self.name, _summary(said))
-        self.fs.checkpoint()
-        self.undo.clear()
+            self._stop_checking(f"a fresh driver left the image inconsistent too "
+                                f"({_summary(said)}); kept as it is")
         return False
 
     def _check(self) -> tuple[bool, str]:
@@ -215,12 +265,14 @@ class Checkpoints:
 
     def _read_back(self) -> tuple[bool, str]:
         """Whether every file written since the checkpoint has the size and (sampled)
-        bytes the applications wrote, as the driver reads it now."""
+        bytes the applications wrote, as the driver reads it now. A file the driver
+        says is not there is skipped: it may be gone under another name (vfat names
+        are case-insensitive), which this bookkeeping does not follow."""
         for path, w in self.fs.written_files():
             try:
                 attrs = self.domain.call("getattr", ROOT_CTX, path, None)
-            except OSError as e:
-                return False, f"{path}: written since the checkpoint, now {e.strerror}"
+            except OSError:
+                continue
             size = attrs.get("st_size") if isinstance(attrs, dict) else None
             if not isinstance(size, int) or (w.size is not None and size != w.size) \
                     or size < w.least:
@@ -251,6 +303,7 @@ class Checkpoints:
             "state": "off: " + self.off if self.off else "on",
             "checks": self.stats.checks, "inconsistent": self.stats.inconsistent,
             "rolled_back": self.stats.rolled_back, "kept_inconsistent": self.stats.kept,
+            "replay_errors": self.fs.replay_errors,
             "check_ms_p50": times[len(times) // 2] if times else None,
             "last_finding": _summary(self.stats.last_finding) if self.stats.last_finding
             else None,

@@ -26,7 +26,7 @@ from nooks.errors import DomainDown, DomainFailed, FailureReport
 from nooks.faults import Fault, LineRecorder, loader
 from nooks.fs import bridge
 from nooks.fs.blockdev import UndoLog
-from nooks.fs.consistency import Checkpoints
+from nooks.fs.consistency import Checkpoints, preflight
 from nooks.fs.drivers import FsDriver
 from nooks.shadow.engine import Recovery, Shadow
 from nooks.shadow.fs import ROOT_CTX, FsShadow
@@ -54,6 +54,7 @@ class FsHost:
         self.nat: NativeDomain | None = None
         self.shadow: Shadow | None = None
         self.checkpoints: Checkpoints | None = None
+        self.unchecked: str | None = None  # why a checkable image is not checked
         self.kernel_cache = bridge.KernelCache()
         self._undo: UndoLog | None = None
         label = driver.target.rpartition(":")[2].lower()
@@ -80,6 +81,12 @@ class FsHost:
             checked = driver.image is not None and bool(driver.checker) and check_interval > 0
             if checked:
                 assert driver.image is not None
+                self.unchecked = preflight(driver.checker, driver.image)
+                if self.unchecked is not None:
+                    log.warning("%s: not checking consistency: %s", self.name, self.unchecked)
+                    checked = False
+            if checked:
+                assert driver.image is not None
                 self._undo = UndoLog(driver.image)
             spec = driver.spec(name=label, deadline=deadline, limits=limits or Limits(),
                                fault=fault, undo=self._undo)
@@ -98,8 +105,7 @@ class FsHost:
                     image=driver.image, command=driver.checker, shadow=self.shadow, fs=fs,
                     domain=self.domain, undo=self._undo, name=self.name,
                     interval=check_interval, invalidate=self.kernel_cache.invalidate)
-                if self.checkpoints.off is None:
-                    self._call = self.checkpoints.call
+                self._call = self.checkpoints.call
         self.implemented: list[str] = self._call("implemented")
         self.use_ns: bool = self._call("uses_ns")
 
@@ -171,7 +177,9 @@ class FsHost:
                          "duration_ms": r.duration_ms, "restart_ms": r.restart_ms,
                          "replayed": r.replayed, "ok": r.ok}
                         for r in self.shadow.recoveries],
-            consistency=self.checkpoints.status() if self.checkpoints is not None else None,
+            consistency=self.checkpoints.status() if self.checkpoints is not None
+            else {"checker": " ".join(self.driver.checker), "state": f"off: {self.unchecked}"}
+            if self.unchecked is not None else None,
         )
         return out
 
@@ -209,6 +217,11 @@ class FsHost:
 
     # -- running -------------------------------------------------------------------------
 
+    def _destroying(self) -> None:
+        self.kernel_cache.forget()
+        if self.checkpoints is not None:
+            self.checkpoints.unmounting()
+
     def _init(self) -> None:
         self.kernel_cache.capture()
         self._call("init", ROOT_CTX, "/")
@@ -220,7 +233,7 @@ class FsHost:
         control = ControlServer(self.name, self._control)
         try:
             ops = bridge.make_operations(self._call, self.implemented, self.use_ns,
-                                         on_init=self._init)
+                                         on_init=self._init, on_destroy=self._destroying)
             fsname = f"nooks-{self.driver.target.rpartition(':')[2].lower()}"
             if self._recorder is not None:
                 self._recorder.start()

@@ -38,9 +38,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import stat
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +52,8 @@ from nooks.fs.interface import os_error
 from nooks.fs.spill import Spill
 from nooks.shadow.engine import Answered, NotInLog, Strategy
 from nooks.shadow.writes import Written, WrittenFiles
+
+log = logging.getLogger(__name__)
 
 ROOT_CTX = (0, 0, 0)
 
@@ -125,6 +129,10 @@ class FsShadow:
         self._base: dict[int, tuple[str, str, int]] = {}
         self.written = WrittenFiles()  # journaled: what to read back at the checkpoint
         self._spill = Spill("nooks-journal") if self.journaled else None
+        # journaled: puts the stored state back as it was at the checkpoint (set by
+        # the host); called before each replay of a rollback
+        self.rewind: Callable[[], object] | None = None
+        self.replay_errors = 0  # journaled requests a fresh driver failed to redo
         self._logs = volatile or self.journaled
         self._recorded = OPENERS | CLOSERS | {"rename", "unlink"} | (LOGGED if self._logs
                                                                      else set())
@@ -280,6 +288,22 @@ class FsShadow:
             self.written.removed(args[1])
         elif op == "rename":
             self.written.renamed(args[1], args[2])
+        elif op == "link":
+            # two names for one file: writes through one change what the other reads
+            self.written.removed(args[1])
+            self.written.removed(args[2])
+
+    def stop_journal(self) -> None:
+        """Journal no more (the host stopped checking): forget what was kept."""
+        with self._lock:
+            self.journaled = False
+            self._logs = self.volatile
+            self._recorded = OPENERS | CLOSERS | {"rename", "unlink"}
+            self.journal.clear()
+            self.journal_bytes = 0
+            self.written.clear()
+            if self._spill is not None:
+                self._spill.reset()
 
     def close(self) -> None:
         if self._spill is not None:
@@ -356,8 +380,8 @@ class FsShadow:
 
     def reissued(self, op: str, args: tuple[Any, ...], error: BaseException) -> tuple[bool, Any]:
         if isinstance(error, OSError) and ALREADY_DONE.get(op) == error.errno:
-            if op in CLOSERS:
-                self.record(op, args, 0)
+            if op in CLOSERS or (self._logs and op in LOGGED):
+                self.record(op, args, 0)  # it was done: a journal must redo it too
             return True, 0
         return False, None
 
@@ -370,9 +394,10 @@ class FsShadow:
         if self.volatile:
             return self._replay_journal(domain, {})
         if self.rolled_back:
-            # the image is as it was at the checkpoint: re-open what was open then,
-            # then redo everything since
-            self.rolled_back = False
+            # put the image back as it was at the checkpoint (again, if an earlier
+            # attempt failed half-way), re-open what was open then, redo everything since
+            if self.rewind is not None:
+                self.rewind()
             real: dict[int, int] = {}
             with self._lock:
                 base = dict(self._base)
@@ -410,8 +435,13 @@ class FsShadow:
                     call[at] = real[call[at]]
                 try:
                     value = domain.call(op, *call)
-                except OSError:
-                    continue  # it failed the first time too, or its file is gone
+                except OSError as e:
+                    # it succeeded the first time (only successes are journaled); a
+                    # volatile journal may also name a file gone since
+                    self.replay_errors += 1
+                    log.warning("replaying %s %s: %s", op, call[1] if len(call) > 1 else "",
+                                e)
+                    continue
                 if op in OPENERS:
                     real[result] = int(value)
                 elif op in CLOSERS:

@@ -24,6 +24,8 @@ class Written:
     samples: list[tuple[int, bytes]] = field(default_factory=list)
 
     def write(self, offset: int, data: bytes) -> None:
+        if not data:
+            return
         end = offset + len(data)
         self._drop(offset, end)
         if len(data) <= 2 * SAMPLE:
