@@ -49,6 +49,11 @@ class FsDriver:
             # at least 10 s): a driver that hangs while starting is restarted in time
             deadline=deadline, start_deadline=max(deadline, 10.0), limits=limits,
             preload=self.preload or (self.module,), fault=fault,
+            # no polling: with nobody spinning, the scheduler keeps the application,
+            # the FUSE host and its domain on one CPU, switching in microseconds;
+            # polling kept a CPU busy and spread them over two, which halved the
+            # throughput of every workload with two CPUs (docs/PERFORMANCE.md)
+            spin_us=0.0,
         )
 
     def native_spec(self, *, name: str) -> DriverSpec:
