@@ -155,3 +155,39 @@ def test_a_driver_that_always_corrupts_is_checked_once_then_left_alone(
     assert cons["kept_inconsistent"] == 1 and cons["rolled_back"] == 0, cons
     assert cons["state"].startswith("off: a fresh driver left the image inconsistent too")
     assert len(st["recoveries"]) == 1
+
+
+def test_a_rollback_keeps_open_files_renames_and_truncates(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    image = tmp_path / "disk.img"
+    mkfs_vfat(str(image), 64 << 20)
+    monkeypatch.setenv("NOOKS_TEST_MARKER", str(tmp_path / "first-driver-done"))
+    rng = random.Random(11)
+    head, tail = rng.randbytes(70_000), rng.randbytes(50_000)
+    with mounted(str(tmp_path), DRIVER, extra=("--image", str(image), "--checker",
+                                               "fsck.fat -n", "--check-interval", "60")) as m:
+        mnt = Path(m.path)
+        (mnt / "old-name.txt").write_text("renamed after the checkpoint")
+        (mnt / "shrinks.bin").write_bytes(rng.randbytes(40_000))
+        with open(mnt / "open.bin", "wb") as f:  # open across the checkpoint and rollback
+            f.write(head)
+            f.flush()
+            assert request(socket_path(m.name), {"cmd": "checkpoint"}) == \
+                {"checked": True, "consistent": True}
+            f.write(tail[:20_000])
+            f.flush()
+            os.rename(mnt / "old-name.txt", mnt / "new-name.txt")
+            os.truncate(mnt / "shrinks.bin", 1_000)
+            (mnt / "corrupt-me.txt").write_text("corrupts the FAT")
+            assert request(socket_path(m.name), {"cmd": "checkpoint"}) == \
+                {"checked": True, "consistent": False}
+            f.write(tail[20_000:])  # the same file handle, on the fresh driver
+        st = m.status()
+        assert (mnt / "open.bin").read_bytes() == head + tail
+        assert (mnt / "new-name.txt").read_text() == "renamed after the checkpoint"
+        assert not (mnt / "old-name.txt").exists()
+        assert (mnt / "shrinks.bin").stat().st_size == 1_000
+    cons = st["consistency"]
+    assert cons["rolled_back"] == 1 and cons["replay_errors"] == 0, cons
+    r = fsck(image)
+    assert r.returncode == 0, r.stdout + r.stderr

@@ -50,8 +50,10 @@ def test_a_rollback_reopens_the_checkpoints_handles_and_redoes_everything_since(
     fs.record("rename", (ROOT_CTX, "/new", "/renamed"), 0)
     driver = FakeDriver()
     fs.rolled_back = True
-    fs.replay(driver)  # type: ignore[arg-type]
+    fs.prepare_restart()  # as the engine does before it builds the new driver
     assert rewinds == ["rewind"]
+    fs.replay(driver)  # type: ignore[arg-type]
+    assert rewinds == ["rewind"]  # the replay itself does not touch the image
     assert driver.calls == [
         ("open", ROOT_CTX, "/kept", os.O_RDWR),  # as at the checkpoint, no O_TRUNC
         ("create", ROOT_CTX, "/new", 0o644, os.O_WRONLY | os.O_CREAT),
@@ -73,10 +75,12 @@ def test_a_replay_cut_short_starts_again_from_the_checkpoint() -> None:
         fs.record("write", (ROOT_CTX, name, name.encode(), 0, fh), 2)
         fs.record("release", (ROOT_CTX, name, fh), 0)
     fs.rolled_back = True
+    fs.prepare_restart()
     with pytest.raises(DomainFailed):
         fs.replay(FakeDriver(fail_at=5))  # type: ignore[arg-type]
+    fs.prepare_restart()  # the engine's next attempt: back to the checkpoint first
     driver = FakeDriver()
-    fs.replay(driver)  # type: ignore[arg-type]  # the engine's next attempt
+    fs.replay(driver)  # type: ignore[arg-type]
     assert rewinds == ["rewind", "rewind"]
     assert [c[2] for c in driver.calls if c[0] == "write"] == ["/a", "/b", "/c"]
     fs.close()
@@ -102,3 +106,40 @@ def test_stop_journal_forgets_and_keeps_nothing_more() -> None:
     assert fs.journal == [] and fs.journal_bytes == 0 and not fs.written
     assert fs.handles[fh].path == "/x"  # handles are still remapped after a crash
     fs.close()
+
+
+def test_the_engine_prepares_each_restart_before_building_the_driver() -> None:
+    from nooks.shadow.engine import Shadow
+
+    order: list[str] = []
+
+    class Domain:
+        name = "fake"
+
+        def restart(self) -> Any:
+            order.append("restart")
+            if order.count("restart") == 1:
+                raise DomainFailed.of(host_verdict(FailureKind.CRASHED, "died building"))
+
+            class R:
+                constructed_ms = 1.0
+            return R()
+
+        def call(self, op: str, *args: Any) -> Any:
+            order.append(op)
+            return 0
+
+    class Spec:
+        def prepare_restart(self) -> None:
+            order.append("prepare")
+
+        def reinit(self, domain: Any) -> None:
+            order.append("reinit")
+
+        def replay(self, domain: Any) -> int:
+            order.append("replay")
+            return 0
+
+    shadow = Shadow(Domain(), Spec())  # type: ignore[arg-type]
+    shadow._restart()
+    assert order == ["prepare", "restart", "prepare", "restart", "reinit", "replay"]

@@ -60,14 +60,22 @@ class UndoLog:
         self._seen: set[tuple[int, int]] = set()
         self.bytes = 0
         self.enabled = True
+        self.broken: str | None = None  # why saving failed (then nothing can roll back)
 
     def save(self, offset: int, length: int) -> None:
-        """Called before ``length`` bytes at ``offset`` are overwritten."""
+        """Called before ``length`` bytes at ``offset`` are overwritten. A failure to
+        save (no memory for the spill) never fails the write: the log stops, says
+        why in ``broken``, and the host stops relying on it."""
         key = (offset, length)
         with self._lock:
             if key in self._seen or not self.enabled:
                 return
-            pos, n = self._spill.put_from(self._fd, offset, length)
+            try:
+                pos, n = self._spill.put_from(self._fd, offset, length)
+            except OSError as e:
+                self.broken = f"saving {length} bytes at {offset}: {e}"
+                self.enabled = False
+                return
             self._seen.add(key)
             self._saved.append((offset, pos, n))
             self.bytes += n

@@ -134,9 +134,12 @@ class Checkpoints:
             self._thread.start()
 
     def close(self) -> None:
+        """Stop taking checkpoints; returns once none is in progress."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=10)
+            self._thread.join(timeout=120)  # a checker run is bounded by 60 s
+        with self.lock:
+            self.off = self.off or "unmounted"
 
     def unmounting(self) -> None:
         """The last checkpoint, before the driver is told to stop."""
@@ -178,6 +181,10 @@ class Checkpoints:
 
     def _checkpoint(self, why: str) -> bool:
         if self.off is not None or self.shadow.dead is not None:
+            return True
+        if self.undo.broken is not None:
+            self._stop_checking(f"the undo log failed ({self.undo.broken}): nothing could "
+                                "be rolled back")
             return True
         if not self.undo.bytes and not self.fs.written:
             # the image has not changed (open, release...): a checkpoint for free

@@ -136,6 +136,8 @@ class ClassSpec(Protocol):
     def handle_result(self, op: str) -> bool:
         """Whether the result of ``op`` names driver state (stale after a recovery)."""
 
+    # optional: ``prepare_restart()``, called before each attempt to build a new driver
+
 
 class Shadow:
     def __init__(self, domain: Domain, spec: ClassSpec, *, max_tries: int = 3,
@@ -343,8 +345,11 @@ class Shadow:
 
     def _restart(self) -> tuple[float, int]:
         err: BaseException | None = None
+        prepare = getattr(self.spec, "prepare_restart", None)
         for _ in range(self.recovery_attempts):
             try:
+                if prepare is not None:
+                    prepare()  # before the new driver is built (it reads stored state)
                 r = self.domain.restart()
                 self.spec.reinit(self.domain)
                 replayed = self.spec.replay(self.domain)

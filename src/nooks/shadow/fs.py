@@ -130,7 +130,7 @@ class FsShadow:
         self.written = WrittenFiles()  # journaled: what to read back at the checkpoint
         self._spill = Spill("nooks-journal") if self.journaled else None
         # journaled: puts the stored state back as it was at the checkpoint (set by
-        # the host); called before each replay of a rollback
+        # the host); called before each driver of a rollback is built
         self.rewind: Callable[[], object] | None = None
         self.replay_errors = 0  # journaled requests a fresh driver failed to redo
         self._logs = volatile or self.journaled
@@ -390,14 +390,19 @@ class FsShadow:
     def reinit(self, domain: Domain) -> None:
         domain.call("init", ROOT_CTX, "/")
 
+    def prepare_restart(self) -> None:
+        """Before each new driver of a rollback is built (it reads the image when it
+        starts): put the image back as it was at the checkpoint -- again, if an
+        earlier attempt failed half-way through its replay."""
+        if self.rolled_back and self.rewind is not None:
+            self.rewind()
+
     def replay(self, domain: Domain) -> int:
         if self.volatile:
             return self._replay_journal(domain, {})
         if self.rolled_back:
-            # put the image back as it was at the checkpoint (again, if an earlier
-            # attempt failed half-way), re-open what was open then, redo everything since
-            if self.rewind is not None:
-                self.rewind()
+            # the image is as it was at the checkpoint (prepare_restart): re-open what
+            # was open then, redo everything since
             real: dict[int, int] = {}
             with self._lock:
                 base = dict(self._base)
