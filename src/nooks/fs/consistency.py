@@ -11,22 +11,25 @@ commit points) and Membrane (checkpoint, log, roll back and replay):
 * between checkpoints the shadow journals every state-changing request
   (``FsShadow(journaled=True)``) and the block device saves what each committed
   write overwrites (``UndoLog``);
-* a checkpoint is taken every ``interval`` seconds while requests come, when the
-  journal grows past ``max_bytes``, and before the unmount; requests wait while
-  the checker runs (a few milliseconds);
+* a checkpoint is taken every ``interval`` seconds while requests come, before
+  a file written since the last one is opened to be read, when the journal
+  grows past ``max_bytes``, and before the unmount; requests wait while it runs
+  (a few milliseconds);
+* a check is the checker's verdict, then every written file's size and sampled
+  bytes read back through the driver (``nooks.shadow.writes``);
 * a consistent image becomes the new checkpoint (journal and undo log cleared);
 * an inconsistent one condemns the driver: the image is put back as it was at
   the last checkpoint, a fresh driver is started on it, the handles open then
   are re-opened and the journal replayed into it, and the image is checked
   again. If a fresh driver leaves it inconsistent too, the fault is the
   driver's design, not a transient failure: the result is kept (and counted)
-  rather than retried for ever.
+  and checking stops, rather than restart a driver for the same damage for ever.
 
 What it cannot do: answers the applications already read between the
-checkpoint and the check (e.g. data read back through a broken chain) are not
-taken back; and damage the checker cannot see (wrong bytes inside a file) is
-not found. A volume that is not consistent at mount is not checked (the
-checker would blame every driver for it).
+checkpoint and the check (e.g. data read through the handle that wrote it) are
+not taken back; and damage neither the checker nor the samples see is not
+found. A volume that is not consistent at mount is not checked (the checker
+would blame every driver for it).
 """
 
 from __future__ import annotations
