@@ -191,3 +191,21 @@ def test_a_rollback_keeps_open_files_renames_and_truncates(
     assert cons["rolled_back"] == 1 and cons["replay_errors"] == 0, cons
     r = fsck(image)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_the_interval_finds_damage_with_nobody_asking(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    image = tmp_path / "disk.img"
+    mkfs_vfat(str(image), 64 << 20)
+    monkeypatch.setenv("NOOKS_TEST_MARKER", str(tmp_path / "first-driver-done"))
+    with mounted(str(tmp_path), DRIVER, extra=("--image", str(image), "--checker",
+                                               "fsck.fat -n", "--check-interval", "0.2")) as m:
+        (Path(m.path) / "corrupt-me.txt").write_text("corrupts the FAT")
+        wait_for(lambda: m.status()["consistency"]["rolled_back"] == 1, 30,
+                 "the interval's checkpoint to roll the damage back")
+        st = m.status()
+        assert (Path(m.path) / "corrupt-me.txt").read_text() == "corrupts the FAT"
+    assert st["consistency"]["inconsistent"] == 1
+    assert [r["kind"] for r in st["recoveries"]] == ["misbehaved"]
+    r = fsck(image)
+    assert r.returncode == 0, r.stdout + r.stderr

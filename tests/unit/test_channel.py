@@ -573,3 +573,14 @@ def test_posted_calls_run_in_order_before_the_reply_after_them(rig: Rig) -> None
     assert [[(i, msgspec.msgpack.decode(a)) for i, a in p.calls] for p in rig.hooks.posts] == \
         [[(3, [1, b"a"]), (3, [2, b"b"])]]
     assert rig.hooks.replies_at_post == [0]  # run before the reply was seen
+
+
+def test_late_reads_are_bounded(rig: Rig) -> None:
+    # a domain that keeps talking past a deadline does not keep its caller waiting
+    w = rig.register(CONTROL_ID, "start", deadline=-1.0)
+    for i in range(70):
+        rig.domain.send(m.encode((m.TAG_POST, [(0, (i,))])))
+    with pytest.raises(Deadline):
+        rig.channel.wait(w)
+    assert len(rig.hooks.posts) == 64
+    assert [c for c, _ in rig.hooks.deadlines] == ["start"]
