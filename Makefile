@@ -6,10 +6,13 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
+LOCK_VENV := .lock-venv
+PIP_TOOLS := 7.6.2
 APT_PACKAGES := python3-venv libseccomp2 fuse3 libfuse3-dev dosfstools iproute2 sqlite3 curl wrk
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint typecheck pytest bench system clean
+.PHONY: demo test lint typecheck pytest bench system clean lock
 
 demo: system $(STAMP)
 	$(PY) -m nooks demo
@@ -26,10 +29,26 @@ system:
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-$(STAMP): pyproject.toml
-	@test -x $(PY) || python3 -m venv $(VENV)
-	@$(PY) -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
+# Python packages: a new .venv with exactly the locked set (every version pinned,
+# every file hashed), then nooks itself, built with the locked setuptools (no build isolation: nothing
+# unlocked is fetched). `make lock` updates the lock from pyproject.toml.
+$(STAMP): $(LOCK) pyproject.toml
+	@rm -rf $(VENV) && python3 -m venv $(VENV)
+	@echo "installing the locked Python packages into $(VENV)"
+	@$(PY) -m pip install --disable-pip-version-check --require-hashes -r $(LOCK) 2>&1 \
+	  | grep -v '^WARNING: Location'; test $${PIPESTATUS[0]} -eq 0
+	@$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . 2>&1 \
+	  | grep -v '^WARNING: Location'; test $${PIPESTATUS[0]} -eq 0
 	@$(PY) -c 'import nooks, msgspec, rich, pyseccomp, pytest' && touch $(STAMP)
+
+lock:
+	@rm -rf $(LOCK_VENV) && python3 -m venv $(LOCK_VENV)
+	@$(LOCK_VENV)/bin/pip install -q --disable-pip-version-check pip-tools==$(PIP_TOOLS) 2>&1 \
+	  | grep -v '^WARNING: Location' || true
+	PIP_CONSTRAINT= $(LOCK_VENV)/bin/pip-compile --quiet --upgrade --generate-hashes \
+	  --allow-unsafe --all-build-deps --extra test --extra plot --strip-extras \
+	  --no-emit-find-links --no-emit-index-url -o $(LOCK) pyproject.toml
+	@rm -rf $(LOCK_VENV)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests
@@ -45,4 +64,4 @@ bench: system $(STAMP)
 	$(PY) -m nooks.bench xpc
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LOCK_VENV) .mypy_cache .pytest_cache .ruff_cache

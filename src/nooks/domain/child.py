@@ -240,11 +240,12 @@ class Runtime:
     def handle(self, msg: Any) -> None:
         try:
             if isinstance(msg, m.Call):
-                self.send(self.run_call(msg))
+                self.send(self.answer(msg))
             elif isinstance(msg, m.Batch):
-                results = [self.decoder.decode(self.run_call(m.Call(i, meth, args)))
+                results = [self.run_call(m.Call(i, meth, args))
                            for i, (meth, args) in enumerate(msg.calls)]
-                self.send(m.encode(m.BatchReply(msg.id, results)))
+                self.send(self.encode_answer("a deferred call",
+                                             (m.TAG_BATCH_REPLY, msg.id, results)))
             elif isinstance(msg, (m.Reply, m.Raise, m.Reject)):
                 self.deliver(msg)
             elif isinstance(msg, m.Inject):
@@ -252,19 +253,32 @@ class Runtime:
         except BaseException as e:
             self.fail(e)
 
-    def run_call(self, msg: m.Call) -> bytes:
-        """Run one driver call; the encoded Reply, Raise or Reject."""
+    def answer(self, msg: m.Call) -> bytes:
+        """Run one driver call; its encoded answer."""
+        return self.encode_answer(self.iface.methods[msg.method].name
+                                  if 0 <= msg.method < len(self.iface.methods) else "a call",
+                                  self.run_call(msg))
+
+    @staticmethod
+    def encode_answer(what: str, answer: tuple[Any, ...]) -> bytes:
+        try:
+            return m.encode(answer)
+        except (TypeError, OverflowError) as e:
+            raise TypeError(f"{what} returned a value that cannot cross: {e}") from None
+
+    def run_call(self, msg: m.Call) -> tuple[Any, ...]:
+        """Run one driver call; its answer, a Reply, Raise or Reject in wire form."""
         cid = msg.id
         try:
             spec = self.iface.methods[msg.method]
             args = msgspec.structs.astuple(spec.args_decoder.decode(msg.args))
         except (IndexError, msgspec.ValidationError) as e:
-            return m.encode(m.Reject(cid, f"bad call from the host: {e}"))
+            return (m.TAG_REJECT, cid, f"bad call from the host: {e}")
         if spec.bulk_args:
             args = self._resolve_bulk(args, spec.bulk_args)
         method = self.methods[msg.method]
         if method is None:
-            return m.encode(m.Reject(cid, f"the driver does not implement {spec.name}"))
+            return (m.TAG_REJECT, cid, f"the driver does not implement {spec.name}")
         local = self.local
         outer = getattr(local, "current", 0)
         local.current = cid
@@ -274,7 +288,7 @@ class Runtime:
             k = self.iface.ordinary_index(e)
             if k < 0:
                 raise
-            return m.encode_raise(cid, k, getattr(e, self.iface.ordinary[k].attr, None))
+            return (m.TAG_RAISE, cid, k, getattr(e, self.iface.ordinary[k].attr, None))
         finally:
             local.current = outer
         if (spec.bulk_result and msg.out is not None
@@ -283,10 +297,7 @@ class Runtime:
             n = len(result)
             self.domain_arena[msg.out.offset:msg.out.offset + n] = result
             result = m.ArenaRef(msg.out.offset, n)
-        try:
-            return m.encode_reply(cid, result)
-        except (TypeError, OverflowError) as e:
-            raise TypeError(f"{spec.name} returned a value that cannot cross: {e}") from None
+        return (m.TAG_REPLY, cid, result)
 
     def _resolve_bulk(self, args: tuple[Any, ...], where: tuple[int, ...]) -> tuple[Any, ...]:
         out = list(args)
@@ -331,7 +342,7 @@ class Runtime:
             if isinstance(msg, (m.Reply, m.Raise, m.Reject)):
                 self.deliver(msg)
             elif isinstance(msg, m.Call) and msg.parent == cid:
-                self.send(self.run_call(msg))  # the host calls back into the driver
+                self.send(self.answer(msg))  # the host calls back into the driver
             else:
                 self.backlog.append(msg)
 
