@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
-import shlex
-import shutil
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import msgspec
 from rich.console import Console
 from rich.table import Table
 
+from nooks import argcheck, limitflags
 from nooks.domain.config import FAULTS, FaultPlan
 
 # into a pipe or a file, tables keep whole lines rather than wrap at 80 columns
@@ -29,6 +29,9 @@ def _error(text: str) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    global console
+    if args.json == "-":
+        console = Console(stderr=True)  # stdout carries the JSON, nothing else
     if args.what == "web":
         from nooks.bench import web
 
@@ -213,85 +216,6 @@ def _parse_size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 64M)") from None
 
 
-def _fuse_options(text: str | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for raw in (text or "").split(","):
-        item = raw.strip()
-        if not item:
-            continue
-        key, sep, value = item.partition("=")
-        out[key] = value if sep else True
-    return out
-
-
-def _mount(args: argparse.Namespace) -> int:
-    from nooks.fs.drivers import resolve
-    from nooks.fs.host import FsHost
-
-    if len(args.rest) < 1:
-        _error("nooks mount: give the driver's arguments and a mountpoint")
-        return 2
-    *driver_args, mountpoint = args.rest
-    if not 0 <= args.check_interval <= 86400:
-        _error("nooks mount: --check-interval must be between 0 and 86400 seconds, not "
-               f"{args.check_interval}")
-        return 2
-    try:
-        checker = tuple(shlex.split(args.checker)) if args.checker is not None else None
-        if checker == ():
-            raise ValueError("--checker needs a command")
-        if checker and shutil.which(checker[0]) is None:
-            raise ValueError(f"--checker: {checker[0]}: command not found")
-        driver = resolve(args.driver, [*driver_args, *args.ctor_args], state=args.state,
-                         image=args.image, checker=checker)
-    except ValueError as e:
-        _error(f"nooks mount: {e}")
-        return 2
-    if not os.path.isdir(mountpoint):
-        _error(f"nooks mount: {mountpoint}: not a directory")
-        return 2
-    ready_w = -1
-    if args.daemon:
-        ready_r, ready_w = os.pipe()
-        pid = os.fork()
-        if pid:
-            os.close(ready_w)
-            with os.fdopen(ready_r, "rb") as r:
-                ok = r.read(1) == b"1"
-            if not ok:
-                os.waitpid(pid, 0)
-                _error("nooks mount: the host failed to start")
-                return 1
-            console.print(f"mounted {mountpoint} (host pid {pid})")
-            return 0
-        os.close(ready_r)
-        os.setsid()
-        # detach from the terminal before anything starts (domains inherit these)
-        devnull = os.open(os.devnull, os.O_RDWR)
-        log = os.open(args.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640) \
-            if args.log else devnull
-        os.dup2(devnull, 0)
-        os.dup2(log, 1)
-        os.dup2(log, 2)
-
-    def ready() -> None:
-        if ready_w >= 0:
-            os.write(ready_w, b"1")
-            os.close(ready_w)
-
-    try:
-        fault = msgspec.json.decode(args.fault_plan, type=FaultPlan) if args.fault_plan else None
-        host = FsHost(driver, mountpoint, name=args.name, native=args.native,
-                      threads=args.threads, deadline=args.deadline,
-                      options=_fuse_options(args.options), on_ready=ready, fault=fault,
-                      record_lines=args.record_lines, check_interval=args.check_interval)
-    except Exception as e:
-        _error(f"nooks mount: the driver did not start: {e}")
-        return 1
-    host.run()
-    return 0
-
-
 def _parse_bind(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep:
@@ -335,7 +259,8 @@ def _serve(args: argparse.Namespace) -> int:
                        limits=HttpLimits(max_body=args.max_body,
                                          request_timeout=args.request_timeout,
                                          idle_timeout=args.idle_timeout),
-                       retry_safe=tuple(args.retry_safe), fault=fault, on_ready=ready)
+                       retry_safe=tuple(args.retry_safe), fault=fault, on_ready=ready,
+                       domain_limits=limitflags.limits(args))
     except OSError as e:
         _error(f"nooks serve: cannot listen on {args.bind[0]}:{args.bind[1]}: {e.strerror}")
         return 1
@@ -360,17 +285,44 @@ def _find_host(name: str) -> tuple[str, Any] | None:
     return None
 
 
+def _dead_hosts() -> list[dict[str, Any]]:
+    """Hosts that died without cleaning up, as status entries."""
+    from nooks.control import stale
+    from nooks.fs.mounts import entry
+
+    out = []
+    for _, rec in stale():
+        mnt = rec.get("mountpoint")
+        mounted = isinstance(mnt, str) and entry(mnt) is not None
+        out.append({"name": rec.get("name", "?"), "class": rec.get("class"),
+                    "driver": rec.get("driver", "?"), "mountpoint": mnt, "state": "dead",
+                    "host_pid": rec.get("pid"), "stale_mount": mounted,
+                    "hint": f"nooks umount {mnt}" if mounted else "nooks status clears it"})
+    return out
+
+
 def _status(args: argparse.Namespace) -> int:
-    from nooks.control import hosts
+    from nooks.control import forget, hosts, stale
 
     if args.name:
         found = _find_host(args.name)
         if found is None:
-            _error(f"no running nooks host named {args.name!r}")
-            return 1
-        statuses = [found[1]]
+            real = os.path.realpath(args.name)
+            dead = [d for d in _dead_hosts() if d["name"] in (args.name, real)
+                    or d["mountpoint"] == real]
+            if dead:
+                statuses = dead
+            else:
+                _error(f"no running nooks host named {args.name!r}")
+                return 1
+        else:
+            statuses = [found[1]]
     else:
-        statuses = [st for _, st in hosts()]
+        statuses = [st for _, st in hosts()] + _dead_hosts()
+    # a dead host with nothing left mounted needs no clearing: forget it once shown
+    for path, rec in stale():
+        if not any(d.get("stale_mount") for d in statuses if d.get("host_pid") == rec.get("pid")):
+            forget(path)
     if args.json:
         print(json.dumps(statuses[0] if args.name else statuses, indent=2))
         return 0
@@ -378,6 +330,11 @@ def _status(args: argparse.Namespace) -> int:
     for col in ("name", "driver", "domain pid", "state", "calls", "recoveries", "last"):
         t.add_column(col)
     for st in statuses:
+        if st["state"] == "dead":
+            t.add_row(st["name"], st["driver"], "-", "[red]dead[/red]", "-", "-",
+                      f"host pid {st['host_pid']} is gone"
+                      + (f"; stale mount: {st['hint']}" if st["stale_mount"] else ""))
+            continue
         recs = st.get("recoveries", [])
         last = (f"{recs[-1]['kind']} ({recs[-1]['detail']}), {recs[-1]['duration_ms']:.1f} ms"
                 if recs else "")
@@ -397,30 +354,24 @@ def _inject(args: argparse.Namespace) -> int:
     req: dict[str, Any] = {"cmd": "inject", "fault": args.fault}
     if args.worker is not None:
         req["worker"] = args.worker
-    reply = request(found[0], req)
+    reply = request(found[0], req, timeout=120.0)
+    name = found[1]["name"]
     if "error" in reply:
-        _error(f"{reply['error']}")
+        _error(f"nooks inject: {args.fault} into {name}: {reply['error']}")
         return 1
-    console.print(f"injected {args.fault} into {found[1]['name']}")
-    return 0
-
-
-def _umount(args: argparse.Namespace) -> int:
-    import subprocess
-
-    return subprocess.call(["fusermount3", "-u", args.mountpoint])
-
-
-def _mkfs(args: argparse.Namespace) -> int:
-    from nooks.fs.mkfs import mkfs_vfat
-
-    try:
-        mkfs_vfat(args.image, args.size)
-    except (ValueError, RuntimeError, OSError) as e:
-        _error(f"nooks mkfs: {e}")
-        return 1
-    console.print(f"made a FAT filesystem of {args.size:,} bytes in {args.image}")
-    return 0
+    if reply.get("armed"):
+        console.print(f"armed {args.fault} in {name}: native mode, it happens at the next "
+                      "request")
+        return 0
+    failure = reply.get("failure")
+    if failure is None:
+        console.print(f"injected {args.fault} into {name}")
+        return 0
+    how = (f"recovered in {reply['recovery_ms']:.1f} ms" if reply.get("recovered")
+           else "NOT recovered" if reply.get("recovered") is False else "recovering")
+    console.print(f"injected {args.fault} into {name}: driver {failure['kind']} "
+                  f"({failure['detail']}); {how}")
+    return 0 if reply.get("recovered") is not False else 1
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -472,12 +423,50 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Formatter(argparse.HelpFormatter):
+    """Help that shows each option's default, unless its text already does."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "%(default)" in text or "default:" in text or "default " in text:
+            return text
+        if action.default in (None, False, [], argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """A parser whose errors are one line, and whose help shows defaults."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("nooks")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nooks", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+    from nooks.fs import command
+
+    p = _Parser(prog="nooks", description="Driver isolation and recovery for user-space "
+                "drivers: filesystems behind FUSE, web applications behind HTTP.")
+    p.add_argument("--version", action="version", version=f"nooks {_version()}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    command.add_parsers(sub, _Formatter, _error, console.print)
     b = sub.add_parser("bench", help="run a benchmark")
-    b.add_argument("what", choices=["xpc", "fs", "web"])
-    b.add_argument("--workers", type=int, default=2, help="web benchmark: workers per server")
+    b.add_argument("what", choices=["xpc", "fs", "web"], help="what to measure")
+    b.add_argument("--workers", type=argcheck.count(1, 64), default=2,
+                   help="web benchmark: workers per server")
     b.add_argument("--driver", default="passthrough", choices=["passthrough", "vfat"],
                    help="driver for the fs benchmark")
     b.add_argument("--placement", default="one-core", choices=["one-core", "free"],
@@ -487,43 +476,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=_bench)
     d = sub.add_parser("demo", help="a FAT filesystem survives its driver failing "
                        "(or: demo xpc, the XPC benchmark and the crash matrix)")
-    d.add_argument("what", nargs="?", default="fs", choices=["fs", "xpc"])
-    d.add_argument("--files", type=int, default=None, help="copy only this many files")
-    d.add_argument("--quick", action="store_true")
+    d.add_argument("what", nargs="?", default="fs", choices=["fs", "xpc"],
+                   help="fs: a FAT image through nooks while its driver fails; xpc: the XPC "
+                   "benchmark and the crash matrix")
+    d.add_argument("--files", type=argcheck.count(1, 1 << 30), default=None,
+                   help="copy only this many files (default: all of the standard library)")
+    d.add_argument("--quick", action="store_true", help="xpc: fewer rounds")
     d.set_defaults(func=_demo)
-
-    mt = sub.add_parser("mount", help="mount a filesystem driver through nooks",
-                        description="nooks mount DRIVER [ARGS...] MOUNTPOINT [-- CTOR_ARGS]: "
-                        "DRIVER is vfat (IMAGE), passthrough (DIR) or module:Class")
-    mt.add_argument("driver")
-    mt.add_argument("rest", nargs="+", metavar="ARGS... MOUNTPOINT")
-    mt.add_argument("--native", action="store_true", help="run the driver in-process, unprotected")
-    mt.add_argument("-o", dest="options", help="FUSE options, comma-separated")
-    mt.add_argument("--name", help="name for status and inject (default: the mountpoint)")
-    mt.add_argument("--daemon", action="store_true", help="detach once the mount is ready")
-    mt.add_argument("--log", metavar="PATH", help="with --daemon: append messages to PATH")
-    mt.add_argument("--threads", action="store_true", help="multi-threaded FUSE loop")
-    mt.add_argument("--state", choices=["volatile", "persistent"],
-                    help="where a module:Class driver keeps its files: in its own memory "
-                    "(nooks journals every change and replays it into a restarted driver) "
-                    "or in storage it reaches (only open files are re-opened)")
-    mt.add_argument("--deadline", type=float, default=10.0,
-                    help="seconds a request may take before the driver counts as hung")
-    mt.add_argument("--image", metavar="PATH",
-                    help="module:Class drivers: a disk image the host owns; the driver gets "
-                    "it as its first constructor argument (a file object whose writes the "
-                    "host commits per request; natively, the path)")
-    mt.add_argument("--checker", metavar="'CMD ARGS'",
-                    help="a command that checks the image (exit 0: consistent), run with the "
-                    "image's path added (vfat: 'fsck.fat -n')")
-    mt.add_argument("--check-interval", type=float, default=1.0, metavar="SECONDS",
-                    help="vfat: check the image with fsck.fat -n this often while it changes, "
-                    "and before unmounting; an inconsistent image is rolled back and redone "
-                    "by a fresh driver (0: never)")
-    # for the reliability campaign: a fault in the driver's code, and a coverage dry run
-    mt.add_argument("--fault-plan", help=argparse.SUPPRESS)
-    mt.add_argument("--record-lines", help=argparse.SUPPRESS)
-    mt.set_defaults(func=_mount, ctor_args=[])
 
     sv = sub.add_parser("serve", help="serve a web application through nooks",
                         description="nooks serve module:app | static:DIR: the application "
@@ -550,22 +509,20 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--retry-safe", action="append", default=[], metavar="'METHOD /PATTERN'",
                     help="a route safe to run again after a failure even though its method "
                     "is not idempotent (repeatable)")
+    limitflags.add(sv)
     sv.add_argument("--fault-plan", help=argparse.SUPPRESS)
     sv.set_defaults(func=_serve)
 
-    um = sub.add_parser("umount", help="unmount a nooks mount")
-    um.add_argument("mountpoint")
-    um.set_defaults(func=_umount)
-
     stp = sub.add_parser("status", help="running nooks hosts, their drivers and recoveries")
-    stp.add_argument("name", nargs="?")
-    stp.add_argument("--json", action="store_true")
+    stp.add_argument("name", nargs="?", help="one host, by name or mountpoint (default: all)")
+    stp.add_argument("--json", action="store_true", help="print JSON instead of a table")
     stp.set_defaults(func=_status)
 
-    ij = sub.add_parser("inject", help="make a running driver fail now")
-    ij.add_argument("name")
-    ij.add_argument("--fault", required=True, choices=list(FAULTS))
-    ij.add_argument("--worker", type=int, help="web hosts: which worker (default: each in turn)")
+    ij = sub.add_parser("inject", help="make a running driver fail now, and say what happened")
+    ij.add_argument("name", help="the host, by name or mountpoint")
+    ij.add_argument("--fault", required=True, choices=list(FAULTS), help="how it fails")
+    ij.add_argument("--worker", type=argcheck.count(0, 1 << 16),
+                    help="web hosts: which worker (default: each in turn)")
     ij.set_defaults(func=_inject)
 
     ev = sub.add_parser("eval", help="run an evaluation campaign")
@@ -579,16 +536,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--only", type=int, help="run only the fault with this index (replay)")
     ev.set_defaults(func=_eval)
 
-    mk = sub.add_parser("mkfs", help="make a filesystem image")
-    mk.add_argument("fstype", choices=["vfat"])
-    mk.add_argument("image")
-    mk.add_argument("--size", type=_parse_size, default=64 << 20)
-    mk.set_defaults(func=_mkfs)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     ctor_args: list[str] = []
     if argv[:1] == ["mount"] and "--" in argv:
         at = argv.index("--")

@@ -4,6 +4,15 @@ Each host listens on ``/run/nooks/<id>.sock`` (``NOOKS_RUN_DIR`` overrides the
 directory). A client sends one JSON object per line — ``{"cmd": "status"}`` or
 ``{"cmd": "inject", "fault": "segv"}`` — and gets one JSON object back. Bad
 requests get ``{"error": "..."}``; nothing a client sends can stop the host.
+
+Rules:
+
+* Beside each socket, ``<id>.json`` records the host (name, pid, class,
+  mountpoint), so that a host that died without cleaning up (SIGKILL) is still
+  known: ``stale()`` lists such records, ``forget`` removes them.
+* A process running in a nooks domain (a driver, or anything it started) is
+  refused: a driver must not inject faults into other drivers or read their
+  hosts' state.
 """
 
 from __future__ import annotations
@@ -13,11 +22,14 @@ import hashlib
 import logging
 import os
 import socket
+import struct
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgspec
+
+from nooks.domain.cgroup import in_domain
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +46,8 @@ def socket_path(name: str) -> str:
 
 
 class ControlServer:
-    def __init__(self, name: str, handle: Callable[[dict[str, Any]], Any]) -> None:
+    def __init__(self, name: str, handle: Callable[[dict[str, Any]], Any],
+                 info: dict[str, Any] | None = None) -> None:
         self.name = name
         self.path = socket_path(name)
         self._handle = handle
@@ -47,6 +60,11 @@ class ControlServer:
         self._sock.bind(self.path)
         os.chmod(self.path, 0o600)
         self._sock.listen(8)
+        record = {"name": name, "pid": os.getpid(), **(info or {})}
+        tmp = record_path(self.path) + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(msgspec.json.encode(record))
+        os.replace(tmp, record_path(self.path))
         self._thread = threading.Thread(target=self._serve, name="nooks-control", daemon=True)
         self._thread.start()
 
@@ -62,6 +80,9 @@ class ControlServer:
         with conn:
             conn.settimeout(5.0)
             try:
+                if _from_domain(conn):
+                    raise PermissionError("a driver's domain may not use a host's control "
+                                          "socket")
                 line = _readline(conn)
                 req = msgspec.json.decode(line)
                 if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
@@ -74,8 +95,24 @@ class ControlServer:
 
     def close(self) -> None:
         self._sock.close()
+        forget(self.path)
+
+
+def record_path(sock_path: str) -> str:
+    return sock_path.removesuffix(".sock") + ".json"
+
+
+def forget(sock_path: str) -> None:
+    """Remove a host's socket and record."""
+    for path in (sock_path, record_path(sock_path)):
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+            os.unlink(path)
+
+
+def _from_domain(conn: socket.socket) -> bool:
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid = struct.unpack("3i", creds)[0]
+    return pid > 0 and in_domain(pid)
 
 
 def _readline(conn: socket.socket) -> bytes:
@@ -106,6 +143,31 @@ def request(path: str, req: dict[str, Any], timeout: float = 10.0) -> Any:
         s.connect(path)
         s.sendall(msgspec.json.encode(req) + b"\n")
         return msgspec.json.decode(_readline(s))
+
+
+def stale() -> list[tuple[str, dict[str, Any]]]:
+    """(socket path, record) of hosts that died without cleaning up: their process is
+    gone (or is another program now) and their socket answers nobody."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    try:
+        entries = sorted(os.listdir(run_dir()))
+    except FileNotFoundError:
+        return out
+    for entry in entries:
+        if not entry.endswith(".json"):
+            continue
+        path = os.path.join(run_dir(), entry)
+        try:
+            with open(path, "rb") as f:
+                rec = msgspec.json.decode(f.read())
+        except (OSError, msgspec.DecodeError):
+            continue
+        if not isinstance(rec, dict):
+            continue
+        sock = path.removesuffix(".json") + ".sock"
+        if not _alive(sock):
+            out.append((sock, rec))
+    return out
 
 
 def hosts() -> Iterator[tuple[str, Any]]:

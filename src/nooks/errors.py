@@ -40,6 +40,7 @@ class FailureReport(msgspec.Struct, frozen=True, kw_only=True):
     signal: str | None = None
     exit_status: int | None = None
     traceback: str | None = None
+    exception: str | None = None  # the driver raised this (a type name)
 
     def __str__(self) -> str:
         where = f" during {self.call}" if self.call else ""
@@ -106,5 +107,25 @@ class DomainDown(NooksError):
         self.report = report
 
 
+class Restarting(NooksError):
+    """The driver is being replaced after a failure: the call was not sent; it can be
+    made again once the recovery is over."""
+
+
+class NotTaken(NooksError):
+    """A fault injected into a driver did not take effect (nothing was changed)."""
+
+
+class LimitExceeded(NooksError):
+    """A driver asked the host to hold more than a bound allows (posted writes,
+    queued kernel calls, objects, message sizes): a *resource* failure of the driver.
+    Raised by host-side kernel-call implementations."""
+
+
 class RecoveryFailed(NooksError):
-    """A failed driver could not be restarted or re-initialised."""
+    """A failed driver could not be restarted or re-initialised; ``report`` is the
+    failure of the last attempt, when there was one."""
+
+    def __init__(self, message: str, report: FailureReport | None = None) -> None:
+        super().__init__(message)
+        self.report = report

@@ -16,7 +16,7 @@ from nooks.domain.host import Domain
 from nooks.domain.native import NativeDomain
 from nooks.domain.spec import DriverSpec, Limits
 from nooks.drivers.probe import ProbeError, ProbeInterface, ProbeKernel, ProbeKernelInterface
-from nooks.errors import DomainFailed, DomainMisbehaved, FailureKind, InterfaceError
+from nooks.errors import DomainDown, DomainFailed, DomainMisbehaved, FailureKind, InterfaceError
 from tests.conftest import Snapshot
 
 pytestmark = pytest.mark.timeout(120)
@@ -171,10 +171,11 @@ def test_injected_faults(fault: str, no_leaks: Snapshot) -> None:
     with Domain(probe(deadline=5.0 if fault == "memory" else 1.0,
                       limits=Limits(address_space=256 << 20))) as d:
         assert d.call("add", 1, 1) == 2
-        d.inject(fault)
-        with pytest.raises(DomainFailed) as e:
+        report = d.inject(fault)  # returns once the failure is seen
+        assert report.kind == EXPECTED[fault]
+        with pytest.raises(DomainDown) as e:
             d.call("add", 1, 1)
-        assert e.value.report.kind == EXPECTED[fault]
+        assert e.value.report is report
         old = d.pid
         d.restart()
         assert d.pid != old

@@ -39,6 +39,10 @@ class ControlFailure(Exception):
     pass
 
 
+class Flood(Exception):
+    pass
+
+
 class FakeHooks:
     """Records what the channel asks of its owner; serves nested calls with an echo."""
 
@@ -56,10 +60,18 @@ class FakeHooks:
         self.replies_seen = 0
         self.posts: list[m.Post] = []
         self.replies_at_post: list[int] = []
+        self.floods: list[Flood] = []
 
-    def on_request(self, msg: m.Call) -> None:
+    def on_request(self, msg: m.Call) -> BaseException | None:
         with self.lock:
             self.requests.append(msg)
+        return None
+
+    def on_flood(self, detail: str) -> BaseException:
+        exc = Flood(detail)
+        with self.lock:
+            self.floods.append(exc)
+        return exc
 
     def on_post(self, msg: m.Post) -> BaseException | None:
         self.posts.append(msg)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import ctypes
+import gc
 import importlib
 import itertools
 import os
@@ -29,11 +30,13 @@ import queue
 import socket
 import sys
 import threading
+import time
 import traceback
 from typing import Any, NoReturn
 
 import msgspec
 
+from nooks.domain import harden
 from nooks.domain.config import MAX_MESSAGE, SOCKET_BUFFER, ChildConfig, apply_seccomp
 from nooks.domain.detect import EXIT_FAILURE_REPORTED, EXIT_RESOURCE
 from nooks.errors import InterfaceError
@@ -143,7 +146,18 @@ class Runtime:
         with self.send_lock:
             if self.posted:
                 self._send_posted()
+            self._send(data)
+
+    def _send(self, data: bytes) -> None:
+        """One message: one datagram, or fragments of one if it is too large (under
+        ``send_lock``, so that they follow each other)."""
+        if len(data) <= MAX_MESSAGE:
             self.sock.send(data)
+            return
+        view = memoryview(data)
+        for at in range(0, len(data), m.FRAGMENT_DATA):
+            piece = view[at:at + m.FRAGMENT_DATA]
+            self.sock.send(m.encode((m.TAG_FRAGMENT, at + len(piece) >= len(data), piece)))
 
     def post(self, index: int, args: tuple[Any, ...]) -> None:
         """Queue a posted kernel call; it goes out before whatever is sent next."""
@@ -155,7 +169,7 @@ class Runtime:
 
     def _send_posted(self) -> None:
         calls, self.posted, self.posted_bytes = self.posted, [], 0
-        self.sock.send(m.encode((m.TAG_POST, calls)))
+        self._send(m.encode((m.TAG_POST, calls)))
 
     def recv(self) -> Any:
         n = recv_spinning(self.sock, self.buf, self.spin)
@@ -178,7 +192,9 @@ class Runtime:
             if isinstance(exc, OSError) and exc.errno in (24, 23, 12):  # EMFILE ENFILE ENOMEM
                 kind = "resource"
             tb = "".join(traceback.format_exception(exc))
-            self.send(m.encode(m.Failure(kind, detail, tb)))
+            self.send(m.encode(m.Failure(kind, detail, tb,
+                                         type(exc).__name__ if isinstance(exc, Exception)
+                                         else "")))
         finally:
             os._exit(EXIT_FAILURE_REPORTED)
 
@@ -198,10 +214,11 @@ class Runtime:
         self.send(m.encode(m.Hello(os.getpid(), self.kernel_arena_address, note)))
         while True:
             msg = self.recv()
-            if isinstance(msg, m.Inject):
-                self.inject(msg.fault)
-            elif isinstance(msg, m.Construct):
+            if isinstance(msg, m.Construct):
                 break
+            if isinstance(msg, m.Shutdown):
+                os._exit(0)  # a spare: nothing was built, nothing to end
+            self.control(msg)
         try:
             args = self.any_decoder.decode(msg.args)
             kwargs = self.any_decoder.decode(msg.kwargs)
@@ -230,8 +247,22 @@ class Runtime:
             msg = backlog.popleft() if backlog else self.recv()
             if self.cfg.threads and isinstance(msg, (m.Call, m.Batch)):
                 self.jobs.put(msg)
+            elif isinstance(msg, m.Shutdown):
+                self.shutdown()
             else:
                 self.handle(msg)
+
+    def shutdown(self) -> NoReturn:
+        """Let the driver go, so that its finalizers run, and exit as a program does
+        (atexit handlers, buffered files); the host still serves kernel calls meanwhile
+        and kills the domain if this takes too long."""
+        self.methods = []
+        self.driver = None
+        gc.collect()
+        with self.send_lock:
+            if self.posted:
+                self._send_posted()
+        sys.exit(0)
 
     def _worker(self) -> None:
         while True:
@@ -248,10 +279,19 @@ class Runtime:
                                              (m.TAG_BATCH_REPLY, msg.id, results)))
             elif isinstance(msg, (m.Reply, m.Raise, m.Reject)):
                 self.deliver(msg)
-            elif isinstance(msg, m.Inject):
-                self.inject(msg.fault)
+            else:
+                self.control(msg)
         except BaseException as e:
             self.fail(e)
+
+    def control(self, msg: Any) -> None:
+        """A message for the runtime itself: a fault to take, a ping."""
+        if isinstance(msg, m.Ping):
+            self.send(m.encode_reply(msg.id, None))
+        elif isinstance(msg, m.Inject):
+            if msg.id:
+                self.send(m.encode_reply(msg.id, None))  # read: it happens now
+            self.inject(msg.fault)
 
     def answer(self, msg: m.Call) -> bytes:
         """Run one driver call; its encoded answer."""
@@ -287,7 +327,15 @@ class Runtime:
         except BaseException as e:
             k = self.iface.ordinary_index(e)
             if k < 0:
-                raise
+                answer = self.iface.unexpected
+                if not msg.lenient or answer is None or not isinstance(e, Exception) \
+                        or isinstance(e, MemoryError):
+                    raise
+                e = answer(e)
+                k = self.iface.ordinary_index(e)
+                if k < 0:
+                    raise TypeError(f"{self.iface.name}.unexpected gave {e!r}, which is "
+                                    "not an ordinary error") from None
             return (m.TAG_RAISE, cid, k, getattr(e, self.iface.ordinary[k].attr, None))
         finally:
             local.current = outer
@@ -343,6 +391,8 @@ class Runtime:
                 self.deliver(msg)
             elif isinstance(msg, m.Call) and msg.parent == cid:
                 self.send(self.answer(msg))  # the host calls back into the driver
+            elif isinstance(msg, (m.Ping, m.Inject)):
+                self.control(msg)
             else:
                 self.backlog.append(msg)
 
@@ -381,9 +431,35 @@ def inject(fault: str) -> None:
 
 
 
+def _enter(cfg: ChildConfig) -> None:
+    """Before anything of the driver's is loaded: be in the domain's cgroup, watch the
+    host, shed privileges (``nooks.domain.harden``)."""
+    if cfg.cgroup is not None:
+        _wait_for_cgroup(cfg.cgroup)
+    if cfg.host_pid:
+        harden.watch_host(cfg.host_pid)
+    if cfg.harden:
+        harden.drop_capabilities()
+        harden.deny_syscalls(cfg.host_pid or os.getppid())
+
+
+def _wait_for_cgroup(relative: str) -> None:
+    """The host moves a new domain into its cgroup (``relative`` to the cgroup2 root)
+    as it starts; wait (briefly) until that has happened, so that nothing the driver
+    starts is outside it."""
+    want = "0::" + relative
+    end = time.monotonic() + 2.0
+    while time.monotonic() < end:
+        with contextlib.suppress(OSError), open("/proc/self/cgroup") as f:
+            if any(line.rstrip("\n") == want for line in f):
+                return
+        time.sleep(0.001)
+
+
 def main(argv: list[str]) -> NoReturn:
     global _runtime
     cfg = msgspec.json.decode(argv[1], type=ChildConfig)
+    _enter(cfg)
     if cfg.fault is not None:
         from nooks.faults import Fault, loader
 

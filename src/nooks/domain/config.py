@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import msgspec
 
+from nooks.xpc.messages import MAX_MESSAGE, SOCKET_BUFFER
+
+__all__ = ["FAULTS", "MAX_MESSAGE", "SOCKET_BUFFER", "ChildConfig", "FaultPlan",
+           "apply_seccomp"]
+
 FAULTS = ("segv", "abort", "exit", "exception", "hang", "memory")
-MAX_MESSAGE = 4 << 20  # largest datagram on the channel
-SOCKET_BUFFER = 8 << 20
 
 
 class FaultPlan(msgspec.Struct, frozen=True, kw_only=True):
@@ -34,6 +37,9 @@ class ChildConfig(msgspec.Struct, frozen=True, kw_only=True):
     preload: list[str] = []  # modules a warm spare imports ahead
     spin_us: float = 0.0  # poll this long for the next message before sleeping
     fault: FaultPlan | None = None
+    host_pid: int = 0  # the domain ends when this process does (0: not watched)
+    harden: bool = False  # drop capabilities and deny syscalls (nooks.domain.harden)
+    cgroup: str | None = None  # the domain waits to be in it before loading the driver
 
 
 def apply_seccomp(extra: list[str]) -> None:

@@ -57,7 +57,7 @@ def classify_exit(returncode: int, *, driver: str = "", pid: int = 0,
 
 
 def from_domain(kind: str, detail: str, traceback: str, *, driver: str = "", pid: int = 0,
-                call: str | None = None) -> FailureReport:
+                call: str | None = None, exception: str = "") -> FailureReport:
     """The report for a domain that described its own failure."""
     try:
         k = FailureKind(kind)
@@ -65,7 +65,8 @@ def from_domain(kind: str, detail: str, traceback: str, *, driver: str = "", pid
         k = FailureKind.MISBEHAVED
         detail = f"unknown failure kind {kind!r}: {detail}"
     return FailureReport(kind=k, detail=detail, driver=driver, pid=pid, call=call,
-                         traceback=traceback or None)
+                         traceback=traceback or None,
+                         exception=exception or None)
 
 
 def host_verdict(kind: FailureKind, detail: str, *, driver: str = "", pid: int = 0,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -35,9 +36,13 @@ from nooks.errors import (
     FailureKind,
     FailureReport,
     InterfaceError,
+    NotTaken,
+    Restarting,
 )
 from nooks.wrappers import InterfaceSpec, MethodSpec, declare
 from nooks.xpc import messages as m
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,7 @@ class Domain:
         self._ids = itertools.count(1)
         self._inc: Incarnation | None = None
         self._spare: Incarnation | None = None
+        self._building: Incarnation | None = None  # taken from the spare, being constructed
         self._retired: list[Incarnation] = []
         self._fault_pending = spec.fault is not None
         self.fault_site: str | None = None  # where the injected fault went, if any
@@ -125,12 +131,15 @@ class Domain:
             inc = self._take_spare()
             if self.spec.fault is not None and inc.hello is not None:
                 self.fault_site = inc.hello.note
+            self._building = inc
             try:
                 inc.construct(self.spec.args, self.spec.kwargs)
             except DomainFailed as e:
                 self.failures.append(e.report)
                 self._retire(inc, wait=True)  # nothing will close this domain later
                 raise
+            finally:
+                self._building = None
             self._refill_spare()
             self._make_current(inc)
 
@@ -141,7 +150,7 @@ class Domain:
     def _idle_failure(self, inc: Incarnation, report: FailureReport) -> None:
         if self._inc is not inc:
             return  # already replaced: whoever replaced it knew it had failed
-        self.failures.append(report)
+        self._record(report)
         hook = self.on_idle_failure
         if hook is not None:
             hook(report)
@@ -175,6 +184,7 @@ class Domain:
                 self._retire(old)
             inc = self._take_spare()
             ready = time.monotonic()
+            self._building = inc
             try:
                 inc.construct(self.spec.args, self.spec.kwargs)
             except DomainFailed as e:
@@ -182,6 +192,7 @@ class Domain:
                 self._retire(inc, wait=True)  # nothing will close this domain later
                 raise
             finally:
+                self._building = None
                 # the next spare starts after the driver is built, not competing with it
                 self._refill_spare()
             self._make_current(inc)
@@ -195,9 +206,16 @@ class Domain:
         self._retired.append(inc)
 
     def close(self) -> None:
-        """Stop the domain and its spare; reap them; release all they held."""
+        """Stop the domain and its spare; reap them; release all they held.
+
+        A live driver is ended in order first (``Incarnation.shutdown``: its
+        finalizers and the interpreter's exit run, within ``spec.exit_timeout``)."""
         with self._lifecycle:
             self._closed = True
+            current = self._inc
+            if current is not None and current.alive \
+                    and not current.shutdown(self.spec.exit_timeout):
+                log.warning("%s: the driver did not exit cleanly when closed", self.name)
             for inc in (self._inc, self._spare, *self._retired):
                 if inc is not None:
                     inc.close(wait=False)
@@ -234,6 +252,11 @@ class Domain:
         inc = self._inc
         return inc.report if inc is not None else None
 
+    def owns(self, pid: int) -> bool:
+        """Whether process (or thread) ``pid`` belongs to the current driver's domain or
+        to the one being built, or was started by them."""
+        return any(inc is not None and inc.owns(pid) for inc in (self._inc, self._building))
+
     @property
     def incarnation(self) -> Incarnation:
         inc = self._inc
@@ -247,16 +270,21 @@ class Domain:
 
     # -- calls ---------------------------------------------------------------------------
 
-    def call(self, name: str, *args: Any, deadline: float | None = None, **kwargs: Any) -> Any:
+    def call(self, name: str, *args: Any, deadline: float | None = None, lenient: bool = False,
+             **kwargs: Any) -> Any:
         """Call the driver's ``name`` and return its checked result.
 
         Raises what the interface declares ordinary (rebuilt on this side),
         InterfaceError if the call itself breaks the declaration, and
-        DomainFailed if the driver fails.
+        DomainFailed if the driver fails; Restarting while it is being replaced.
+        With ``lenient``, an exception the driver raises is answered as the
+        interface's ``unexpected`` says rather than failing it.
         """
         inc = self._inc
         if inc is None:
-            raise Closed(f"domain {self.name} is {self.state}")
+            if self._closed:
+                raise Closed(f"domain {self.name} is closed")
+            raise Restarting(f"domain {self.name} is being restarted")
         if inc.report is not None:
             raise DomainDown(inc.report)
         try:
@@ -279,7 +307,7 @@ class Domain:
             ch = inc.channel
             w = ch.register(cid, time.monotonic() + (deadline or self.spec.deadline), name)
             try:
-                data = m.encode_call(cid, spec.index, vals, 0, out)
+                data = m.encode_call(cid, spec.index, vals, 0, out, lenient=lenient)
             except (TypeError, OverflowError) as e:
                 ch.forget(cid)
                 raise InterfaceError(f"{name}: arguments cannot cross: {e}") from None
@@ -320,7 +348,7 @@ class Domain:
         if type(msg) is m.Reply:
             try:
                 value = spec.result_decoder.decode(msg.result)
-            except msgspec.ValidationError as e:
+            except m.UNDECODABLE as e:
                 raise self._misbehaved(inc, f"{spec.name} returned a bad result: {e}",
                                        spec.name) from None
             if type(value) is m.ArenaRef:
@@ -333,7 +361,7 @@ class Domain:
                                        spec.name)
             try:
                 value = iface.ordinary_decoders[msg.error].decode(msg.value)
-            except msgspec.ValidationError as e:
+            except m.UNDECODABLE as e:
                 raise self._misbehaved(inc, f"{spec.name} raised a bad "
                                        f"{iface.ordinary[msg.error].exc_type.__name__}: {e}",
                                        spec.name) from None
@@ -356,26 +384,33 @@ class Domain:
             raise self._misbehaved(inc, f"{spec.name} returned a bad result: {e}",
                                    spec.name) from None
 
-    def condemn(self, detail: str, call: str) -> FailureReport:
-        """Declare the current driver failed (misbehaved) on the host's judgement, e.g.
-        an answer a correct driver cannot give; it is killed like any failed driver."""
+    def condemn(self, detail: str, call: str,
+                kind: FailureKind = FailureKind.MISBEHAVED) -> FailureReport:
+        """Declare the current driver failed on the host's judgement (e.g. an answer a
+        correct driver cannot give: *misbehaved*; a driver out of descriptors:
+        *resource*); it is killed like any failed driver."""
         inc = self._inc
         if inc is None:
             raise Closed(f"domain {self.name} is {self.state}")
-        exc = self._misbehaved(inc, detail, call)
+        exc = self._misbehaved(inc, detail, call, kind)
         self._note(exc)
         return exc.report
 
-    def _misbehaved(self, inc: Incarnation, detail: str, call: str) -> DomainFailed:
-        exc = DomainFailed.of(detect.host_verdict(FailureKind.MISBEHAVED, detail,
+    def _misbehaved(self, inc: Incarnation, detail: str, call: str,
+                    kind: FailureKind = FailureKind.MISBEHAVED) -> DomainFailed:
+        exc = DomainFailed.of(detect.host_verdict(kind, detail,
                                                   driver=self.name, pid=inc.pid, call=call))
         inc.channel.fail(exc)
         broken = inc.channel.broken
         return broken if isinstance(broken, DomainFailed) else exc
 
     def _note(self, e: DomainFailed) -> None:
-        if not self.failures or self.failures[-1] is not e.report:
-            self.failures.append(e.report)
+        self._record(e.report)
+
+    def _record(self, report: FailureReport) -> None:
+        with self._batch_lock:
+            if not any(r is report for r in self.failures[-2:]):
+                self.failures.append(report)
 
     # -- deferred calls ------------------------------------------------------------------
 
@@ -427,8 +462,53 @@ class Domain:
 
     # -- faults --------------------------------------------------------------------------
 
-    def inject(self, fault: str) -> None:
-        """Make the driver fail now, in the named way (see ``nooks.domain.child.FAULTS``)."""
+    def inject(self, fault: str, timeout: float = 5.0) -> FailureReport:
+        """Make the driver fail now, in the named way (see ``nooks.domain.child.FAULTS``),
+        and return its failure once the host has seen it.
+
+        Raises NotTaken if the domain does not read the fault within ``timeout``
+        seconds (the thread that reads its channel is busy, e.g. stuck in a call) or
+        does not fail after it: nothing happened. A hang is seen as a ping the
+        domain does not answer within the call deadline."""
+        inc = self._arm(fault)
+        if inc.report is not None:
+            raise NotTaken(f"the driver has failed already: {inc.report}")
+        ch = inc.channel
+        cid = next(self._ids)
+        w = ch.register(cid, time.monotonic() + timeout, f"inject {fault}", soft=True)
+        try:
+            ch.send(m.encode(m.Inject(fault, cid)))
+            ch.wait(w)
+        except TimeoutError:
+            raise NotTaken(f"the driver did not read the fault within {timeout:g} s "
+                           "(busy or stuck in a call)") from None
+        except DomainFailed as e:
+            return self._noted(e)
+        if inc.failed.wait(timeout):
+            assert inc.report is not None
+            self._record(inc.report)
+            return inc.report
+        # taken, and no failure yet: a hang shows as a ping nobody answers
+        cid = next(self._ids)
+        w = ch.register(cid, time.monotonic() + self.spec.deadline, "ping")
+        try:
+            ch.send(m.encode(m.Ping(cid)))
+            ch.wait(w)
+        except DomainFailed as e:
+            return self._noted(e)
+        raise NotTaken(f"the driver took the fault ({fault}) and is still answering")
+
+    def inject_later(self, fault: str) -> None:
+        """Send the fault and return at once: the driver takes it when it next reads its
+        channel, and the failure is seen by whatever comes next (for tests that make a
+        fault meet a request)."""
+        self._arm(fault).channel.send(m.encode(m.Inject(fault)))
+
+    def _arm(self, fault: str) -> Incarnation:
         if fault not in FAULTS:
             raise InterfaceError(f"unknown fault {fault!r}; known: {', '.join(FAULTS)}")
-        self.incarnation.channel.send(m.encode(m.Inject(fault)))
+        return self.incarnation
+
+    def _noted(self, e: DomainFailed) -> FailureReport:
+        self._note(e)
+        return e.report

@@ -11,6 +11,7 @@ import concurrent.futures
 import contextlib
 import logging
 import os
+import pwd
 import resource
 import signal
 import socket
@@ -24,17 +25,28 @@ from typing import Any
 import msgspec
 
 from nooks.domain import detect
+from nooks.domain.cgroup import DomainCgroup
 from nooks.domain.config import SOCKET_BUFFER, ChildConfig
 from nooks.domain.monitor import monitor
 from nooks.domain.spec import DriverSpec, ref
 from nooks.domain.tracker import NotOwned, ObjectTracker
-from nooks.errors import Closed, DomainFailed, FailureKind, FailureReport, InterfaceError
+from nooks.errors import (
+    Closed,
+    DomainFailed,
+    FailureKind,
+    FailureReport,
+    InterfaceError,
+    LimitExceeded,
+)
 from nooks.wrappers import InterfaceSpec, declare
 from nooks.xpc import messages as m
 from nooks.xpc.arena import HostArena
 from nooks.xpc.channel import CONTROL_ID, Channel
 
 log = logging.getLogger(__name__)
+
+# kernel calls a domain may have waiting on the host, outside any call of the host's
+MAX_PENDING_KERNEL_CALLS = 256
 
 
 class KernelContext:
@@ -64,6 +76,9 @@ class Incarnation:
         self._exit_lock = threading.Lock()
         self.proc: subprocess.Popen[bytes] | None = None
         self.pidfd = -1
+        self.cgroup: DomainCgroup | None = None
+        self.constructed = False  # the driver is built (it has state worth ending in order)
+        self.pending_kernel_calls = 0  # served in the executor, or waiting for it
 
         host_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.karena = self.darena = None
@@ -74,6 +89,7 @@ class Incarnation:
                                     domain_writable=False)
             self.darena = HostArena(f"nooks-{self.name}-domain", spec.slot_size, spec.slots,
                                     domain_writable=True)
+            self.cgroup = DomainCgroup.create(self.name, spec.limits.tasks)
             cfg = ChildConfig(
                 name=self.name, target=spec.target, interface=ref(spec.interface),
                 kernel=ref(spec.kernel) if spec.kernel else None,
@@ -83,22 +99,30 @@ class Incarnation:
                 seccomp=list(spec.limits.seccomp) if spec.limits.seccomp is not None else None,
                 preload=list(spec.preload), spin_us=spec.spin_us,
                 fault=spec.fault if with_fault else None,
+                host_pid=os.getpid(), harden=spec.limits.harden,
+                cgroup=self.cgroup.relative if self.cgroup is not None else None,
             )
-            env = dict(os.environ)
-            paths = [os.getcwd(), *(p for p in sys.path if p and os.path.isdir(p))]
-            env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+            lim = spec.limits
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "nooks.domain", msgspec.json.encode(cfg).decode()],
                 pass_fds=(child_sock.fileno(), self.karena.fd, self.darena.fd),
-                stdin=subprocess.DEVNULL, env=env, user=spec.limits.user,
+                stdin=subprocess.DEVNULL, env=domain_environment(spec),
+                user=lim.user, group=lim.group,
+                extra_groups=[] if lim.user is not None or lim.group is not None else None,
+                # its own session: a terminal's signals (Ctrl-C) reach the host only, and
+                # the domain's process group is everything it started
+                start_new_session=True,
             )
         except BaseException:
             host_sock.close()
             child_sock.close()
             self._close_arenas()
+            self._end_cgroup()
             raise
         child_sock.close()
         self.pid = self.proc.pid
+        if self.cgroup is not None:
+            self.cgroup.add(self.pid)
         self._apply_limits()
         self.sock = host_sock
         self.channel = Channel(host_sock, self, spin_us=spec.spin_us if spec.host_spin_us is None
@@ -110,9 +134,12 @@ class Incarnation:
 
     def _apply_limits(self) -> None:
         lim = self.spec.limits
-        for res, value in ((resource.RLIMIT_AS, lim.address_space),
-                           (resource.RLIMIT_CPU, lim.cpu_seconds),
-                           (resource.RLIMIT_NOFILE, lim.open_files)):
+        limits = [(resource.RLIMIT_AS, lim.address_space), (resource.RLIMIT_CPU, lim.cpu_seconds),
+                  (resource.RLIMIT_NOFILE, lim.open_files)]
+        if self.cgroup is None and lim.user not in (None, 0):
+            # no pids cgroup: the per-user process count is the only bound there is
+            limits.append((resource.RLIMIT_NPROC, lim.tasks))
+        for res, value in limits:
             if value is not None:
                 with contextlib.suppress(ProcessLookupError):
                     resource.prlimit(self.pid, res, (value, value))
@@ -148,6 +175,7 @@ class Incarnation:
         if not isinstance(msg, m.Ready):
             raise self._fail_now(FailureKind.MISBEHAVED, f"sent {msg!r} instead of Ready",
                                  "construct")
+        self.constructed = True
 
     # -- failure -------------------------------------------------------------------------
 
@@ -195,7 +223,7 @@ class Incarnation:
         if isinstance(msg, m.Failure):
             return DomainFailed.of(detect.from_domain(
                 msg.kind, msg.detail, msg.traceback, driver=self.name, pid=self.pid,
-                call=self._current_call()))
+                call=self._current_call(), exception=msg.exception))
         return None
 
     def on_reply(self) -> None:
@@ -214,19 +242,32 @@ class Incarnation:
         if before is None and self.report is not None and hook is not None and not self.closed:
             hook(self.report)
 
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
-
     # -- kernel calls --------------------------------------------------------------------
 
-    def on_request(self, msg: m.Call) -> None:
+    def on_request(self, msg: m.Call) -> BaseException | None:
+        if self.pending_kernel_calls >= MAX_PENDING_KERNEL_CALLS:
+            return self.on_flood(f"made more than {MAX_PENDING_KERNEL_CALLS} kernel calls "
+                                 "at once")
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(
                 max_workers=2, thread_name_prefix=f"nooks-kernel-{self.name}")
-        with contextlib.suppress(RuntimeError):  # shutting down
-            self._executor.submit(self.serve, msg)
+        self.pending_kernel_calls += 1
+        try:
+            self._executor.submit(self._serve_queued, msg)
+        except RuntimeError:  # shutting down
+            self.pending_kernel_calls -= 1
+        return None
+
+    def _serve_queued(self, msg: m.Call) -> None:
+        try:
+            self.serve(msg)
+        finally:
+            self.pending_kernel_calls -= 1
+
+    def on_flood(self, detail: str) -> BaseException:
+        return DomainFailed.of(detect.host_verdict(
+            FailureKind.RESOURCE, detail, driver=self.name, pid=self.pid,
+            call=self._current_call()))
 
     def on_post(self, msg: m.Post) -> BaseException | None:
         """Run posted kernel calls in order; one that is malformed or fails fails the driver
@@ -241,7 +282,7 @@ class Incarnation:
             spec = kiface.methods[method]
             try:
                 args = msgspec.structs.astuple(spec.args_decoder.decode(raw))
-            except msgspec.ValidationError as e:
+            except m.UNDECODABLE as e:
                 return self._fail_now(FailureKind.MISBEHAVED,
                                       f"kernel call {spec.name}: {spec.describe_error(e)}",
                                       self._current_call())
@@ -251,6 +292,9 @@ class Incarnation:
                                       self._current_call())
             try:
                 getattr(self.kernel_impl, spec.name)(*args)
+            except LimitExceeded as e:
+                return self._fail_now(FailureKind.RESOURCE, f"kernel call {spec.name}: {e}",
+                                      self._current_call())
             except Exception as e:
                 return self._fail_now(FailureKind.MISBEHAVED,
                                       f"posted kernel call {spec.name} failed: "
@@ -276,7 +320,7 @@ class Incarnation:
                 if tracked.role == "release":
                     self.tracker.remove(args[i], tracked.kind)
                 args[i] = obj
-        except msgspec.ValidationError as e:
+        except m.UNDECODABLE as e:
             self._fail_now(FailureKind.MISBEHAVED,
                            f"kernel call {spec.name}: {spec.describe_error(e)}",
                            self._current_call())
@@ -293,6 +337,10 @@ class Incarnation:
                 return
         try:
             result = getattr(self.kernel_impl, spec.name)(*args)
+        except LimitExceeded as e:
+            self._fail_now(FailureKind.RESOURCE, f"kernel call {spec.name}: {e}",
+                           self._current_call())
+            return
         except BaseException as e:
             k = kiface.ordinary_index(e)
             if k >= 0:
@@ -303,14 +351,44 @@ class Incarnation:
             return
         if spec.tracked_result is not None:
             kind = spec.tracked_result.kind
-            result = self.tracker.add(kind, result, getattr(self.kernel_impl, f"release_{kind}",
-                                                            None))
+            try:
+                result = self.tracker.add(kind, result,
+                                          getattr(self.kernel_impl, f"release_{kind}", None))
+            except LimitExceeded as e:
+                self._fail_now(FailureKind.RESOURCE, f"kernel call {spec.name}: {e}",
+                               self._current_call())
+                return
         self.channel.send(m.encode_reply(msg.id, result))
 
     # -- teardown ------------------------------------------------------------------------
 
+    def shutdown(self, timeout: float) -> bool:
+        """End a live driver in order: it is let go (its finalizers run) and the domain
+        exits normally while the host still serves its kernel calls, within
+        ``timeout`` seconds; then everything is released as by ``close``. True if it
+        exited on its own with status 0; the host commits what it wrote last."""
+        clean = False
+        if not self.closed and self.channel.broken is None and self.constructed:
+            self.closed = True  # an exit now is not a failure to recover from
+            w = self.channel.register(CONTROL_ID, time.monotonic() + timeout, "exit",
+                                      soft=True)
+            try:
+                self.channel.send(m.encode(m.Shutdown()))
+                self.channel.wait(w)  # nothing answers it: it ends at the channel's end
+            except DomainFailed as e:
+                clean = e.report.exit_status == 0 and e.report.signal is None
+            except (Closed, TimeoutError):
+                pass
+            if clean:
+                done = self._call_done  # what the driver wrote as it exited is done too
+                if done is not None:
+                    done()
+            self.closed = False
+        self.close()
+        return clean
+
     def close(self, wait: bool = True) -> None:
-        """Kill the process and release everything it held.
+        """Kill the process and everything it started, and release all it held.
 
         With ``wait`` the process is reaped before returning; otherwise the
         monitor reaps it when it is gone.
@@ -332,6 +410,16 @@ class Incarnation:
         self.sock.close()
         self._close_arenas()
 
+    def kill(self) -> None:
+        """SIGKILL the domain and everything it started (its cgroup, its group)."""
+        if self.cgroup is not None:
+            self.cgroup.kill()
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+
     def reap(self, timeout: float = 10.0) -> None:
         assert self.proc is not None
         try:
@@ -340,6 +428,14 @@ class Incarnation:
             log.error("domain %s pid %d did not die", self.name, self.pid)
             return
         self._release_pidfd()
+        self._end_cgroup()
+
+    def _end_cgroup(self) -> None:
+        cg, self.cgroup = self.cgroup, None
+        if cg is not None:
+            cg.kill()
+            if not cg.remove():
+                log.warning("the cgroup of domain %s is still busy: %s", self.name, cg.path)
 
     def _release_pidfd(self) -> None:
         with self._exit_lock:
@@ -353,6 +449,21 @@ class Incarnation:
             if a is not None:
                 a.close()
 
+    def owns(self, pid: int) -> bool:
+        """Whether process or thread ``pid`` is this domain or something it started."""
+        if pid <= 0:
+            return False
+        if pid == self.pid:
+            return True
+        cg = self.cgroup
+        if cg is not None:
+            try:
+                with open(f"/proc/{pid}/cgroup") as f:
+                    return any(line.rstrip("\n") == "0::" + cg.relative for line in f)
+            except OSError:
+                return False
+        return os.path.exists(f"/proc/{self.pid}/task/{pid}")
+
     @property
     def alive(self) -> bool:
         return not self.closed and self.channel.broken is None
@@ -360,6 +471,31 @@ class Incarnation:
 
 def _closed() -> BaseException:
     return Closed("the domain was closed")
+
+
+# what a domain's environment keeps of the host's (besides PYTHON* settings)
+KEPT_ENVIRONMENT = ("PATH", "LANG", "LANGUAGE", "TZ", "TMPDIR", "FUSE_LIBRARY_NAME")
+
+
+def domain_environment(spec: DriverSpec) -> dict[str, str]:
+    """A minimal environment: the host's locale, search path and Python settings (no
+    credentials, sockets or other secrets it may hold), the module path the spec
+    fixed, a marker, and what the spec adds."""
+    env = {k: v for k, v in os.environ.items()
+           if k in KEPT_ENVIRONMENT or k.startswith("LC_")
+           or (k.startswith("PYTHON") and k not in ("PYTHONPATH", "PYTHONSTARTUP"))}
+    env.setdefault("PATH", os.defpath)
+    home = "/"
+    if spec.limits.user is not None:
+        with contextlib.suppress(KeyError):
+            home = pwd.getpwuid(spec.limits.user).pw_dir
+    elif "HOME" in os.environ:
+        home = os.environ["HOME"]
+    env["HOME"] = home
+    env["PYTHONPATH"] = os.pathsep.join(spec.path)
+    env["NOOKS_DOMAIN"] = spec.label
+    env.update(spec.limits.env)
+    return env
 
 
 def _grow_buffers(s: socket.socket) -> None:

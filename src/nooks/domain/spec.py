@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,18 +15,43 @@ from nooks.xpc.arena import DEFAULT_SLOT_SIZE, DEFAULT_SLOTS
 
 @dataclass(frozen=True)
 class Limits:
-    """Resource limits the host puts on a domain (None: no limit).
+    """What the host lets a domain use and do (None: no limit).
 
-    ``seccomp`` is the allow-list of syscalls the driver needs beyond the domain
-    runtime's own once it is constructed; None installs no filter. ``user`` is a
-    uid to run the domain as.
+    * ``address_space`` (bytes), ``cpu_seconds``, ``open_files``: rlimits; going
+      past them is a *resource* failure.
+    * ``tasks``: processes and threads the domain and everything it starts may
+      have at once (a pids cgroup; without cgroups, RLIMIT_NPROC for a domain that
+      runs as another user). Everything the domain starts dies with it.
+    * ``harden``: the domain drops the capabilities a driver has no use for
+      (ptrace, admin, modules, raw I/O, networking, killing, raising its own
+      limits: see ``nooks.domain.harden``) and refuses the syscalls that reach
+      beyond it (EPERM: ptrace, other processes' memory, mounts, modules, reboot,
+      namespaces, signals to its host), from before the driver's code is loaded.
+    * ``seccomp``: the allow-list of syscalls the driver needs beyond the domain
+      runtime's own once it is constructed (anything else kills it: *misbehaved*);
+      None installs no allow-list.
+    * ``user``/``group``: ids to run the domain as (None: the host's).
+    * ``env``: variables the domain gets besides its minimal environment.
     """
 
     address_space: int | None = 2 << 30
     cpu_seconds: int | None = None
     open_files: int | None = 1024
+    tasks: int | None = 256
+    harden: bool = True
     seccomp: tuple[str, ...] | None = None
     user: int | None = None
+    group: int | None = None
+    env: tuple[tuple[str, str], ...] = ()
+
+
+def import_path() -> tuple[str, ...]:
+    """Where a domain finds the driver's modules: this process's path as it is now,
+    with the current directory made absolute (a host may change directory later:
+    libfuse moves to / when it mounts, and later domains must still find them)."""
+    cwd = os.getcwd()
+    paths = [cwd, *(os.path.join(cwd, p) if p else cwd for p in sys.path)]
+    return tuple(dict.fromkeys(p for p in paths if os.path.isdir(p)))
 
 
 @dataclass(frozen=True)
@@ -62,6 +89,11 @@ class DriverSpec:
     # a fault injected into the first domain's driver code as it loads (restarts
     # load the code from disk, as a reloaded kernel module would)
     fault: FaultPlan | None = None
+    # seconds a driver has to finish at close (its destroy is the class's business:
+    # this is the interpreter's exit, finalizers and atexit) before it is killed
+    exit_timeout: float = 5.0
+    # the module search path of every domain of this spec, fixed when it is made
+    path: tuple[str, ...] = field(default_factory=import_path)
 
     @property
     def label(self) -> str:

@@ -11,20 +11,25 @@ in a direct mount, so that the driver sees the same calls:
 * ``create`` gets the flags only if the driver's ``create`` takes three
   arguments;
 * ``readdir`` generators and ``listxattr`` iterables are made into lists;
+* answers and errors are read as mfusepy reads them (``nooks.fs.compat``):
+  unused keys dropped, numbers made plain, errno-less errors, unsupported
+  calls and ``NotImplementedError`` made EINVAL;
 * a constructor argument ``{"$kernel": "blockdev"}`` is replaced by a file
   object over the host's block device (``nooks.fs.blockdev``).
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import inspect
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
 
-import mfusepy
-
+from nooks.fs import compat
+from nooks.fs.compat import mfusepy
 from nooks.fs.interface import OPERATIONS
 from nooks.wrappers import load
 
@@ -35,14 +40,22 @@ def _context() -> tuple[int, int, int]:
     return getattr(_ctx, "value", (0, 0, 0))
 
 
-def _patch_context() -> None:
-    mfusepy.fuse_get_context = _context
-    try:
-        import fuse as fusepy  # a fusepy-era driver's own import, if present
+_ORIGINAL = mfusepy.fuse_get_context
 
-        fusepy.fuse_get_context = _context
-    except ImportError:
-        pass
+
+def _patch_context(factory: Any) -> None:
+    """Make ``fuse_get_context`` answer for the request being served, wherever the
+    driver finds it: mfusepy, a fusepy-era ``fuse`` module it imported itself (only
+    if it did: importing fusepy without libfuse 2 fails), or its own module's
+    namespace (``from fuse import fuse_get_context``)."""
+    modules = [mfusepy, sys.modules.get("fuse"), sys.modules.get(getattr(factory, "__module__",
+                                                                         ""))]
+    for module in modules:
+        if module is None:
+            continue
+        current = getattr(module, "fuse_get_context", None)
+        if current is _ORIGINAL or (module is sys.modules.get("fuse") and current is not None):
+            module.fuse_get_context = _context
 
 
 def _resolve(arg: Any, devices: list[Any]) -> Any:
@@ -59,8 +72,8 @@ def _resolve(arg: Any, devices: list[Any]) -> Any:
 
 class FsAdapter:
     def __init__(self, target: str, args: list[Any], kwargs: dict[str, Any]) -> None:
-        _patch_context()
         factory = load(target)
+        _patch_context(factory)
         self._devices: list[Any] = []
         self.driver = factory(*[_resolve(a, self._devices) for a in args],
                               **{k: _resolve(v, self._devices) for k, v in kwargs.items()})
@@ -97,7 +110,17 @@ class FsAdapter:
         if self._devices:
             for device in self._devices:
                 device.request_started()
-        return self._op(name)(*args)
+        op = self._op(name)
+        try:
+            return op(*args)
+        except OSError as e:
+            raise compat.error(e) from None
+        except NotImplementedError:
+            raise compat.os_error(errno.EINVAL) from None  # "not supported", as mfusepy says
+        except TypeError as e:
+            if compat.unbindable(op, args, e):
+                raise compat.os_error(errno.EINVAL) from None
+            raise
 
     def init(self, ctx: tuple[int, int, int], path: str) -> None:
         init = getattr(self.driver, "init", None)
@@ -106,29 +129,40 @@ class FsAdapter:
 
     def create(self, ctx: tuple[int, int, int], path: str, mode: int, flags: int) -> int:
         if self._create_flags:
-            return self._call(ctx, "create", path, mode, flags)  # type: ignore[no-any-return]
-        return self._call(ctx, "create", path, mode)  # type: ignore[no-any-return]
+            return compat.handle(self._call(ctx, "create", path, mode, flags))
+        return compat.handle(self._call(ctx, "create", path, mode))
+
+    def open(self, ctx: tuple[int, int, int], path: str, flags: int) -> int:
+        return compat.handle(self._call(ctx, "open", path, flags))
+
+    def opendir(self, ctx: tuple[int, int, int], path: str) -> int:
+        return compat.handle(self._call(ctx, "opendir", path))
 
     def readdir(self, ctx: tuple[int, int, int], path: str, fh: int) -> list[Any]:
-        return [e if isinstance(e, str) else tuple(e)
-                for e in self._call(ctx, "readdir", path, fh)]
+        return [compat.dir_entry(e) for e in self._call(ctx, "readdir", path, fh)]
 
     def listxattr(self, ctx: tuple[int, int, int], path: str) -> list[str]:
-        return list(self._call(ctx, "listxattr", path))
+        return list(self._call(ctx, "listxattr", path) or ())
 
     def read(self, ctx: tuple[int, int, int], path: str, size: int, offset: int,
              fh: int) -> bytes:
         data = self._call(ctx, "read", path, size, offset, fh)
         return data if isinstance(data, bytes) else bytes(data or b"")
 
+    def write(self, ctx: tuple[int, int, int], path: str, data: bytes, offset: int,
+              fh: int) -> int:
+        return compat.count(self._call(ctx, "write", path, data, offset, fh))
+
     def getattr(self, ctx: tuple[int, int, int], path: str, fh: int | None = None) -> Any:
-        attrs = self._call(ctx, "getattr", path, fh)
-        return attrs if type(attrs) is dict else dict(attrs)
+        return compat.stat(self._call(ctx, "getattr", path, fh), self._ns)
+
+    def statfs(self, ctx: tuple[int, int, int], path: str) -> Any:
+        return compat.statfs(self._call(ctx, "statfs", path))
 
 
 def _passthrough(name: str) -> Callable[..., Any]:
     def op(self: FsAdapter, ctx: tuple[int, int, int], *args: Any) -> Any:
-        return self._call(ctx, name, *args)
+        return compat.status(self._call(ctx, name, *args))
 
     op.__name__ = name
     return op

@@ -9,6 +9,7 @@ failures are this process's failures, which is what native mode shows.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import importlib.util
 import json
 import logging
@@ -18,13 +19,15 @@ import time
 from typing import Any
 
 from nooks.control import ControlServer
+from nooks.domain import harden
 from nooks.domain.config import FAULTS, FaultPlan
 from nooks.domain.host import Domain
 from nooks.domain.native import NativeDomain
 from nooks.domain.spec import Limits
-from nooks.errors import DomainDown, DomainFailed, FailureReport
+from nooks.errors import Closed, DomainDown, DomainFailed, FailureReport, NotTaken, Restarting
 from nooks.faults import Fault, LineRecorder, loader
 from nooks.fs import bridge
+from nooks.fs.beneath import Beneath
 from nooks.fs.blockdev import UndoLog
 from nooks.fs.consistency import Checkpoints, preflight
 from nooks.fs.drivers import FsDriver
@@ -57,11 +60,25 @@ class FsHost:
         self.unchecked: str | None = None  # why a checkable image is not checked
         self.kernel_cache = bridge.KernelCache()
         self._undo: UndoLog | None = None
-        label = driver.target.rpartition(":")[2].lower()
         self.fault_site: str | None = None
         self.start_failures: list[FailureReport] = []
         self._recorder: LineRecorder | None = None
         self._record_lines = record_lines
+        self.beneath: Beneath | None = None
+        self._lock_fd = _lock_image(driver.image) if driver.image is not None else -1
+        try:
+            self._start(driver, native=native, deadline=deadline, block_timeout=block_timeout,
+                        max_tries=max_tries, volatile=volatile, limits=limits, fault=fault,
+                        record_lines=record_lines, check_interval=check_interval)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, driver: FsDriver, *, native: bool, deadline: float,
+               block_timeout: float, max_tries: int, volatile: bool | None,
+               limits: Limits | None, fault: FaultPlan | None, record_lines: str | None,
+               check_interval: float) -> None:
+        label = driver.target.rpartition(":")[2].lower()
         if native:
             if fault is not None:
                 loader.install(fault.module, Fault(fault.kind, fault.seed),
@@ -108,6 +125,10 @@ class FsHost:
                 self._call = self.checkpoints.call
         self.implemented: list[str] = self._call("implemented")
         self.use_ns: bool = self._call("uses_ns")
+        if self.shadow is not None and isinstance(self.shadow.spec, FsShadow):
+            # what the mount will cover, for a recovering driver that looks at it
+            self.beneath = Beneath(self.mountpoint, self.use_ns)
+            self.shadow.spec.beneath = self.beneath.answer
 
     def _start_domain(self, tries: int) -> None:
         """Start the driver; one that fails while loading is started again (from its
@@ -135,8 +156,14 @@ class FsHost:
         return self.nat.call(op, *args)
 
     def _recovered(self, rec: Recovery) -> None:
-        log.warning("%s: driver %s (%s) during %s; recovered in %.1f ms, %d replayed",
-                    self.name, rec.kind, rec.detail, rec.call, rec.duration_ms, rec.replayed)
+        if rec.ok:
+            log.warning("%s: driver %s (%s) during %s; recovered in %.1f ms, %d replayed",
+                        self.name, rec.kind, rec.detail, rec.call, rec.duration_ms,
+                        rec.replayed)
+        else:
+            log.error("%s: driver %s (%s) during %s; NOT recovered: requests fail with EIO "
+                      "until a later attempt brings it back", self.name, rec.kind, rec.detail,
+                      rec.call)
 
     def _idle_failure(self, report: FailureReport) -> None:
         # the driver died with nothing in flight: recover now, not at the next request
@@ -183,15 +210,32 @@ class FsHost:
         )
         return out
 
-    def inject(self, fault: str) -> None:
+    def inject(self, fault: str, wait: bool = True) -> dict[str, Any]:
+        """Make the driver fail now; what happened (the failure and its recovery), or
+        NotTaken if nothing did. Natively, the fault is armed for the next request.
+        Without ``wait``, the fault is sent and meets whatever request comes next."""
         if fault not in FAULTS:
             raise ValueError(f"unknown fault {fault!r}; known: {', '.join(FAULTS)}")
         if self.native:
             self._pending_fault = fault
-            return
-        assert self.domain is not None
-        with contextlib.suppress(DomainFailed, DomainDown):  # already down: recovering
-            self.domain.inject(fault)
+            return {"injected": fault, "armed": True}
+        assert self.domain is not None and self.shadow is not None
+        if not wait:
+            with contextlib.suppress(DomainFailed, DomainDown, Closed, Restarting):
+                self.domain.inject_later(fault)
+            return {"injected": fault}
+        shadow = self.shadow
+        gen, before = shadow.generation, len(shadow.recoveries)
+        try:
+            report = self.domain.inject(fault)
+        except (Closed, Restarting, DomainDown) as e:
+            raise NotTaken(f"the driver is not running ({e})") from None
+        self._recover_idle(report, gen)  # at once, whoever else noticed
+        rec = shadow.recoveries[before] if len(shadow.recoveries) > before else None
+        return {"injected": fault, "failure": {"kind": report.kind.value,
+                                               "detail": report.detail},
+                "recovered": None if rec is None else rec.ok,
+                "recovery_ms": None if rec is None else rec.duration_ms}
 
     def _control(self, req: dict[str, Any]) -> Any:
         cmd = req["cmd"]
@@ -211,8 +255,7 @@ class FsHost:
             fault = req.get("fault")
             if not isinstance(fault, str):
                 raise ValueError("inject needs a string 'fault'")
-            self.inject(fault)
-            return {"injected": fault}
+            return self.inject(fault, wait=req.get("wait", True) is not False)
         raise ValueError(f"unknown command {cmd!r}")
 
     # -- running -------------------------------------------------------------------------
@@ -230,7 +273,10 @@ class FsHost:
 
     def run(self) -> None:
         """Mount and serve until unmounted."""
-        control = ControlServer(self.name, self._control)
+        harden.protect_host()
+        control = ControlServer(self.name, self._control,
+                                info={"class": "fs", "mountpoint": self.mountpoint,
+                                      "driver": self.driver.label})
         try:
             ops = bridge.make_operations(self._call, self.implemented, self.use_ns,
                                          on_init=self._init, on_destroy=self._destroying)
@@ -254,6 +300,8 @@ class FsHost:
     def close(self) -> None:
         if self.checkpoints is not None:
             self.checkpoints.close()
+        if self.beneath is not None:
+            self.beneath.close()
         if self.domain is not None:
             self.domain.close()
         if self._undo is not None:
@@ -262,3 +310,22 @@ class FsHost:
             self.shadow.spec.close()
         if self.nat is not None:
             self.nat.close()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # the image is free for another mount
+            self._lock_fd = -1
+
+
+class ImageBusy(RuntimeError):
+    """The image is mounted already (by another host)."""
+
+
+def _lock_image(image: str) -> int:
+    """An exclusive lock on ``image`` for as long as the returned fd is open; ImageBusy
+    if another mount holds it (two drivers writing one image corrupt it)."""
+    fd = os.open(image, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ImageBusy(f"{image} is in use by another mount") from None
+    return fd

@@ -10,21 +10,78 @@ its own to ask. Errors a driver means to return are ``OSError`` with an errno
 
 from __future__ import annotations
 
+import errno
 import os
-from typing import Annotated
+from typing import Annotated, Literal, TypedDict
 
 import msgspec
 
 from nooks.wrappers import Interface, Ordinary
 
 Ctx = tuple[int, int, int]
-Path = Annotated[str, msgspec.Meta(max_length=4096)]
+# FUSE hands a path from the mount's root, however deep the directory it names (the
+# kernel's PATH_MAX bounds what a program passes, not this); names are the kernel's
+# at most 1024 bytes (FUSE_NAME_MAX), xattr names at most 255
+Path = Annotated[str, msgspec.Meta(max_length=1 << 20)]
 Name = Annotated[str, msgspec.Meta(max_length=1024)]
-Fh = Annotated[int, msgspec.Meta(ge=0)]
+U32 = Annotated[int, msgspec.Meta(ge=0, le=(1 << 32) - 1)]
+U64 = Annotated[int, msgspec.Meta(ge=0)]  # msgpack holds no integer above 2**64 - 1
+Size = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]  # sizes, offsets: never negative
+Fh = U64
 Int = int
 Data = Annotated[bytes, msgspec.Meta(max_length=16 << 20)]
-Attrs = dict[Name, int | float]
-DirEntry = str | tuple[str, dict[Name, int | float] | int | None, int]
+# a time: seconds (int or float) or, for drivers with use_ns, nanoseconds; finite
+Time = (Annotated[int, msgspec.Meta(ge=-(1 << 63), le=(1 << 63) - 1)]
+        | Annotated[float, msgspec.Meta(ge=-9.2e18, le=9.2e18)])
+
+
+class Attrs(TypedDict, total=False):
+    """A getattr answer as mfusepy reads it into ``struct stat`` (other keys are not
+    used by mfusepy and are dropped in the domain). Out-of-range values — a negative
+    size, a NaN time, a mode wider than 32 bits — would reach the kernel wrongly:
+    the driver has misbehaved."""
+
+    st_mode: U32
+    st_ino: U64
+    st_dev: U64
+    st_nlink: U64
+    st_uid: U32
+    st_gid: U32
+    st_rdev: U64
+    st_size: Size
+    st_blksize: Size
+    st_blocks: Size
+    st_atime: Time
+    st_mtime: Time
+    st_ctime: Time
+
+
+class StatFs(TypedDict, total=False):
+    """A statfs answer as mfusepy reads it into ``struct statvfs``."""
+
+    f_bsize: U64
+    f_frsize: U64
+    f_blocks: U64
+    f_bfree: U64
+    f_bavail: U64
+    f_files: U64
+    f_ffree: U64
+    f_favail: U64
+    f_fsid: U64
+    f_flag: U64
+    f_namemax: U64
+
+
+class DirAttrs(TypedDict, total=False):
+    """What mfusepy takes from a readdir entry's attributes: the type and the inode."""
+
+    st_mode: U32
+    st_ino: U64
+
+
+# (a bare name is bounded by the message size: msgspec cannot take a constrained str in
+# this union)
+DirEntry = str | tuple[Name, DirAttrs | U32 | None, Size]
 Status = int | None
 
 # the calls that change what is stored (the shadow logs or re-issues these)
@@ -41,6 +98,13 @@ OPERATIONS = (
     "fsync", "setxattr", "getxattr", "listxattr", "removexattr", "opendir", "readdir",
     "releasedir", "fsyncdir", "access", "create", "utimens", "destroy",
 )
+# what a driver may say it implements: these names and no others
+Operation = Literal[
+    "getattr", "readlink", "mknod", "mkdir", "unlink", "rmdir", "symlink", "rename", "link",
+    "chmod", "chown", "truncate", "open", "read", "write", "statfs", "flush", "release",
+    "fsync", "setxattr", "getxattr", "listxattr", "removexattr", "opendir", "readdir",
+    "releasedir", "fsyncdir", "access", "create", "utimens", "destroy",
+]
 
 
 def os_error(errno: int) -> OSError:
@@ -48,17 +112,23 @@ def os_error(errno: int) -> OSError:
     return OSError(errno, os.strerror(errno))
 
 
+def _einval(exc: Exception) -> OSError:
+    return os_error(errno.EINVAL)
+
+
 class FsInterface(Interface):
     ordinary = (Ordinary(OSError, "errno", make=os_error),)
+    # mfusepy answers an exception it did not expect with EINVAL (and logs it)
+    unexpected = staticmethod(_einval)
 
     # what the driver implements (as mfusepy would register it) and its flags
-    def implemented(self) -> list[str]: ...
+    def implemented(self) -> list[Operation]: ...
     def uses_ns(self) -> bool: ...
     def init(self, ctx: Ctx, path: Path) -> None: ...
     def destroy(self, ctx: Ctx, path: Path) -> None: ...
 
     def getattr(self, ctx: Ctx, path: Path, fh: Fh | None = None) -> Attrs: ...
-    def readlink(self, ctx: Ctx, path: Path) -> str: ...
+    def readlink(self, ctx: Ctx, path: Path) -> Path: ...
     def mknod(self, ctx: Ctx, path: Path, mode: Int, dev: Int) -> Status: ...
     def mkdir(self, ctx: Ctx, path: Path, mode: Int) -> Status: ...
     def unlink(self, ctx: Ctx, path: Path) -> Status: ...
@@ -72,14 +142,14 @@ class FsInterface(Interface):
     def open(self, ctx: Ctx, path: Path, flags: Int) -> Fh: ...
     def read(self, ctx: Ctx, path: Path, size: Int, offset: Int, fh: Fh) -> Data: ...
     def write(self, ctx: Ctx, path: Path, data: Data, offset: Int, fh: Fh) -> Int: ...
-    def statfs(self, ctx: Ctx, path: Path) -> dict[Name, int | float]: ...
+    def statfs(self, ctx: Ctx, path: Path) -> StatFs: ...
     def flush(self, ctx: Ctx, path: Path, fh: Fh) -> Status: ...
     def release(self, ctx: Ctx, path: Path, fh: Fh) -> Status: ...
     def fsync(self, ctx: Ctx, path: Path, datasync: Int, fh: Fh) -> Status: ...
     def setxattr(self, ctx: Ctx, path: Path, name: Name, value: Data,  # noqa: PLR0917
                  options: Int, position: Int = 0) -> Status: ...
     def getxattr(self, ctx: Ctx, path: Path, name: Name, position: Int = 0) -> Data: ...
-    def listxattr(self, ctx: Ctx, path: Path) -> list[str]: ...
+    def listxattr(self, ctx: Ctx, path: Path) -> list[Name]: ...
     def removexattr(self, ctx: Ctx, path: Path, name: Name) -> Status: ...
     def opendir(self, ctx: Ctx, path: Path) -> Fh: ...
     def readdir(self, ctx: Ctx, path: Path, fh: Fh) -> list[DirEntry]: ...

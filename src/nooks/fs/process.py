@@ -15,22 +15,9 @@ import time
 from typing import IO
 
 from nooks.control import request, socket_path
+from nooks.fs.mounts import is_mounted
 
-
-def is_mounted(mnt: str) -> bool:
-    """Whether the kernel has a mount at ``mnt`` (even one whose root cannot be stat'ed).
-
-    Touches nothing on the mount itself: only its parent is resolved (resolving
-    ``mnt`` would stat the mount's root, and a stuck driver would stick us too).
-    """
-    parent, name = os.path.split(os.path.abspath(mnt))
-    target = os.path.join(os.path.realpath(parent), name).encode()
-    with open("/proc/self/mounts", "rb") as f:
-        for line in f:
-            fields = line.split()
-            if len(fields) > 1 and fields[1].replace(b"\\040", b" ") == target:
-                return True
-    return False
+__all__ = ["fail_and_wait", "is_mounted", "start_mount", "stop_mount"]
 
 
 def start_mount(cmd: list[str], mnt: str, *, timeout: float = 60.0,

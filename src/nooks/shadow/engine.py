@@ -35,6 +35,7 @@ Modes and rules:
 from __future__ import annotations
 
 import enum
+import errno
 import logging
 import threading
 import time
@@ -44,7 +45,15 @@ from typing import Any, Protocol
 import msgspec
 
 from nooks.domain.host import Domain
-from nooks.errors import Closed, DomainDown, DomainFailed, FailureReport, RecoveryFailed
+from nooks.errors import (
+    Closed,
+    DomainDown,
+    DomainFailed,
+    FailureKind,
+    FailureReport,
+    RecoveryFailed,
+    Restarting,
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +96,20 @@ class _Doubt(Exception):
 
 class NotInLog(Exception):
     """The log cannot answer this request; fall back to blocking."""
+
+
+class _Violation(Exception):
+    def __init__(self, reason: str, driver: str, op: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.report = FailureReport(kind=FailureKind.MISBEHAVED, detail=reason, driver=driver,
+                                    call=op)
+
+
+# errors that say the driver ran out of what its domain may hold: a *resource* failure
+OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
+REVIVE_FIRST = 1.0  # seconds before a driver that could not be brought back is tried again
+REVIVE_MAX = 60.0
 
 
 class ClassSpec(Protocol):
@@ -136,7 +159,28 @@ class ClassSpec(Protocol):
     def handle_result(self, op: str) -> bool:
         """Whether the result of ``op`` names driver state (stale after a recovery)."""
 
-    # optional: ``prepare_restart()``, called before each attempt to build a new driver
+    # -- hooks with defaults (a spec that subclasses ClassSpec inherits them) ------------
+
+    def violation(self, op: str, args: tuple[Any, ...], result: Any) -> str | None:
+        """Why ``result`` must not be passed on (it would harm the host, the kernel or
+        an application: e.g. more bytes than asked), or None. Such a driver has
+        misbehaved: it is recovered, the request re-issued, and after ``max_tries``
+        the request fails alone."""
+        return None
+
+    def requester(self, op: str, args: tuple[Any, ...]) -> int | None:
+        """The process (or thread) id that made the request, if the class knows it."""
+        return None
+
+    def answer_own(self, op: str, args: tuple[Any, ...]) -> Any:
+        """Answer a request made by the driver being recovered (it must not wait for its
+        own recovery), or raise NotInLog (then it gets ``busy``)."""
+        raise NotInLog(op)
+
+    def prepare_restart(self) -> None:
+        """Called before each attempt to build a new driver (e.g. put stored state
+        back as the replay expects it)."""
+        return None
 
 
 class Shadow:
@@ -161,6 +205,10 @@ class Shadow:
         self.second_opinions_asked = 0
         self.trust_seconds = 10.0
         self._trusted: dict[tuple[str, str], float] = {}
+        # requests whose exceptions a fresh driver raised too: lenient until then
+        self._lenient: dict[str, float] = {}
+        self._revive_at = 0.0
+        self._revive_pause = REVIVE_FIRST
 
     @property
     def mode(self) -> str:
@@ -179,10 +227,18 @@ class Shadow:
         tries = 0
         last: FailureReport | None = None
         second_opinion: tuple[str, str] | None = None
+        lenient = self._lenient.get(op, 0.0) > time.monotonic()
+        waited_until = time.monotonic() + self.block_timeout
         while True:
-            if self.dead is not None:
-                raise self.spec.poison(op, self.dead.args[0] if self.dead.args else last)  # type: ignore[arg-type]
+            if self.dead is not None and not self._revive(last):
+                report = self.dead.report or last
+                if report is None:
+                    report = FailureReport(kind=FailureKind.CRASHED, detail=str(self.dead),
+                                           driver=self.domain.name, call=op)
+                raise self.spec.poison(op, report)
             if self._recovering:
+                if self._from_recovering(op, args):
+                    return self._answer_own(op, args)
                 answered, value = self._spoof(op, args)
                 if answered:
                     return value
@@ -191,7 +247,8 @@ class Shadow:
             if suspect is not None:
                 suspect.acquire()
             try:
-                result = self.domain.call(op, *self.spec.translate(op, args, tries > 0))
+                result = self.domain.call(op, *self.spec.translate(op, args, tries > 0),
+                                          lenient=lenient)
                 self._check(op, args, result, tries, second_opinion)
             except Answered as a:
                 return a.value
@@ -200,13 +257,22 @@ class Shadow:
                 tries += 1
                 self._condemn(gen, f"{op}: {d.reason}; asking a fresh driver", op)
                 continue
+            except _Violation as v:
+                tries += 1
+                self._condemn(gen, f"{op}: {v.reason}", op)
+                if tries >= self.max_tries:
+                    raise self._poisoned(op, v.report) from None
+                continue
             except DomainDown as e:
                 # the driver had failed before this request was sent: not its fault
                 self._recover(gen, e.report)
                 continue
-            except Closed:
-                if self.domain.state == "closed" or not self._recovering:
-                    raise
+            except Restarting:
+                # between two drivers: the recovery that replaces them is running (or
+                # just failed); a request of the driver being built must not wait for it
+                if self._from_recovering(op, args):
+                    return self._answer_own(op, args)
+                self._pause(waited_until, op)
                 continue
             except DomainFailed as e:
                 last = e.report
@@ -215,10 +281,11 @@ class Shadow:
                 if not self.spec.reissuable(op, args):
                     raise self.spec.busy(op) from e
                 if tries >= self.max_tries:
-                    self.poisoned += 1
-                    log.warning("%s: %s failed the driver %d times; failing it alone",
-                                self.domain.name, op, tries)
-                    raise self.spec.poison(op, e.report) from e
+                    raise self._poisoned(op, e.report) from e
+                if e.report.exception is not None and self.domain.iface.unexpected is not None:
+                    # the driver raised: a fresh one may not; if it raises too, it is
+                    # answered as the driver's own framework answers it, not restarted
+                    lenient = True
                 continue
             except Exception as e:
                 if tries:
@@ -229,17 +296,23 @@ class Shadow:
                         # a fresh driver said the same: the error is the world's, not
                         # the driver's; trust it for a while rather than restart again
                         self._trusted[second_opinion] = time.monotonic() + self.trust_seconds
+                    if lenient:
+                        # the fresh driver raised as well: for a while, this request is
+                        # answered that way without a restart
+                        self._lenient[op] = time.monotonic() + self.trust_seconds
                     raise
                 try:
                     key = self._second_opinion(op, args, e)
-                except (DomainFailed, DomainDown):
+                except (DomainFailed, DomainDown, Restarting):
                     key = None  # the driver failed while being asked: its error stands
                 if key is None:
                     raise
                 second_opinion = key
                 tries += 1
                 self._condemn(
-                    gen, f"{op} answered {type(e).__name__}: {e}; asking a fresh driver", op)
+                    gen, f"{op} answered {type(e).__name__}: {e}; asking a fresh driver", op,
+                    FailureKind.RESOURCE if getattr(e, "errno", None) in OUT_OF_RESOURCES
+                    else FailureKind.MISBEHAVED)
                 continue
             finally:
                 if suspect is not None:
@@ -252,14 +325,58 @@ class Shadow:
             # a recovery happened while this request ran: its handle died with the
             # old driver, so ask the new one
 
-    def _condemn(self, gen: int, detail: str, op: str) -> None:
+    def _poisoned(self, op: str, report: FailureReport) -> BaseException:
+        self.poisoned += 1
+        log.warning("%s: %s failed the driver %d times; failing it alone",
+                    self.domain.name, op, self.max_tries)
+        return self.spec.poison(op, report)
+
+    def _pause(self, until: float, op: str) -> None:
+        """Wait a little for a recovery to begin or end (bounded by ``until``)."""
+        with self._state:
+            left = until - time.monotonic()
+            if left <= 0:
+                raise self.spec.busy(op)
+            self._state.wait(min(left, 0.01))
+
+    def _from_recovering(self, op: str, args: tuple[Any, ...]) -> bool:
+        """Whether the request comes from the driver being recovered (its constructor
+        looking at its own mountpoint, say): blocking it would deadlock the recovery."""
+        pid = self.spec.requester(op, args)
+        return pid is not None and self.domain.owns(pid)
+
+    def _answer_own(self, op: str, args: tuple[Any, ...]) -> Any:
+        try:
+            return self.spec.answer_own(op, args)
+        except NotInLog:
+            raise self.spec.busy(op) from None
+
+    def _revive(self, last: FailureReport | None) -> bool:
+        """A driver that could not be brought back is tried again, after a pause that
+        doubles each time (1 s to a minute); True if it is back."""
+        dead = self.dead
+        if dead is None:
+            return True
+        if time.monotonic() < self._revive_at:
+            return False
+        report = dead.report or last
+        if report is None:
+            return False
+        self._recover(self.generation, report, revive=True)
+        return self.dead is None
+
+    def _condemn(self, gen: int, detail: str, op: str,
+                 kind: FailureKind = FailureKind.MISBEHAVED) -> None:
         """Fail the driver of generation ``gen`` on the host's judgement and recover;
         if it has been replaced meanwhile, the answer came from a driver already
         gone, and the request is simply sent again."""
         with self._recover_lock:
             if self.generation != gen or self.dead is not None:
                 return
-            report = self.domain.condemn(detail, op)
+            try:
+                report = self.domain.condemn(detail, op, kind)
+            except Closed:
+                return  # between drivers already: the recovery is under way
         self._recover(gen, report)
 
     def _second_opinion(self, op: str, args: tuple[Any, ...],
@@ -277,8 +394,13 @@ class Shadow:
 
     def _check(self, op: str, args: tuple[Any, ...], result: Any, tries: int,
                asked: tuple[str, str] | None) -> None:
-        """Raise _Doubt if ``result`` cannot be right and a fresh driver should be
-        asked; a fresh driver's answer that is doubted too is trusted for a while."""
+        """Raise _Violation if ``result`` would harm the host, the kernel or an
+        application (never passed on); _Doubt if it cannot be right and a fresh driver
+        should be asked (a fresh driver's answer that is doubted too is trusted for a
+        while)."""
+        bad = self.spec.violation(op, args, result)
+        if bad is not None:
+            raise _Violation(bad, self.domain.name, op)
         key = (op, "result")
         if self._trusted.get(key, 0.0) > time.monotonic():
             return
@@ -317,21 +439,30 @@ class Shadow:
 
     # -- recovery ------------------------------------------------------------------------
 
-    def _recover(self, gen: int, report: FailureReport) -> None:
-        """Recover from the failure seen at generation ``gen`` (once, whoever sees it)."""
+    def _recover(self, gen: int, report: FailureReport, revive: bool = False) -> None:
+        """Recover from the failure seen at generation ``gen`` (once, whoever sees it);
+        with ``revive``, again after a recovery that failed."""
         with self._recover_lock:
-            if self.generation != gen or self.dead is not None:
+            if self.generation != gen or (self.dead is not None and not revive):
                 return  # someone else recovered already
+            if revive and (self.dead is None or time.monotonic() < self._revive_at):
+                return
             with self._state:
                 self._recovering = True
             t0 = time.monotonic()
             try:
                 restart_ms, replayed = self._restart()
                 ok = True
+                self.dead = None
+                self._revive_pause = REVIVE_FIRST
             except (DomainFailed, RecoveryFailed) as e:
                 restart_ms, replayed, ok = 0.0, 0, False
-                self.dead = e if isinstance(e, RecoveryFailed) else RecoveryFailed(str(e))
-                log.error("%s: recovery failed: %s", self.domain.name, e)
+                self.dead = e if isinstance(e, RecoveryFailed) else \
+                    RecoveryFailed(str(e), e.report)
+                self._revive_at = time.monotonic() + self._revive_pause
+                self._revive_pause = min(self._revive_pause * 2, REVIVE_MAX)
+                log.error("%s: recovery failed: %s (trying again in %.0f s)",
+                          self.domain.name, e, self._revive_at - time.monotonic())
             rec = Recovery(kind=report.kind.value, detail=report.detail, call=report.call,
                            at=time.time(), duration_ms=(time.monotonic() - t0) * 1e3,
                            replayed=replayed, restart_ms=restart_ms, ok=ok)
@@ -345,11 +476,9 @@ class Shadow:
 
     def _restart(self) -> tuple[float, int]:
         err: BaseException | None = None
-        prepare = getattr(self.spec, "prepare_restart", None)
         for _ in range(self.recovery_attempts):
             try:
-                if prepare is not None:
-                    prepare()  # before the new driver is built (it reads stored state)
+                self.spec.prepare_restart()  # before the new driver is built
                 r = self.domain.restart()
                 self.spec.reinit(self.domain)
                 replayed = self.spec.replay(self.domain)
@@ -357,7 +486,8 @@ class Shadow:
             except DomainFailed as e:
                 err = e
                 continue
-        raise RecoveryFailed(f"{self.domain.name} could not be restarted: {err}")
+        raise RecoveryFailed(f"{self.domain.name} could not be restarted: {err}",
+                             err.report if isinstance(err, DomainFailed) else None)
 
     def recover_now(self, report: FailureReport, generation: int | None = None) -> None:
         """Recover proactively (e.g. the driver died while idle); ``generation`` is the

@@ -50,7 +50,7 @@ from nooks.domain.host import Domain
 from nooks.errors import FailureReport
 from nooks.fs.interface import os_error
 from nooks.fs.spill import Spill
-from nooks.shadow.engine import Answered, NotInLog, Strategy
+from nooks.shadow.engine import Answered, ClassSpec, NotInLog, Strategy
 from nooks.shadow.writes import Written, WrittenFiles
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,10 @@ ALREADY_DONE = {
 }
 # errors a driver gives when it is broken more often than when the world is: a
 # fresh driver is asked again before the application sees one
-SUSPECT = frozenset({errno.EIO, errno.EFAULT, errno.ENOSPC})
+SUSPECT = frozenset({errno.EIO, errno.EFAULT, errno.ENOSPC,
+                     # the driver is out of descriptors or memory: its domain's own
+                     # limits (the engine condemns it as a *resource* failure)
+                     errno.EMFILE, errno.ENFILE, errno.ENOMEM})
 LOOKUPS = frozenset({"getattr", "access", "statfs", "init", "destroy"})
 # postconditions: what must be there, or gone, after a request succeeds
 MADE = frozenset({"mkdir", "mknod", "symlink", "link"})
@@ -115,7 +118,7 @@ class Handle:
     lost: bool = False
 
 
-class FsShadow:
+class FsShadow(ClassSpec):
     def __init__(self, *, volatile: bool = False, journaled: bool = False) -> None:
         self.volatile = volatile
         self.journaled = journaled and not volatile
@@ -133,6 +136,8 @@ class FsShadow:
         # the host); called before each driver of a rollback is built
         self.rewind: Callable[[], object] | None = None
         self.replay_errors = 0  # journaled requests a fresh driver failed to redo
+        # answers requests of a driver being recovered (see answer_own)
+        self.beneath: Callable[[str, tuple[Any, ...]], Any] | None = None
         self._logs = volatile or self.journaled
         self._recorded = OPENERS | CLOSERS | {"rename", "unlink"} | (LOGGED if self._logs
                                                                      else set())
@@ -348,6 +353,23 @@ class FsShadow:
         self.journal = [e for e in self.journal
                         if not (len(e[1]) > 1 and e[1][1] == path)
                         and not (e[0] in CLOSERS and e[1][2] in open_vfhs)]
+
+    def violation(self, op: str, args: tuple[Any, ...], result: Any) -> str | None:
+        if op == "read" and len(result) > args[2]:
+            return f"read returned {len(result)} bytes where {args[2]} were asked"
+        return None
+
+    def requester(self, op: str, args: tuple[Any, ...]) -> int | None:
+        ctx = args[0] if args else None
+        return ctx[2] if isinstance(ctx, tuple) and len(ctx) == 3 else None
+
+    def answer_own(self, op: str, args: tuple[Any, ...]) -> Any:
+        """A request from the driver being recovered (its constructor looks at its own
+        mountpoint): answered as it would be answered before the mount, from what lies
+        beneath the mountpoint (``beneath``, set by the host)."""
+        if self.beneath is None:
+            raise NotInLog(op)
+        return self.beneath(op, args)
 
     def handle_result(self, op: str) -> bool:
         return op in OPENERS

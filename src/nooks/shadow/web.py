@@ -23,7 +23,7 @@ import fnmatch
 
 from nooks.domain.host import Domain
 from nooks.errors import FailureReport
-from nooks.shadow.engine import NotInLog, Strategy
+from nooks.shadow.engine import ClassSpec, NotInLog, Strategy
 from nooks.web.http import IDEMPOTENT
 
 RETRY_AFTER = 1  # seconds, for 503 answers
@@ -41,7 +41,7 @@ class ExtensionFailed(Exception):
     status = 500
 
 
-class WebShadow:
+class WebShadow(ClassSpec):
     def __init__(self, retry_safe: list[str] | tuple[str, ...] = ()) -> None:
         self.retry_safe: list[tuple[str, str]] = []
         self.mark_retry_safe(retry_safe)

@@ -33,7 +33,15 @@ from nooks.domain.config import FAULTS, FaultPlan
 from nooks.domain.host import Domain
 from nooks.domain.native import NativeDomain
 from nooks.domain.spec import Limits
-from nooks.errors import Closed, DomainDown, DomainFailed, FailureReport, InterfaceError
+from nooks.errors import (
+    Closed,
+    DomainDown,
+    DomainFailed,
+    FailureReport,
+    InterfaceError,
+    NotTaken,
+    Restarting,
+)
 from nooks.shadow.engine import Recovery, Shadow
 from nooks.shadow.web import RETRY_AFTER, ExtensionFailed, ServiceBusy, WebShadow
 from nooks.web import http
@@ -416,8 +424,11 @@ class WebHost:
                                for r in self.start_failures],
         }
 
-    def inject(self, fault: str, worker: int | None = None) -> int:
-        """Make a worker fail now (round robin unless ``worker`` is given); its index."""
+    def inject(self, fault: str, worker: int | None = None,
+               wait: bool = True) -> dict[str, Any]:
+        """Make a worker fail now (round robin unless ``worker`` is given); what happened
+        (its failure and recovery), or NotTaken. Without ``wait``, the fault is sent and
+        meets whatever request comes next."""
         if fault not in FAULTS:
             raise ValueError(f"unknown fault {fault!r}; known: {', '.join(FAULTS)}")
         if worker is None:
@@ -425,13 +436,26 @@ class WebHost:
         if not 0 <= worker < len(self.workers):
             raise ValueError(f"no worker {worker}: there are {len(self.workers)}")
         w = self.workers[worker]
+        out: dict[str, Any] = {"injected": fault, "worker": worker}
         if w.native is not None:
             w.pending_fault = fault
-        else:
-            assert w.domain is not None
-            with contextlib.suppress(DomainFailed, DomainDown, Closed):
-                w.domain.inject(fault)
-        return worker
+            return {**out, "armed": True}
+        assert w.domain is not None and w.shadow is not None
+        if not wait:
+            with contextlib.suppress(DomainFailed, DomainDown, Closed, Restarting):
+                w.domain.inject_later(fault)
+            return out
+        shadow = w.shadow
+        gen, before = shadow.generation, len(shadow.recoveries)
+        try:
+            report = w.domain.inject(fault)
+        except (Closed, Restarting, DomainDown) as e:
+            raise NotTaken(f"the worker is not running ({e})") from None
+        shadow.recover_now(report, gen)
+        rec = shadow.recoveries[before] if len(shadow.recoveries) > before else None
+        return {**out, "failure": {"kind": report.kind.value, "detail": report.detail},
+                "recovered": None if rec is None else rec.ok,
+                "recovery_ms": None if rec is None else rec.duration_ms}
 
     def _control(self, req: dict[str, Any]) -> Any:
         cmd = req["cmd"]
@@ -446,7 +470,7 @@ class WebHost:
             fault, worker = req.get("fault"), req.get("worker")
             if not isinstance(fault, str) or not (worker is None or isinstance(worker, int)):
                 raise ValueError("inject needs a string 'fault' (and an integer 'worker')")
-            return {"injected": fault, "worker": self.inject(fault, worker)}
+            return self.inject(fault, worker, wait=req.get("wait", True) is not False)
         raise ValueError(f"unknown command {cmd!r}")
 
     # -- running -------------------------------------------------------------------------

@@ -51,9 +51,17 @@ def posted(func: Callable[..., None]) -> Callable[..., None]:
 
 
 class Interface:
-    """Base of interface declarations. Subclasses only declare methods."""
+    """Base of interface declarations. Subclasses only declare methods.
+
+    ``unexpected``, if a class sets it (as a staticmethod), is how the class's own
+    framework answers an exception a driver did not mean to raise (mfusepy:
+    EINVAL): the ordinary error to answer with when a call is made *lenient*
+    (after a fresh driver was given the request again); otherwise such an
+    exception always fails the driver.
+    """
 
     ordinary: ClassVar[tuple[Ordinary, ...]] = ()
+    unexpected: ClassVar[Callable[..., BaseException] | None] = None
 
 
 @dataclass(frozen=True)
@@ -121,7 +129,7 @@ class MethodSpec:
         bound.apply_defaults()
         return tuple(bound.args)
 
-    def describe_error(self, error: msgspec.ValidationError) -> str:
+    def describe_error(self, error: Exception) -> str:
         """A validation message with positions replaced by parameter names."""
         text = str(error)
         for i, p in enumerate(self.params):
@@ -136,6 +144,7 @@ class InterfaceSpec:
     by_name: dict[str, MethodSpec]
     ordinary: tuple[Ordinary, ...]
     ordinary_decoders: tuple[msgspec.msgpack.Decoder[Any], ...] = field(repr=False)
+    unexpected: Callable[[Exception], BaseException] | None = None
 
     def method(self, name: str) -> MethodSpec:
         try:
@@ -268,6 +277,7 @@ def _declare(cls: type[Interface]) -> InterfaceSpec:
         by_name={m.name: m for m in methods},
         ordinary=ordinary,
         ordinary_decoders=tuple(msgspec.msgpack.Decoder(o.value_type) for o in ordinary),
+        unexpected=cls.unexpected,
     )
 
 

@@ -33,7 +33,6 @@ from typing import Any, Protocol
 
 import msgspec
 
-from nooks.domain.config import MAX_MESSAGE
 from nooks.xpc import messages as m
 from nooks.xpc.poll import recv_spinning, spin_budget
 
@@ -42,8 +41,9 @@ CONTROL_ID = 0  # waiter id for Hello/Ready
 
 
 class Hooks(Protocol):
-    def on_request(self, msg: m.Call) -> None:
-        """A kernel call with no waiting parent: serve it elsewhere."""
+    def on_request(self, msg: m.Call) -> BaseException | None:
+        """A kernel call with no waiting parent: serve it elsewhere; an exception to
+        fail with (e.g. too many are queued already)."""
 
     def serve(self, msg: m.Call) -> None:
         """Serve a nested kernel call on the calling thread (sends the reply)."""
@@ -56,6 +56,9 @@ class Hooks(Protocol):
 
     def on_garbage(self, detail: str) -> BaseException:
         """Bytes that are not a message, or a message that answers nothing."""
+
+    def on_flood(self, detail: str) -> BaseException:
+        """The domain sent more than the host will queue for it (a resource failure)."""
 
     def on_deadline(self, call: str) -> BaseException:
         """Call ``call`` passed its deadline."""
@@ -71,9 +74,9 @@ class Hooks(Protocol):
 
 
 class Waiter:
-    __slots__ = ("awake", "call", "deadline", "lock", "msg", "nested", "sleeping")
+    __slots__ = ("awake", "call", "deadline", "lock", "msg", "nested", "sleeping", "soft")
 
-    def __init__(self, deadline: float, call: str) -> None:
+    def __init__(self, deadline: float, call: str, soft: bool = False) -> None:
         # made when the waiter first sleeps (most calls never do); a wake that
         # comes before is remembered in ``awake``
         self.lock: threading.Lock | None = None
@@ -83,10 +86,14 @@ class Waiter:
         self.nested: collections.deque[m.Call] = collections.deque()
         self.deadline = deadline
         self.call = call
+        # a soft deadline only ends the wait (TimeoutError); a hard one fails the domain
+        self.soft = soft
 
 
 # messages read without waiting once a waiter's deadline has passed, before its verdict
 _LATE_READS = 64
+# kernel calls a domain may queue for one waiting call before it has flooded it
+MAX_NESTED = 256
 
 
 class Channel:
@@ -101,15 +108,19 @@ class Channel:
         self._waiters: dict[int, Waiter] = {}
         self._leading = False
         self.broken: BaseException | None = None
-        self._buf = bytearray(MAX_MESSAGE)
+        self._buf = bytearray(m.MAX_MESSAGE)
         self._view = memoryview(self._buf)
         self._decoder = msgspec.msgpack.Decoder(m.ToHost)
         self._spin = spin_budget(spin_us)
+        self._parts: list[bytes] = []  # fragments of a large message, so far
+        self._parts_size = 0
 
     # -- calls ---------------------------------------------------------------------------
 
-    def register(self, cid: int, deadline: float, call: str) -> Waiter:
-        w = Waiter(deadline, call)
+    def register(self, cid: int, deadline: float, call: str, soft: bool = False) -> Waiter:
+        """A waiter for the answer to call ``cid``; past ``deadline`` the domain counts
+        as hung, or with ``soft`` only the wait ends (TimeoutError)."""
+        w = Waiter(deadline, call, soft)
         with self._mu:
             if self.broken is not None:
                 raise self.broken
@@ -138,7 +149,8 @@ class Channel:
             return [w.call for w in self._waiters.values()]
 
     def wait(self, w: Waiter) -> Any:
-        """The reply for ``w``; raises the channel's failure if it broke first."""
+        """The reply for ``w``; raises the channel's failure if it broke first, and
+        TimeoutError when a soft waiter's deadline passes."""
         while True:
             if w.msg is not None:
                 return w.msg
@@ -166,6 +178,7 @@ class Channel:
                     self._lead(w)
                 finally:
                     self._handoff()
+                self._check_soft(w)
                 continue
             remaining = w.deadline - time.monotonic()
             woke = remaining > 0 and lock.acquire(timeout=remaining)
@@ -174,7 +187,17 @@ class Channel:
                 if woke:
                     w.awake = False
             if not woke and w.msg is None and not w.nested and self.broken is None:
+                self._check_soft(w)
                 self.fail(self.hooks.on_deadline(w.call))
+
+    def _check_soft(self, w: Waiter) -> None:
+        if w.soft and w.msg is None and not w.nested and time.monotonic() > w.deadline:
+            with self._mu:
+                for cid, other in list(self._waiters.items()):
+                    if other is w:
+                        del self._waiters[cid]
+            if w.msg is None:
+                raise TimeoutError(f"no answer to {w.call} in time")
 
     def _wake(self, w: Waiter) -> None:
         # under self._mu
@@ -209,7 +232,8 @@ class Channel:
                     n = recv_spinning(sock, self._buf, self._spin)
             except BlockingIOError:
                 if late:
-                    self.fail(self.hooks.on_deadline(w.call))
+                    if not w.soft:
+                        self.fail(self.hooks.on_deadline(w.call))
                     return
                 continue  # the tick: look at the deadline again
             except OSError:
@@ -217,12 +241,35 @@ class Channel:
             if n == 0:
                 self.fail(self.hooks.on_eof())
                 return
-            try:
-                msg = decode(bytes(view[:n]))
-            except (msgspec.DecodeError, msgspec.ValidationError) as e:
-                self.fail(self.hooks.on_garbage(f"garbage on the channel: {e}"))
-                return
-            self._route(msg, w)
+            msg = self._decode(bytes(view[:n]), decode)
+            if msg is not None:
+                self._route(msg, w)
+
+    def _decode(self, data: bytes, decode: Any) -> Any:
+        """The message in ``data``; None if it is a fragment of one still incomplete,
+        or garbage (then the channel has failed)."""
+        try:
+            msg = decode(data)
+            if type(msg) is not m.Fragment:
+                return msg
+            self._parts.append(msg.data)
+            self._parts_size += len(msg.data)
+            if self._parts_size > m.MAX_ASSEMBLED:
+                self.fail(self.hooks.on_garbage(
+                    f"sent a message of more than {m.MAX_ASSEMBLED} bytes"))
+                return None
+            if not msg.last:
+                return None
+            whole = b"".join(self._parts)
+            self._parts, self._parts_size = [], 0
+            msg = decode(whole)
+            if type(msg) is m.Fragment:
+                self.fail(self.hooks.on_garbage("a fragment inside a fragmented message"))
+                return None
+            return msg
+        except m.UNDECODABLE as e:
+            self.fail(self.hooks.on_garbage(f"garbage on the channel: {e}"))
+            return None
 
     def _route(self, msg: Any, me: Waiter | None) -> None:
         if isinstance(msg, _REPLIES):
@@ -241,14 +288,21 @@ class Channel:
             if exc is not None:
                 self.fail(exc)
         elif isinstance(msg, m.Call):
+            flooded = False
             with self._mu:
                 w = self._waiters.get(msg.parent) if msg.parent else None
                 if w is not None:
                     w.nested.append(msg)
+                    flooded = len(w.nested) > MAX_NESTED
                     if w is not me:
                         self._wake(w)
             if w is None:
-                self.hooks.on_request(msg)
+                exc = self.hooks.on_request(msg)
+                if exc is not None:
+                    self.fail(exc)
+            elif flooded:
+                self.fail(self.hooks.on_flood(f"queued more than {MAX_NESTED} kernel calls "
+                                              f"for one call ({w.call})"))
         else:
             exc = self.hooks.on_control(msg)
             if exc is not None:
@@ -280,12 +334,9 @@ class Channel:
                     n = 0
                 if n == 0:
                     break
-                try:
-                    msg = self._decoder.decode(bytes(self._view[:n]))
-                except (msgspec.DecodeError, msgspec.ValidationError) as e:
-                    self.fail(self.hooks.on_garbage(f"garbage on the channel: {e}"))
-                    break
-                self._route(msg, None)
+                msg = self._decode(bytes(self._view[:n]), self._decoder.decode)
+                if msg is not None:
+                    self._route(msg, None)
             if self.broken is None:
                 self.fail(self.hooks.on_eof())
         finally:

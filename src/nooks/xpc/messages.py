@@ -21,6 +21,11 @@ from typing import Any
 import msgspec
 from msgspec import Raw
 
+MAX_MESSAGE = 4 << 20  # largest datagram on the channel
+MAX_ASSEMBLED = 64 << 20  # largest message sent in fragments (a domain's reply)
+FRAGMENT_DATA = MAX_MESSAGE - 64  # bytes of message per fragment
+SOCKET_BUFFER = 8 << 20
+
 
 class ArenaRef(msgspec.Struct, array_like=True, tag=100, frozen=True):
     """A byte range in an arena: stands in for a ``bytes`` value too big to inline."""
@@ -42,6 +47,9 @@ class Call(msgspec.Struct, array_like=True, tag=1):
     args: Raw
     parent: int = 0
     out: ArenaRef | None = None
+    # an exception the driver raises is answered as its class's framework answers it
+    # (``Interface.unexpected``) instead of failing the domain
+    lenient: bool = False
 
 
 class Reply(msgspec.Struct, array_like=True, tag=2):
@@ -107,16 +115,43 @@ class Failure(msgspec.Struct, array_like=True, tag=13):
     kind: str
     detail: str
     traceback: str = ""
+    exception: str = ""  # the type of the exception the driver raised, if it raised
 
 
 class Inject(msgspec.Struct, array_like=True, tag=14):
-    """Make the domain fail now, in the named way (for demos and tests)."""
+    """Make the domain fail now, in the named way (for demos and tests); with an
+    ``id``, the domain answers ``Reply(id)`` first, so the host knows it was read."""
 
     fault: str
+    id: int = 0
 
 
-ToDomain = Call | Reply | Raise | Reject | Batch | Construct | Inject
-ToHost = Call | Reply | Raise | Reject | BatchReply | Post | Hello | Ready | Failure
+class Shutdown(msgspec.Struct, array_like=True, tag=15):
+    """Let the driver go and exit normally (finalizers, atexit, buffered files)."""
+
+
+class Ping(msgspec.Struct, array_like=True, tag=16):
+    """Answered ``Reply(id)`` by the domain runtime itself, whatever the driver does
+    (unless the thread that reads the channel is stuck)."""
+
+    id: int
+
+
+class Fragment(msgspec.Struct, array_like=True, tag=17):
+    """A piece of a message too large for one datagram; the last piece has ``last``
+    set, and the pieces joined are the message."""
+
+    last: bool
+    data: bytes
+
+
+ToDomain = Call | Reply | Raise | Reject | Batch | Construct | Inject | Shutdown | Ping
+ToHost = (Call | Reply | Raise | Reject | BatchReply | Post | Hello | Ready | Failure
+          | Fragment)
+
+# what a peer may send that fails to decode (msgspec's limit on nesting surfaces as
+# RecursionError)
+UNDECODABLE = (msgspec.DecodeError, RecursionError)
 
 TAG_CALL = 1
 TAG_REPLY = 2
@@ -125,14 +160,18 @@ TAG_REJECT = 4
 TAG_BATCH = 5
 TAG_BATCH_REPLY = 6
 TAG_POST = 7
+TAG_FRAGMENT = 17
 
 _encoder = msgspec.msgpack.Encoder()
 encode = _encoder.encode
 
 
 def encode_call(
-    cid: int, method: int, args: tuple[Any, ...], parent: int = 0, out: ArenaRef | None = None
+    cid: int, method: int, args: tuple[Any, ...], parent: int = 0, out: ArenaRef | None = None,
+    *, lenient: bool = False,
 ) -> bytes:
+    if lenient:
+        return encode((TAG_CALL, cid, method, args, parent, out, True))
     return encode((TAG_CALL, cid, method, args, parent, out))
 
 
