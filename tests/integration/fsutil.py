@@ -8,9 +8,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from nooks.control import request, socket_path
@@ -112,6 +113,41 @@ class Injector:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
+
+
+# a driver mounted directly with mfusepy, in a process of its own: the reference
+DIRECT = """
+import os, sys
+os.environ["FUSE_LIBRARY_NAME"] = "fuse3"
+import mfusepy, importlib
+module, cls, mnt, *args = sys.argv[1:]
+ops = getattr(importlib.import_module(module), cls)(*args)
+mfusepy.FUSE(ops, mnt, foreground=True)
+"""
+
+
+@contextmanager
+def direct_mount(tmp: Path, module: str, cls: str, *args: str) -> Iterator[str]:
+    mnt = tmp / "direct"
+    mnt.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", DIRECT, module, cls, str(mnt), *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            cwd=os.getcwd())
+    try:
+        wait_for(lambda: os.path.ismount(mnt) or proc.poll() is not None, 30, "direct mount")
+        assert proc.poll() is None
+        yield str(mnt)
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True, check=False)
+        proc.wait(timeout=30)
+
+
+def outcome(fn: Callable[[], Any]) -> Any:
+    """("ok", what ``fn`` returned) or ("errno", the errno of the OSError it raised)."""
+    try:
+        return ("ok", fn())
+    except OSError as e:
+        return ("errno", e.errno)
 
 
 def make_tree(dest: str) -> int:

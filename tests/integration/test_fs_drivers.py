@@ -6,16 +6,14 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
-import sys
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.fsutil import mounted, wait_for
+from tests.integration.fsutil import direct_mount, mounted, outcome, wait_for
 
 pytestmark = [pytest.mark.timeout(300),
               pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")]
@@ -65,39 +63,6 @@ def test_poison_request_fails_alone(tmp_path: Path) -> None:
 # -- the mfusepy examples, direct vs through nooks ----------------------------------------
 
 EXAMPLES = "tests.thirdparty.mfusepy_examples"
-DIRECT = """
-import os, sys
-os.environ["FUSE_LIBRARY_NAME"] = "fuse3"
-import mfusepy, importlib
-module, cls, mnt, *args = sys.argv[1:]
-ops = getattr(importlib.import_module(module), cls)(*args)
-mfusepy.FUSE(ops, mnt, foreground=True)
-"""
-
-
-@contextmanager
-def direct_mount(tmp: Path, module: str, cls: str, *args: str) -> Iterator[str]:
-    mnt = tmp / "direct"
-    mnt.mkdir()
-    proc = subprocess.Popen([sys.executable, "-c", DIRECT, module, cls, str(mnt), *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            cwd=os.getcwd())
-    try:
-        wait_for(lambda: os.path.ismount(mnt) or proc.poll() is not None, 30, "direct mount")
-        assert proc.poll() is None
-        yield str(mnt)
-    finally:
-        subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True, check=False)
-        proc.wait(timeout=30)
-
-
-def outcome(fn: Callable[[], Any]) -> Any:
-    try:
-        return ("ok", fn())
-    except OSError as e:
-        return ("errno", e.errno)
-
-
 def script(root: str) -> list[Callable[[], Any]]:
     """A sequence of operations; each returns something comparable."""
     def p(name: str) -> str:

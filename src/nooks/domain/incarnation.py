@@ -351,10 +351,12 @@ class Incarnation:
             return
         if spec.tracked_result is not None:
             kind = spec.tracked_result.kind
+            release = getattr(self.kernel_impl, f"release_{kind}", None)
             try:
-                result = self.tracker.add(kind, result,
-                                          getattr(self.kernel_impl, f"release_{kind}", None))
+                result = self.tracker.add(kind, result, release)
             except LimitExceeded as e:
+                if release is not None:
+                    release(result)  # made for a domain that may not have it
                 self._fail_now(FailureKind.RESOURCE, f"kernel call {spec.name}: {e}",
                                self._current_call())
                 return

@@ -14,9 +14,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NewType
 
+from nooks.errors import LimitExceeded
+
 ObjectId = NewType("ObjectId", int)
 
 log = logging.getLogger(__name__)
+
+
+# host objects one domain may hold at once
+MAX_OBJECTS = 1 << 16
 
 
 class NotOwned(Exception):
@@ -33,15 +39,19 @@ class _Entry:
 class ObjectTracker:
     """Per-domain table of host objects. Thread-safe."""
 
-    def __init__(self, owner: str = "") -> None:
+    def __init__(self, owner: str = "", limit: int = MAX_OBJECTS) -> None:
         self.owner = owner
+        self.limit = limit
         self._lock = threading.Lock()
         self._objects: dict[int, _Entry] = {}
         self._next = 1
 
     def add(self, kind: str, obj: Any, release: Callable[[Any], None] | None = None) -> ObjectId:
-        """Record ``obj`` as held by the domain; ``release`` frees it if the domain dies."""
+        """Record ``obj`` as held by the domain; ``release`` frees it if the domain dies.
+        LimitExceeded if the domain holds ``limit`` objects already."""
         with self._lock:
+            if len(self._objects) >= self.limit:
+                raise LimitExceeded(f"holds {self.limit} host objects already")
             oid = self._next
             self._next += 1
             self._objects[oid] = _Entry(kind, obj, release)

@@ -40,7 +40,9 @@ class Passthrough(Operations):  # type: ignore[misc]
         return 0
 
     def chown(self, path: str, uid: int, gid: int) -> int:
-        os.chown(self._full(path), uid, gid)
+        # the kernel sends chown for the entry itself (lchown and chown of a symlink's
+        # target reach the driver as different paths): never follow a symlink
+        os.chown(self._full(path), uid, gid, follow_symlinks=False)
         return 0
 
     def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from typing import Annotated, Any
 
 import msgspec
 
+from nooks.errors import LimitExceeded
 from nooks.fs.spill import Spill
 from nooks.wrappers import Interface, posted
 
@@ -115,6 +116,10 @@ class UndoLog:
             self._spill.close()
 
 
+# what one request may write before its reply commits it: the host holds it meanwhile
+MAX_PENDING = 64 << 20
+
+
 class ImageDevice:
     """The host side: an image file with a per-request overlay.
 
@@ -123,11 +128,14 @@ class ImageDevice:
     (saving what it overwrites in ``undo`` first, when there is one).
     """
 
-    def __init__(self, path: str, undo: UndoLog | None = None) -> None:
+    def __init__(self, path: str, undo: UndoLog | None = None,
+                 max_pending: int = MAX_PENDING) -> None:
         self.path = path
         self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         self.size = os.fstat(self.fd).st_size
         self._pending: list[tuple[int, bytes]] = []
+        self._pending_bytes = 0
+        self.max_pending = max_pending
         self._lock = threading.Lock()
         self._undo = undo
 
@@ -156,7 +164,11 @@ class ImageDevice:
         if offset + len(data) > self.size:
             raise OSError(28, "write past the end of the device")  # ENOSPC
         with self._lock:
+            if self._pending_bytes + len(data) > self.max_pending:
+                raise LimitExceeded(f"wrote more than {self.max_pending >> 20} MiB to the block "
+                                    "device in one request")
             self._pending.append((offset, data))
+            self._pending_bytes += len(data)
 
     def bd_sync(self) -> None:
         self.call_done()
@@ -173,11 +185,13 @@ class ImageDevice:
                     undo.save(offset, len(data))
                 os.pwrite(self.fd, data, offset)
             self._pending.clear()
+            self._pending_bytes = 0
 
     def close(self) -> None:
         """The domain is gone: what it had not committed is dropped."""
         with self._lock:
             self._pending.clear()
+            self._pending_bytes = 0
             if self.fd >= 0:
                 os.close(self.fd)
                 self.fd = -1

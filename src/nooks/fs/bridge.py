@@ -33,14 +33,24 @@ def _forward(call: Call, name: str) -> Callable[..., Any]:
     return op
 
 
-def make_operations(call: Call, implemented: list[str], use_ns: bool,
+def make_operations(call: Call, implemented: list[str], use_ns: bool, *,
                     on_init: Callable[[], None] | None = None,
-                    on_destroy: Callable[[], None] | None = None) -> object:
+                    on_destroy: Callable[[], None] | None = None,
+                    on_close: Call | None = None) -> object:
     """An Operations object for ``mfusepy.FUSE`` that forwards to ``call``; ``on_init``
-    and ``on_destroy`` run in libfuse's init and destroy, before the driver's."""
+    and ``on_destroy`` run in libfuse's init and destroy, before the driver's.
+
+    ``on_close(op, ctx, path, fh)`` is told of the releases of handles the driver hands
+    out but does not release itself (it implements open but not release): libfuse
+    answers those without the driver either way, so the kernel sees no difference."""
     ns: dict[str, Any] = {"use_ns": use_ns}
     for name in implemented:
         ns[name] = _forward(call, name)
+    if on_close is not None:
+        for opener, closer in (("open", "release"), ("create", "release"),
+                               ("opendir", "releasedir")):
+            if opener in implemented and closer not in implemented:
+                ns[closer] = _forward(on_close, closer)
     if "create" in implemented:
         def create(self: object, path: str, mode: int, flags: int = 0) -> Any:
             return call("create", _fuse_context(), path, mode, flags)

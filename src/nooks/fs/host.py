@@ -123,8 +123,10 @@ class FsHost:
                     domain=self.domain, undo=self._undo, name=self.name,
                     interval=check_interval, invalidate=self.kernel_cache.invalidate)
                 self._call = self.checkpoints.call
-        self.implemented: list[str] = self._call("implemented")
-        self.use_ns: bool = self._call("uses_ns")
+        # asked of the driver itself: one that answers wrongly has not started
+        ask = self.domain.call if self.domain is not None else self._call
+        self.implemented: list[str] = ask("implemented")
+        self.use_ns: bool = ask("uses_ns")
         if self.shadow is not None and isinstance(self.shadow.spec, FsShadow):
             # what the mount will cover, for a recovering driver that looks at it
             self.beneath = Beneath(self.mountpoint, self.use_ns)
@@ -265,6 +267,12 @@ class FsHost:
         if self.checkpoints is not None:
             self.checkpoints.unmounting()
 
+    def _closed(self, op: str, ctx: Any, path: str, fh: int) -> int:
+        """The kernel released a handle the driver does not release itself."""
+        assert self.shadow is not None and isinstance(self.shadow.spec, FsShadow)
+        self.shadow.spec.forget_handle(fh)
+        return 0
+
     def _init(self) -> None:
         self.kernel_cache.capture()
         self._call("init", ROOT_CTX, "/")
@@ -278,8 +286,10 @@ class FsHost:
                                 info={"class": "fs", "mountpoint": self.mountpoint,
                                       "driver": self.driver.label})
         try:
-            ops = bridge.make_operations(self._call, self.implemented, self.use_ns,
-                                         on_init=self._init, on_destroy=self._destroying)
+            ops = bridge.make_operations(
+                self._call, self.implemented, self.use_ns, on_init=self._init,
+                on_destroy=self._destroying,
+                on_close=self._closed if self.shadow is not None else None)
             fsname = f"nooks-{self.driver.target.rpartition(':')[2].lower()}"
             if self._recorder is not None:
                 self._recorder.start()

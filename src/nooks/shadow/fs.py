@@ -136,6 +136,7 @@ class FsShadow(ClassSpec):
         # the host); called before each driver of a rollback is built
         self.rewind: Callable[[], object] | None = None
         self.replay_errors = 0  # journaled requests a fresh driver failed to redo
+        self._unjournaled: set[int] = set()  # open handles whose open was not journaled
         # answers requests of a driver being recovered (see answer_own)
         self.beneath: Callable[[str, tuple[Any, ...]], Any] | None = None
         self._logs = volatile or self.journaled
@@ -245,7 +246,11 @@ class FsShadow(ClassSpec):
         if op not in self._recorded:
             return result  # getattr, read, write, statfs...: nothing to remember
         with self._lock:
-            if self._logs and op in LOGGED:
+            # a read-only open changes nothing: it is not journaled (a recovery re-opens
+            # it if it is still open), nor its release -- a journal of reads stays empty
+            quiet = (op in OPENERS and _reads_only(op, args)) or \
+                (op in CLOSERS and args[2] in self._unjournaled)
+            if self._logs and op in LOGGED and not quiet:
                 if op == "write":
                     self.journal_bytes += len(args[2])
                     if self._spill is not None:
@@ -263,11 +268,14 @@ class FsShadow(ClassSpec):
                 flags = args[2] if op == "open" else args[3] if op == "create" else 0
                 self.handles[vfh] = Handle("dir" if op == "opendir" else "file", args[1],
                                            flags, int(result))
-                if self._logs:
+                if quiet:
+                    self._unjournaled.add(vfh)
+                elif self._logs:
                     self.journal[-1] = (op, args, vfh)
                 return vfh
             if op in CLOSERS:
                 self.handles.pop(args[2], None)
+                self._unjournaled.discard(args[2])
             elif op == "rename":
                 self._moved(args[1], args[2])
             elif op == "unlink" and self.volatile:
@@ -297,6 +305,12 @@ class FsShadow(ClassSpec):
             # two names for one file: writes through one change what the other reads
             self.written.removed(args[1])
             self.written.removed(args[2])
+
+    def forget_handle(self, vfh: int) -> None:
+        """The kernel released ``vfh`` and the driver has no release: it is closed."""
+        with self._lock:
+            self.handles.pop(vfh, None)
+            self._unjournaled.discard(vfh)
 
     def stop_journal(self) -> None:
         """Journal no more (the host stopped checking): forget what was kept."""
@@ -439,15 +453,19 @@ class FsShadow(ClassSpec):
                 if h.lost:
                     continue
                 count += 1
-                try:
-                    if h.kind == "dir":
-                        h.real = int(domain.call("opendir", ROOT_CTX, h.path))
-                    else:
-                        h.real = int(domain.call("open", ROOT_CTX, h.path,
-                                                 h.flags & ~REPLAY_STRIP))
-                except OSError:
-                    h.lost = True
+                self._reopen(domain, h)
         return count
+
+    @staticmethod
+    def _reopen(domain: Domain, h: Handle) -> None:
+        """Open ``h`` again in a fresh driver, by path and flags; lost if it cannot be."""
+        try:
+            if h.kind == "dir":
+                h.real = int(domain.call("opendir", ROOT_CTX, h.path))
+            else:
+                h.real = int(domain.call("open", ROOT_CTX, h.path, h.flags & ~REPLAY_STRIP))
+        except OSError:
+            h.lost = True
 
     def _replay_journal(self, domain: Domain, real: dict[int, int]) -> int:
         with self._lock:
@@ -473,9 +491,24 @@ class FsShadow(ClassSpec):
                     real[result] = int(value)
                 elif op in CLOSERS:
                     real.pop(args[2], None)
+            reopened = 0
             for vfh, h in self.handles.items():
                 if vfh in real:
                     h.real = real[vfh]
+                elif vfh in self._unjournaled and not h.lost:
+                    reopened += 1
+                    self._reopen(domain, h)
                 else:
                     h.lost = True
-            return len(self.journal)
+            return len(self.journal) + reopened
+
+
+def _reads_only(op: str, args: tuple[Any, ...]) -> bool:
+    """Whether an open changes nothing stored: a directory, or a file opened for
+    reading without O_CREAT or O_TRUNC."""
+    if op == "opendir":
+        return True
+    if op != "open":
+        return False
+    flags = args[2]
+    return flags & os.O_ACCMODE == os.O_RDONLY and not flags & (os.O_TRUNC | os.O_CREAT)

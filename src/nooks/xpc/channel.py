@@ -255,6 +255,7 @@ class Channel:
             self._parts.append(msg.data)
             self._parts_size += len(msg.data)
             if self._parts_size > m.MAX_ASSEMBLED:
+                self._parts, self._parts_size = [], 0
                 self.fail(self.hooks.on_garbage(
                     f"sent a message of more than {m.MAX_ASSEMBLED} bytes"))
                 return None
@@ -348,6 +349,7 @@ class Channel:
             if self.broken is not None:
                 return
             self.broken = exc
+            self._parts, self._parts_size = [], 0  # what a large message brought so far
             for w in self._waiters.values():
                 self._wake(w)
         self.hooks.on_broken(exc)

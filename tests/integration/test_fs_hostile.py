@@ -1,0 +1,112 @@
+"""Drivers that try to make their host hold too much or outlive their domain: each
+is a recorded *resource* or *misbehaved* failure, recovered, with the host's memory
+bounded, and nothing of the driver left running."""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from nooks.fs.mkfs import mkfs_vfat
+from tests.integration.fsutil import mounted, wait_for
+
+pytestmark = [pytest.mark.timeout(300),
+              pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")]
+
+HOST_RSS_LIMIT = 400 << 20
+
+
+def rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) << 10
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def processes_with(marker: str) -> list[int]:
+    """The ``sleep MARKER`` processes running."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if f.read().split(b"\0")[:2] == [b"sleep", marker.encode()]:
+                        out.append(int(entry))
+            except OSError:
+                continue
+    return out
+
+
+def test_a_descriptor_leak_is_a_resource_failure_not_emfile(tmp_path: Path) -> None:
+    with mounted(str(tmp_path), "tests.drivers.hostile:Leaky",
+                 extra=("--state", "volatile", "--max-fds", "64")) as m:
+        f = Path(m.path) / "f.txt"
+        f.write_text("leak")
+        for _ in range(200):  # three times what the domain may hold
+            assert f.read_text() == "leak"
+        recs = m.status()["recoveries"]
+    assert recs and all(r["ok"] for r in recs)
+    assert {r["kind"] for r in recs} == {"resource"}
+    assert "Too many open files" in recs[0]["detail"]
+
+
+def test_a_drivers_children_die_with_it_and_are_bounded(tmp_path: Path) -> None:
+    marker = f"{time.time_ns() % 10**9}.{os.getpid()}"  # a sleep no one else runs
+    with mounted(str(tmp_path), "tests.drivers.hostile:Forking",
+                 extra=("--state", "volatile", "--max-tasks", "24"), ctor=(marker,)) as m:
+        wait_for(lambda: len(processes_with(marker)) == 1, 30, "the driver's first child")
+        first = processes_with(marker)
+        with pytest.raises(OSError, match="Resource temporarily unavailable") as e:
+            os.mkdir(Path(m.path) / "spawn-100")  # more than it may have
+        assert e.value.errno == errno.EAGAIN
+        assert 1 < len(processes_with(marker)) < 24
+        m.inject("segv")  # the domain dies: everything it started dies with it
+        wait_for(lambda: not set(first) & set(processes_with(marker)), 30,
+                 "the children of the crashed domain to die")
+        wait_for(lambda: len(processes_with(marker)) == 1, 30, "the new driver's child")
+    wait_for(lambda: not processes_with(marker), 30, "the last children to die")
+
+
+def test_a_posted_write_flood_is_bounded(tmp_path: Path) -> None:
+    image = tmp_path / "disk.img"
+    mkfs_vfat(str(image), 16 << 20)
+    with mounted(str(tmp_path), "tests.drivers.hostile:Flooding",
+                 extra=("--image", str(image), "--check-interval", "0")) as m:
+        host = m.status()["host_pid"]
+        with pytest.raises(OSError, match="Input/output error") as e:
+            (Path(m.path) / "flood").write_text("x")
+        assert e.value.errno == errno.EIO
+        st = m.status()
+        assert rss(host) < HOST_RSS_LIMIT
+        # (the test driver keeps its files in memory: a fresh one starts empty)
+        (Path(m.path) / "after").write_text("ok")
+        assert (Path(m.path) / "after").read_text() == "ok"
+    kinds = [r["kind"] for r in st["recoveries"]]
+    assert "resource" in kinds
+    assert any("MiB to the block device" in r["detail"] for r in st["recoveries"])
+
+
+def test_garbage_and_oversize_answers_are_misbehaviour(tmp_path: Path) -> None:
+    with mounted(str(tmp_path), "tests.drivers.hostile:Garbage",
+                 extra=("--state", "volatile", "--deadline", "30")) as m:
+        host = m.status()["host_pid"]
+        f = Path(m.path) / "f.txt"
+        f.write_text("data")
+        t0 = time.monotonic()
+        with pytest.raises(OSError, match="Input/output error"):
+            os.stat(Path(m.path) / "garbage")
+        assert time.monotonic() - t0 < 20  # seen as garbage at once, not as a hang later
+        with pytest.raises(OSError, match="Input/output error"):
+            os.getxattr(f, "user.big")
+        assert rss(host) < HOST_RSS_LIMIT
+        assert f.read_text() == "data"
+        recs = m.status()["recoveries"]
+    details = [r["detail"] for r in recs]
+    assert any("garbage on the channel" in d for d in details), details
+    assert any("more than 67108864 bytes" in d for d in details), details
+    assert {r["kind"] for r in recs} == {"misbehaved"}

@@ -1,0 +1,237 @@
+"""A mount's life: drivers that look at their own mountpoint recover; drivers are ended
+in order at unmount (destroy, finalizers, a normal exit); an image is mounted once at
+a time; umount waits for its host; dead hosts are found and cleared; Ctrl-C reaches
+the host only."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from nooks.fs.mkfs import mkfs_vfat
+from nooks.fs.mounts import is_mounted
+from nooks.fs.process import start_mount, stop_mount
+from tests.integration.fsutil import direct_mount, mounted, wait_for
+
+pytestmark = [pytest.mark.timeout(300),
+              pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")]
+
+FAULTS = ("segv", "abort", "exit", "exception", "hang", "memory")
+
+
+def nooks(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "nooks", *args], capture_output=True,
+                          text=True, check=False, timeout=120, cwd=cwd)
+
+
+def one_line_error(r: subprocess.CompletedProcess[str], code: int, text: str) -> None:
+    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and text in lines[0], r.stderr
+
+
+@pytest.mark.parametrize("threads", [False, True])
+def test_a_constructor_that_stats_its_mountpoint_recovers(tmp_path: Path,
+                                                          threads: bool) -> None:
+    mnt = tmp_path / "mnt"
+    extra = ("--state", "volatile", "--deadline", "1", "--memory", "256M",
+             *(("--threads",) if threads else ()))
+    with mounted(str(tmp_path), "tests.drivers.selfish:Selfish", extra=extra,
+                 ctor=(str(mnt),)) as m:
+        f = Path(m.path) / "kept.txt"
+        f.write_text("kept")
+        for fault in FAULTS:
+            reply = m.inject(fault)
+            assert reply.get("recovered") is True, (fault, reply)
+            assert f.read_text() == "kept", fault
+        st = m.status()
+    assert [r["ok"] for r in st["recoveries"]] == [True] * len(FAULTS)
+    assert st["state"] == "live" and st["mode"] == "passive"
+
+
+def test_drivers_end_in_order_at_unmount(tmp_path: Path) -> None:
+    def finished(state: Path) -> dict[str, str]:
+        return {name: (state / name).read_text() for name in ("destroy", "del", "atexit", "log")
+                if (state / name).exists()}
+
+    direct_state = tmp_path / "direct-state"
+    direct_state.mkdir()
+    with direct_mount(tmp_path, "tests.drivers.finalizing", "Finalizing",
+                      str(direct_state)) as mnt:
+        (Path(mnt) / "one").write_text("1")
+    wait_for(lambda: len(finished(direct_state)) == 4, 30, "the direct driver to finish")
+    expected = finished(direct_state)
+    assert expected["destroy"] == expected["del"] == expected["atexit"] == "/one\n"
+    assert expected["log"] == "create /one\n"
+
+    state = tmp_path / "state"
+    state.mkdir()
+    with mounted(str(tmp_path), "tests.drivers.finalizing:Finalizing",
+                 extra=("--state", "volatile"), ctor=(str(state),)) as m:
+        (Path(m.path) / "one").write_text("1")
+        r = nooks("umount", m.path)
+        assert r.returncode == 0, r.stderr
+        assert "has exited" in r.stdout
+        # umount returned once the host was gone: its driver has finished by now
+        assert finished(state) == expected
+
+
+def test_a_vfat_image_only_read_is_unchanged(tmp_path: Path) -> None:
+    image = tmp_path / "disk.img"
+    mkfs_vfat(str(image), 16 << 20)
+    with mounted(str(tmp_path / "w"), "vfat", str(image)) as m:
+        (Path(m.path) / "dir").mkdir()
+        (Path(m.path) / "dir" / "f.txt").write_text("written once")
+    digest = hashlib.sha256(image.read_bytes()).hexdigest()
+    with mounted(str(tmp_path / "r"), "vfat", str(image)) as m:
+        assert (Path(m.path) / "dir" / "f.txt").read_text() == "written once"
+        assert sorted(os.listdir(m.path)) == ["dir"]
+        r = nooks("umount", m.path)
+        assert r.returncode == 0, r.stderr
+    assert hashlib.sha256(image.read_bytes()).hexdigest() == digest
+
+
+def test_a_driver_from_the_current_directory_survives_every_fault(tmp_path: Path) -> None:
+    """libfuse moves the host to / when it mounts: later domains must still find a
+    driver imported from the directory nooks was started in."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "localdriver.py").write_text(textwrap.dedent("""
+        from tests.drivers.quirky import Quirky
+
+
+        class Local(Quirky):
+            pass
+    """))
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    name = f"local-{os.getpid()}"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(),
+                                                        os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "nooks", "mount", "localdriver:Local", str(mnt), "--state",
+           "volatile", "--name", name, "--deadline", "0.5", "--memory", "256M"]
+    log = tmp_path / "host.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: is_mounted(str(mnt)) or proc.poll() is not None, 60, "the mount")
+        assert proc.poll() is None, log.read_text()
+        f = mnt / "f.txt"
+        f.write_text("survives")
+        from tests.integration.fsutil import Mount
+
+        m = Mount(str(mnt), name, proc, str(log))
+        for i in range(10):
+            for fault in FAULTS:
+                reply = m.inject(fault)
+                assert reply.get("recovered") is True, (i, fault, reply, log.read_text())
+        assert f.read_text() == "survives"
+        st = m.status()
+    finally:
+        stop_mount(str(mnt), proc)
+    assert len(st["recoveries"]) == 10 * len(FAULTS)
+    assert all(r["ok"] for r in st["recoveries"])
+    assert "NOT recovered" not in log.read_text()
+
+
+@pytest.mark.parametrize("daemon", [False, True])
+def test_one_image_one_mount_and_no_mount_over_a_mount(tmp_path: Path, daemon: bool) -> None:
+    image = tmp_path / "disk.img"
+    mkfs_vfat(str(image), 16 << 20)
+    other = tmp_path / "other"
+    other.mkdir()
+    how = ("--daemon",) if daemon else ()
+    with mounted(str(tmp_path), "vfat", str(image)) as m:
+        r = nooks("mount", "vfat", str(image), str(other), *how)
+        one_line_error(r, 1, "is in use by another mount")
+        r = nooks("mount", "passthrough", str(tmp_path), m.path, *how)
+        one_line_error(r, 1, "is mounted already by nooks host")
+        assert not is_mounted(str(other))
+        r = nooks("mkfs", "vfat", str(image), "--force")
+        one_line_error(r, 1, "is mounted")
+    r = nooks("mkfs", "vfat", str(image))
+    one_line_error(r, 1, "exists")
+
+
+def test_umount_then_remount_never_overlaps(tmp_path: Path) -> None:
+    image = tmp_path / "disk.img"
+    mkfs_vfat(str(image), 16 << 20)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    for i in range(20):
+        r = nooks("mount", "vfat", str(image), str(mnt), "--daemon", "--name", f"again-{i}")
+        assert r.returncode == 0, (i, r.stderr)
+        (mnt / f"f{i}").write_text(str(i))
+        r = nooks("umount", str(mnt))
+        assert r.returncode == 0, (i, r.stderr)
+        assert not is_mounted(str(mnt))
+    r = subprocess.run(["fsck.fat", "-n", str(image)], capture_output=True, text=True,
+                       check=False)
+    assert r.returncode == 0, r.stdout
+
+
+def test_a_dead_hosts_mount_is_found_and_cleared(tmp_path: Path) -> None:
+    backing = tmp_path / "backing"
+    backing.mkdir()
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    name = f"doomed-{os.getpid()}"
+    proc = start_mount([sys.executable, "-m", "nooks", "mount", "passthrough", str(backing),
+                        str(mnt), "--name", name], str(mnt))
+    try:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        r = nooks("status", name, "--json")
+        assert r.returncode == 0 and '"dead"' in r.stdout and '"stale_mount": true' in r.stdout
+        r = nooks("mount", "passthrough", str(backing), str(mnt))
+        one_line_error(r, 1, "stale mount")
+        r = nooks("umount", str(mnt))
+        assert r.returncode == 0 and "stale" in r.stdout, r.stderr
+        assert not is_mounted(str(mnt))
+        r = nooks("status", "--json")
+        assert name not in r.stdout
+    finally:
+        if is_mounted(str(mnt)):
+            subprocess.run(["fusermount3", "-uz", str(mnt)], check=False)
+
+
+def test_umount_refuses_what_nooks_did_not_mount(tmp_path: Path) -> None:
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "none", str(mnt)], check=True)
+    try:
+        r = nooks("umount", str(mnt))
+        one_line_error(r, 1, "not a nooks mount")
+        assert is_mounted(str(mnt))
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+    r = nooks("umount", str(mnt))
+    one_line_error(r, 1, "is not mounted")
+
+
+def test_ctrl_c_reaches_the_host_only(tmp_path: Path) -> None:
+    backing = tmp_path / "backing"
+    backing.mkdir()
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    log = tmp_path / "host.log"
+    with open(log, "wb") as out:
+        # its own process group, as a shell job is: Ctrl-C signals the whole group
+        proc = subprocess.Popen([sys.executable, "-m", "nooks", "mount", "passthrough",
+                                 str(backing), str(mnt)], stdout=out, stderr=subprocess.STDOUT,
+                                process_group=0)
+    wait_for(lambda: is_mounted(str(mnt)) or proc.poll() is not None, 60, "the mount")
+    (mnt / "f").write_text("x")
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=60) == 0
+    assert not is_mounted(str(mnt))
+    text = log.read_text()
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
+    assert "recovered" not in text, text
