@@ -3,7 +3,9 @@
 Each host listens on ``/run/nooks/<id>.sock`` (``NOOKS_RUN_DIR`` overrides the
 directory). A client sends one JSON object per line — ``{"cmd": "status"}`` or
 ``{"cmd": "inject", "fault": "segv"}`` — and gets one JSON object back. Bad
-requests get ``{"error": "..."}``; nothing a client sends can stop the host.
+requests get ``{"error": "..."}``; nothing a client sends can stop the host. A host
+that dies without closing its socket leaves it behind: the next host of that name
+replaces it, and whoever started the host can remove it (``remove_stale``).
 """
 
 from __future__ import annotations
@@ -97,6 +99,17 @@ def _alive(path: str) -> bool:
         return True
     except OSError:
         return False
+
+
+def remove_stale(name: str) -> bool:
+    """Remove the socket of host ``name`` if it is there and nobody answers on it (the
+    host died without closing it); whether it was removed."""
+    path = socket_path(name)
+    if not os.path.exists(path) or _alive(path):
+        return False
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    return True
 
 
 def request(path: str, req: dict[str, Any], timeout: float = 10.0) -> Any:
