@@ -12,7 +12,10 @@ Definitions, per driver, over the faults run in both modes:
 
 Rules: a campaign that stopped before its last run (interrupted) gets a report
 too, of the runs done, and the report says at its top that it is partial, with
-the count of runs done of those planned.
+the count of runs done of those planned. The chart needs matplotlib (the
+``plot`` extra); without it the chart is skipped, and the report says so in one
+line (so does the console); a chart.png left from an earlier report is removed
+rather than left to contradict this one.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from nooks.faults.results import RunResult, pairs
+
+NO_MATPLOTLIB = "no chart: matplotlib is not installed (pip install 'nooks[plot]')"
 
 
 @dataclass(frozen=True)
@@ -135,9 +140,18 @@ def markdown(summary: dict[str, dict[str, Any]], command: str, seed: int, out_di
 
 def chart(summary: dict[str, dict[str, Any]], path: str) -> str | None:
     """Bars per driver: faults, native failures, prevented, app-visible errors with nooks;
-    None, or why there is no chart."""
-    _plot(summary, path)
-    return None
+    None, or why there is no chart (a stale one at ``path`` is removed)."""
+    if not summary:
+        note = "no chart: no fault has been run in both modes yet"
+    else:
+        try:
+            _plot(summary, path)
+            return None
+        except ImportError:
+            note = NO_MATPLOTLIB
+    if os.path.exists(path):
+        os.unlink(path)
+    return note
 
 
 def _plot(summary: dict[str, dict[str, Any]], path: str) -> None:
