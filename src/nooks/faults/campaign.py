@@ -87,7 +87,7 @@ class Done:
 def driver_args(driver: str, tmp: str) -> list[str]:
     if driver == "vfat":
         image = os.path.join(tmp, "disk.img")
-        mkfs_vfat(image, 64 << 20)
+        mkfs_vfat(image, 64 << 20, session=True)
         return [image]
     if driver == "passthrough":
         d = os.path.join(tmp, "backing")
@@ -228,9 +228,10 @@ def run_one(p: Planned, native: bool, lines: list[int],
         registry.check()
         fsck_ok = True
         if p.driver == "vfat":
-            r = subprocess.run(["fsck.fat", "-n", args[0]], capture_output=True, text=True,
-                               check=False)
-            fsck_ok = r.returncode == 0
+            fsck = scope.popen(["fsck.fat", "-n", args[0]], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+            fsck_ok = fsck.wait() == 0
+            scope.reaped(fsck)
         registry.check()
     return _classify(p, mode, site, errors, alive=alive, fsck_ok=fsck_ok,
                      recoveries=recoveries, seconds=time.monotonic() - t0)

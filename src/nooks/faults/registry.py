@@ -4,11 +4,13 @@ of every run, on an error, and on SIGINT or SIGTERM.
 Rules:
 
 * Each run (and the coverage dry run) has a ``Scope``. Every process started for
-  it — the ``nooks mount`` host, each workload program — is started by
-  ``Scope.popen`` in a session of its own, so that its process group (a host with
-  its domains and the helpers they run, a shell with its pipeline) is killed as a
-  unit: ``killpg`` with SIGKILL, no grace (a killed host leaves its mount and
-  socket behind, and the scope removes those).
+  it — the ``nooks mount`` host, each workload program, ``fsck.fat`` — is started
+  by ``Scope.popen`` in a session of its own, so that its process group (a host
+  with its domains and the helpers they run, a shell with its pipeline) is killed
+  as a unit: ``killpg`` with SIGKILL, no grace (a killed host leaves its mount and
+  socket behind, and the scope removes those). Being out of the terminal's
+  process group, none of them gets the terminal's Ctrl-C: only the campaign does,
+  and it decides.
 * A group is signalled only while its leader is unreaped, and once more right
   after reaping it (``Scope.reaped``), to catch members left behind, which it
   waits for (zombies aside: the orphans' are init's to reap); then it is

@@ -16,6 +16,9 @@ Rules:
   the server is gone — and then its group killed.
 * Once the campaign is stopped no program starts: the scope raises
   ``Interrupted``, which goes up through here untouched.
+* Helpers run outside a scope (the checksums of the source tree) also get a
+  session of their own: a Ctrl-C at the terminal is the campaign's to handle, and
+  must not kill a helper under a run that would then count its failure.
 """
 
 from __future__ import annotations
@@ -61,8 +64,8 @@ def tree_source() -> str:
 def tree_sums() -> str:
     """``sha256sum`` lines of the source tree (it does not change while we run)."""
     return subprocess.run("find . -type f -print0 | sort -z | xargs -0 sha256sum", shell=True,
-                          cwd=tree_source(), capture_output=True, text=True,
-                          check=True).stdout
+                          cwd=tree_source(), capture_output=True, text=True, check=True,
+                          start_new_session=True).stdout
 
 
 def step(scope: Scope, cmd: list[str] | str, on_hang: Callable[[], None],

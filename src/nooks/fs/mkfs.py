@@ -7,8 +7,10 @@ import shutil
 import subprocess
 
 
-def mkfs_vfat(path: str, size: int, fat: int | None = None, label: str = "NOOKS") -> None:
-    """Create a FAT image of ``size`` bytes at ``path`` with dosfstools' mkfs.fat."""
+def mkfs_vfat(path: str, size: int, fat: int | None = None, label: str = "NOOKS", *,
+              session: bool = False) -> None:
+    """Create a FAT image of ``size`` bytes at ``path`` with dosfstools' mkfs.fat
+    (``session``: in a session of its own, out of reach of the terminal's Ctrl-C)."""
     if size < 64 << 10:
         raise ValueError(f"an image of {size} bytes is too small for FAT")
     tool = shutil.which("mkfs.fat") or shutil.which("mkfs.vfat")
@@ -19,7 +21,8 @@ def mkfs_vfat(path: str, size: int, fat: int | None = None, label: str = "NOOKS"
     cmd = [tool, "-n", label[:11]]
     if fat is not None:
         cmd += ["-F", str(fat)]
-    r = subprocess.run([*cmd, path], capture_output=True, text=True, check=False)
+    r = subprocess.run([*cmd, path], capture_output=True, text=True, check=False,
+                       start_new_session=session)
     if r.returncode != 0:
         os.unlink(path)
         raise RuntimeError(f"mkfs.fat failed: {r.stderr.strip() or r.stdout.strip()}")
