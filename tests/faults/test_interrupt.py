@@ -99,8 +99,9 @@ class Campaign:
                     **{MARK: self.mark})
 
     def start(self) -> subprocess.Popen[str]:
+        # in a process group of its own, as a command run from a shell is
         return subprocess.Popen(self.cmd(), env=self.env(), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
 
     def run(self) -> subprocess.CompletedProcess[str]:
         return subprocess.run(self.cmd(), env=self.env(), capture_output=True, text=True,
@@ -141,10 +142,15 @@ class Campaign:
 
 def interrupt(c: Campaign, proc: subprocess.Popen[str], sig: signal.Signals,
               planned: int) -> subprocess.CompletedProcess[str]:
-    """Send ``sig`` now; check how the campaign stopped and what it left."""
+    """Send ``sig`` now — SIGINT as Ctrl-C at a terminal does, to the campaign's whole
+    process group; SIGTERM as kill does, to the campaign — and check how the
+    campaign stopped and what it left."""
     assert [pid for pid, _ in c.marked() if pid != proc.pid], "nothing in flight"
     t0 = time.monotonic()
-    proc.send_signal(sig)
+    if sig == signal.SIGINT:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
     try:
         out, err = proc.communicate(timeout=60)
     except subprocess.TimeoutExpired:
