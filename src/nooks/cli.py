@@ -580,7 +580,11 @@ def build_parser() -> argparse.ArgumentParser:
     ij.add_argument("--worker", type=int, help="web hosts: which worker (default: each in turn)")
     ij.set_defaults(func=_inject)
 
-    ev = sub.add_parser("eval", help="run an evaluation campaign")
+    ev = sub.add_parser("eval", help="run an evaluation campaign",
+                        description="nooks eval reliability: the fault-injection campaign "
+                        "(docs/RELIABILITY.md). SIGINT or SIGTERM stops it, cleans up what it "
+                        "started and writes a partial report; it then exits 130 or 143, and "
+                        "the same command resumes it.")
     ev.add_argument("what", choices=["reliability"])
     ev.add_argument("--driver", action="append", help="vfat, passthrough (repeatable; "
                     "default: all)")
