@@ -375,9 +375,13 @@ def _inject(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    """The campaign. SIGINT and SIGTERM stop it: every host, domain, mount, program and
+    temp dir it started is taken down, a partial report is written, and it exits
+    with 128 + the signal's number (130, 143); the same command resumes it."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from nooks.faults import campaign, report
+    from nooks.faults.registry import Registry
 
     drivers = args.driver or list(campaign.DRIVERS)
     for d in drivers:
@@ -393,33 +397,41 @@ def _eval(args: argparse.Namespace) -> int:
                         f"--out {args.out}"])
     counts: dict[str, int] = {}
     total = len(drivers) * args.faults * 2 if args.only is None else len(drivers) * 2
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console) as progress:
-        task = progress.add_task("coverage dry runs, then faults", total=total)
+    registry = Registry()
+    with registry.signals():  # until the report is written: a signal only stops the runs
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=console) as progress:
+            task = progress.add_task("coverage dry runs, then faults", total=total)
 
-        def seen(r: Any) -> None:
-            counts[f"{r.mode}: {r.outcome}"] = counts.get(f"{r.mode}: {r.outcome}", 0) + 1
-            progress.advance(task)
-            progress.update(task, description=", ".join(
-                f"{k} {v}" for k, v in sorted(counts.items())))
+            def seen(r: Any) -> None:
+                counts[f"{r.mode}: {r.outcome}"] = counts.get(f"{r.mode}: {r.outcome}", 0) + 1
+                progress.advance(task)
+                progress.update(task, description=", ".join(
+                    f"{k} {v}" for k, v in sorted(counts.items())))
 
-        results = campaign.campaign(drivers, args.faults, jobs=args.jobs, seed=args.seed,
-                                    out_dir=args.out, only=args.only, progress=seen)
-    summary = report.write(results, args.out, command, args.seed)
+            done = campaign.campaign(drivers, args.faults, jobs=args.jobs, seed=args.seed,
+                                     out_dir=args.out, only=args.only, registry=registry,
+                                     progress=seen)
+        written = report.write(done.results, args.out, command, args.seed,
+                               report.Progress(done.done, done.planned, done.stopped_by))
     t = Table(title="Reliability: faults injected into drivers")
     for col in ("driver", "faults", "native failures", "prevented", "non-fatal (native)",
                 "app-visible errors (nooks)", "data-check failures (nooks)"):
         t.add_column(col, justify="right")
-    for d, s in sorted(summary.items()):
+    for d, s in sorted(written.summary.items()):
         pct = f" ({100 * s['prevented'] / s['native_failures']:.0f}%)" \
             if s["native_failures"] else ""
         t.add_row(d, str(s["faults"]), str(s["native_failures"]), f"{s['prevented']}{pct}",
                   str(s["non_fatal"]), str(s["app_visible_errors"]),
                   str(s["data_check_failures"]))
     console.print(t)
-    console.print(f"report: {os.path.join(args.out, 'report.md')}, "
-                  f"{os.path.join(args.out, 'summary.json')}, "
-                  f"{os.path.join(args.out, 'chart.png')}")
+    if written.chart_note is not None:
+        console.print(written.chart_note, markup=False)
+    console.print(f"report: {', '.join(written.paths)}", markup=False)
+    if done.stopped_by is not None:
+        console.print(f"interrupted by {done.stopped_by}: {done.done} of {done.planned} runs "
+                      "done, the report is partial; run the same command again to resume")
+        return 128 + done.signum if done.signum is not None else 1
     return 0
 
 
@@ -525,7 +537,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="web hosts: which worker (default: each in turn)")
     ij.set_defaults(func=_inject)
 
-    ev = sub.add_parser("eval", help="run an evaluation campaign")
+    ev = sub.add_parser("eval", help="run an evaluation campaign",
+                        description="nooks eval reliability: the fault-injection campaign "
+                        "(docs/RELIABILITY.md). SIGINT or SIGTERM stops it, cleans up what it "
+                        "started and writes a partial report; it then exits 130 or 143, and "
+                        "the same command resumes it.")
     ev.add_argument("what", choices=["reliability"])
     ev.add_argument("--driver", action="append", help="vfat, passthrough (repeatable; "
                     "default: all)")

@@ -10,6 +10,9 @@ Rules:
 * Beside each socket, ``<id>.json`` records the host (name, pid, class,
   mountpoint), so that a host that died without cleaning up (SIGKILL) is still
   known: ``stale()`` lists such records, ``forget`` removes them.
+* A host that dies without closing its socket leaves it behind: the next host of
+  that name replaces it, and whoever started the host can remove it
+  (``remove_stale``).
 * A process running in a nooks domain (a driver, or anything it started) is
   refused: a driver must not inject faults into other drivers or read their
   hosts' state.
@@ -134,6 +137,16 @@ def _alive(path: str) -> bool:
         return True
     except OSError:
         return False
+
+
+def remove_stale(name: str) -> bool:
+    """Remove the socket of host ``name`` if it is there and nobody answers on it (the
+    host died without closing it); whether it was removed."""
+    path = socket_path(name)
+    if not os.path.exists(path) or _alive(path):
+        return False
+    forget(path)
+    return True
 
 
 def request(path: str, req: dict[str, Any], timeout: float = 10.0) -> Any:

@@ -18,23 +18,30 @@ before unmounting) checks the copies again, unmounts and checks the image
 Faults land on lines the workload executes: a coverage dry run (the workload
 on a native mount, tracing the driver's file) gives the lines, as the seed
 placed its faults in the driver's text. Results are appended to
-``results.jsonl`` as they come, so a campaign can be resumed.
+``results.jsonl`` as they come, so a campaign can be resumed (``results``).
+
+Rules for stopping: everything a run starts — its temp dir, its mount, the
+``nooks mount`` host and each program, every process in a session of its own —
+is in the run's ``Scope`` (``registry``), which tears it down when the run ends,
+however it ends. ``Registry.interrupt`` (SIGINT, SIGTERM, or a run that raised)
+kills every run's processes at once; the runs in flight then end quickly, are
+not recorded, and nothing new starts. The campaign waits up to ``GRACE`` seconds
+for them, tears down whatever is still open and returns what was done
+(``Done.stopped_by`` says why it stopped); a rerun does the rest.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import importlib.util
 import json
 import os
-import shlex
+import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgspec
@@ -42,47 +49,19 @@ import msgspec
 from nooks.control import request, socket_path
 from nooks.domain.config import FaultPlan
 from nooks.faults.mutate import FAULT_TYPES, Fault, NoSite, mutate
+from nooks.faults.registry import Interrupted, Registry
+from nooks.faults.results import RunResult, append_result, key, load_results, pairs
+from nooks.faults.workload import recheck, workload
 from nooks.fs.mkfs import mkfs_vfat
-from nooks.fs.process import is_mounted, start_mount, stop_mount
+from nooks.fs.process import is_mounted, stop_mount, wait_mounted
+
+__all__ = ["DRIVERS", "Done", "Planned", "RunResult", "campaign", "load_results", "pairs",
+           "plan", "run_one"]
 
 DRIVERS = ("vfat", "passthrough")
-STEP_TIMEOUT = 10.0
 DEADLINE = "2"  # seconds a driver call may take under nooks before it counts as hung
-
-WRITER = """
-import os, sys, hashlib, random
-d, seed = sys.argv[1], int(sys.argv[2])
-rng = random.Random(seed)
-path, final = os.path.join(d, "w.tmp"), os.path.join(d, "w.dat")
-blocks = [rng.randbytes(rng.randrange(1, 100_000)) for _ in range(4)]
-fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_TRUNC, 0o644)
-for b in blocks:
-    os.write(fd, b)
-os.lseek(fd, 5, os.SEEK_SET)
-os.write(fd, b"PATCH")
-os.fsync(fd)
-os.close(fd)
-os.rename(path, final)
-want = bytearray(b"".join(blocks))
-want[5:10] = b"PATCH"
-with open(final, "rb") as f:
-    ok = hashlib.sha256(f.read()).digest() == hashlib.sha256(want).digest()
-sys.exit(0 if ok else 3)
-"""
-
-
-class RunResult(msgspec.Struct, kw_only=True):
-    driver: str
-    index: int
-    mode: str  # "native" or "nooks"
-    kind: str
-    seed: int
-    site: str | None
-    outcome: str
-    data_ok: bool
-    detail: str
-    recoveries: int
-    seconds: float
+TEMP_PREFIX = "nooks-eval-"  # every temp dir of a campaign: nooks-eval-cov-*, nooks-eval-run-*
+GRACE = 10.0  # seconds the runs in flight have to end once the campaign is stopped
 
 
 @dataclass(frozen=True)
@@ -93,98 +72,28 @@ class Planned:
     seed: int
 
 
-def tree_source() -> str:
-    return os.path.join(os.path.dirname(os.__file__), "json")
+@dataclass
+class Done:
+    """What a campaign did: every result in the out dir, old and new; how many runs
+    the command plans and how many of those have a result; what stopped it early,
+    if anything ("SIGINT", "SIGTERM"), and the signal's number."""
+    results: list[RunResult]
+    planned: int
+    done: int
+    stopped_by: str | None = None
+    signum: int | None = None
 
 
 def driver_args(driver: str, tmp: str) -> list[str]:
     if driver == "vfat":
         image = os.path.join(tmp, "disk.img")
-        mkfs_vfat(image, 64 << 20)
+        mkfs_vfat(image, 64 << 20, session=True)
         return [image]
     if driver == "passthrough":
         d = os.path.join(tmp, "backing")
         os.mkdir(d)
         return [d]
     raise ValueError(f"no campaign set-up for driver {driver!r}")
-
-
-def _step(cmd: list[str] | str, on_hang: Callable[[], None], stdin: str | None = None,
-          timeout: float = STEP_TIMEOUT) -> tuple[int, str]:
-    """Run one program; (exit status, the end of what it said). -1: it hung.
-
-    Nothing here touches the mount before the program runs (no ``cwd=`` on it: a
-    chdir into a stuck mount would hang before the timeout starts to count).
-    """
-    try:
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, shell=isinstance(cmd, str))
-    except OSError as e:
-        return -2, f"could not start: {e}"
-    try:
-        out, err = proc.communicate(stdin, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        # a program waiting on a stuck FUSE request cannot even be killed (the kernel
-        # waits for some requests uninterruptibly) until the server is gone
-        on_hang()
-        proc.kill()
-        proc.communicate()
-        return -1, "hung"
-    return proc.returncode, (err or out).strip()[-300:]
-
-
-def workload(mnt: str, seed: int, on_hang: Callable[[], None] = lambda: None) -> list[str]:
-    """Run the programs; what went wrong (empty: nothing).
-
-    ``on_hang`` is called when a program hangs: it must take the mount down.
-    """
-    def step(cmd: list[str] | str, stdin: str | None = None) -> tuple[int, str]:
-        return _step(cmd, on_hang, stdin=stdin)
-
-    errors: list[str] = []
-    src = tree_source()
-    sums = subprocess.run("find . -type f -print0 | sort -z | xargs -0 sha256sum", shell=True,
-                          cwd=src, capture_output=True, text=True, check=True).stdout
-    dest = os.path.join(mnt, "tree")  # only ever touched by child processes
-    steps: list[tuple[str, Callable[[], tuple[int, str]]]] = [
-        ("cp -a", lambda: step(["cp", "-a", src, dest])),
-        ("sha256sum -c", lambda: step(f"cd {shlex.quote(dest)} && sha256sum -c --quiet -",
-                                       stdin=sums)),
-        ("tar -c", lambda: step(["tar", "-cf", os.path.join(mnt, "t.tar"), "-C", dest, "."])),
-        ("tar -x", lambda: step(f"cd {shlex.quote(mnt)} && mkdir -p x && tar -xf t.tar -C x")),
-        ("tar round trip", lambda: step(f"cd {shlex.quote(mnt)}/x && sha256sum -c --quiet -",
-                                         stdin=sums)),
-        ("python writer", lambda: step([sys.executable, "-c", WRITER, mnt, str(seed)])),
-        ("sqlite3", lambda: step(["sqlite3", os.path.join(mnt, "db.sqlite")],
-                                  stdin="CREATE TABLE IF NOT EXISTS t (k INTEGER PRIMARY KEY, "
-                                  "v TEXT);\nBEGIN;\n" + "".join(
-                                      f"INSERT INTO t (v) VALUES ('{i}');\n" for i in range(50))
-                                  + "COMMIT;\nPRAGMA integrity_check;\n")),
-    ]
-    for name, run in steps:
-        rc, out = run()
-        if rc != 0:
-            errors.append(f"{name}: {'hung' if rc == -1 else f'exit {rc}'}: {out}")
-            if rc == -1 or "Transport endpoint" in out:
-                break  # the filesystem is gone or stuck: the rest would only wait too
-        elif name == "sqlite3" and not out.endswith("ok"):
-            errors.append(f"sqlite3 integrity: {out}")
-    return errors
-
-
-def recheck(mnt: str, on_hang: Callable[[], None] = lambda: None) -> list[str]:
-    """After the workload (and, under nooks, the final checkpoint): the copies it made
-    still hold what was written; what went wrong (empty: nothing)."""
-    src = tree_source()
-    sums = subprocess.run("find . -type f -print0 | sort -z | xargs -0 sha256sum", shell=True,
-                          cwd=src, capture_output=True, text=True, check=True).stdout
-    errors = []
-    for where in ("tree", "x"):
-        rc, out = _step(f"cd {shlex.quote(os.path.join(mnt, where))} && sha256sum -c --quiet -",
-                        on_hang, stdin=sums)
-        if rc != 0:
-            errors.append(f"recheck of {where}: {'hung' if rc == -1 else f'exit {rc}'}: {out}")
-    return errors
 
 
 def _mount_cmd(driver: str, args: list[str], mnt: str, name: str, *, native: bool,
@@ -194,30 +103,39 @@ def _mount_cmd(driver: str, args: list[str], mnt: str, name: str, *, native: boo
     return [*cmd, "--native"] if native else cmd
 
 
-def coverage(driver: str, out_dir: str) -> list[int]:
+def coverage(driver: str, out_dir: str, registry: Registry) -> list[int]:
     """Lines of the driver's module that the workload executes (cached in ``out_dir``)."""
     path = os.path.join(out_dir, f"coverage-{driver}.json")
     if os.path.exists(path):
         with open(path) as f:
             return list(json.load(f))
-    with tempfile.TemporaryDirectory(prefix="nooks-cov-") as tmp:
+    with registry.scope() as scope:
+        tmp = scope.tempdir(TEMP_PREFIX + "cov-")
         args = driver_args(driver, tmp)
         mnt = os.path.join(tmp, "mnt")
         os.mkdir(mnt)
         lines_file = os.path.join(tmp, "lines.json")
-        cmd = _mount_cmd(driver, args, mnt, f"cov-{os.getpid()}-{driver}", native=True,
-                         extra=["--record-lines", lines_file])
-        proc = start_mount(cmd, mnt)
+        name = f"cov-{os.getpid()}-{driver}"
+        scope.mount(mnt)
+        scope.host(name)
+        proc = scope.popen(_mount_cmd(driver, args, mnt, name, native=True,
+                                      extra=["--record-lines", lines_file]),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         try:
-            errors = workload(mnt, 0)
+            wait_mounted(mnt, proc)
+            errors = workload(scope, mnt, 0)
         finally:
-            stop_mount(mnt, proc)
+            if not registry.stopped:
+                stop_mount(mnt, proc)
+                scope.reaped(proc)
+        registry.check()
         if errors:
             raise RuntimeError(f"the workload fails on {driver} without faults: {errors}")
         with open(lines_file) as f:
             lines = list(json.load(f))
-    with open(path, "w") as f:
+    with open(path + ".tmp", "w") as f:
         json.dump(lines, f)
+    os.replace(path + ".tmp", path)
     return lines
 
 
@@ -251,31 +169,43 @@ def plan(driver: str, faults: int, seed: int, lines: list[int]) -> list[Planned]
             for i in range(faults)]
 
 
-def run_one(p: Planned, native: bool, lines: list[int]) -> RunResult:
-    """One fault, one mode, on a fresh image and mount."""
+def run_one(p: Planned, native: bool, lines: list[int],
+            registry: Registry | None = None) -> RunResult:
+    """One fault, one mode, on a fresh image and mount; ``Interrupted`` if the
+    campaign was stopped meanwhile (what it saw then does not count)."""
+    registry = registry or Registry()
     mode = "native" if native else "nooks"
     fault = FaultPlan(module=resolve_module(p.driver), kind=p.kind, seed=p.seed, lines=lines)
     t0 = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="nooks-run-", ignore_cleanup_errors=True) as tmp:
+    with registry.scope() as scope:
+        tmp = scope.tempdir(TEMP_PREFIX + "run-")
         args = driver_args(p.driver, tmp)
         mnt = os.path.join(tmp, "mnt")
         os.mkdir(mnt)
         name = f"eval-{os.getpid()}-{p.driver}-{p.index}-{mode}"
         cmd = _mount_cmd(p.driver, args, mnt, name, native=native,
                          extra=["--fault-plan", msgspec.json.encode(fault).decode()])
+        scope.mount(mnt)
+        scope.host(name)
         site: str | None = None
         recoveries = 0
+        proc = scope.popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         try:
-            proc = start_mount(cmd, mnt, timeout=30)
+            wait_mounted(mnt, proc, timeout=30)
         except RuntimeError as e:
+            registry.check()
             return RunResult(driver=p.driver, index=p.index, mode=mode, kind=p.kind,
                              seed=p.seed, site=None, outcome="system failure", data_ok=False,
                              detail=f"did not mount: {e}", recoveries=0,
                              seconds=time.monotonic() - t0)
+
+        def on_hang() -> None:
+            scope.kill(proc)
+
         try:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, msgspec.DecodeError):
                 site = request(socket_path(name), {"cmd": "status"}).get("fault_site")
-            errors = workload(mnt, p.seed, on_hang=proc.kill)
+            errors = workload(scope, mnt, p.seed, on_hang=on_hang)
             # never touch the mount from this process: a stuck driver would stick it too
             alive = proc.poll() is None and is_mounted(mnt)
             if alive:
@@ -286,87 +216,140 @@ def run_one(p: Planned, native: bool, lines: list[int]) -> RunResult:
                         request(socket_path(name), {"cmd": "checkpoint"}, timeout=30)
                     if not errors:
                         # and what the programs wrote is still there after it
-                        errors = recheck(mnt, on_hang=proc.kill)
+                        errors = recheck(scope, mnt, on_hang=on_hang)
                     st = request(socket_path(name), {"cmd": "status"}, timeout=5)
                     recoveries = len(st["recoveries"]) + len(st.get("start_failures", []))
-                except OSError:
+                except (OSError, msgspec.DecodeError):
                     alive = False
         finally:
-            stop_mount(mnt, proc, timeout=5)
+            if not registry.stopped:  # stopped: the scope takes it all down at once
+                stop_mount(mnt, proc, timeout=5)
+                scope.reaped(proc)
+        registry.check()
         fsck_ok = True
         if p.driver == "vfat":
-            r = subprocess.run(["fsck.fat", "-n", args[0]], capture_output=True, text=True,
-                               check=False)
-            fsck_ok = r.returncode == 0
-        lost_mount = any("Transport endpoint" in e or "connection abort" in e.lower()
-                         or (native and "Input/output error" in e) for e in errors)
-        hung = any(": hung:" in e for e in errors)
-        if not alive or lost_mount or hung:
-            outcome = "system failure"
-        elif errors:
-            outcome = "app-visible error"
-        elif recoveries:
-            outcome = "recovered"
-        else:
-            outcome = "no effect"
-        data_ok = fsck_ok and not any(("sha256sum" in e or "tar round trip" in e
-                                       or "integrity" in e or "writer" in e
-                                       or "recheck" in e) for e in errors)
-        detail = "; ".join(errors)[:500] if errors else ("fsck.fat found problems"
-                                                        if not fsck_ok else "")
-    return RunResult(driver=p.driver, index=p.index, mode=mode, kind=p.kind, seed=p.seed,
-                     site=site, outcome=outcome, data_ok=data_ok, detail=detail,
+            fsck = scope.popen(["fsck.fat", "-n", args[0]], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+            fsck_ok = fsck.wait() == 0
+            scope.reaped(fsck)
+        registry.check()
+    return _classify(p, mode, site, errors, alive=alive, fsck_ok=fsck_ok,
                      recoveries=recoveries, seconds=time.monotonic() - t0)
 
 
-def load_results(path: str) -> list[RunResult]:
-    out: list[RunResult] = []
-    if not os.path.exists(path):
-        return out
-    with open(path, "rb") as f:
-        for line in f:
-            if line.strip():
-                out.append(msgspec.json.decode(line, type=RunResult))
-    return out
+def _classify(p: Planned, mode: str, site: str | None, errors: list[str], *, alive: bool,
+              fsck_ok: bool, recoveries: int, seconds: float) -> RunResult:
+    native = mode == "native"
+    lost_mount = any("Transport endpoint" in e or "connection abort" in e.lower()
+                     or (native and "Input/output error" in e) for e in errors)
+    hung = any(": hung:" in e for e in errors)
+    if not alive or lost_mount or hung:
+        outcome = "system failure"
+    elif errors:
+        outcome = "app-visible error"
+    elif recoveries:
+        outcome = "recovered"
+    else:
+        outcome = "no effect"
+    data_ok = fsck_ok and not any(("sha256sum" in e or "tar round trip" in e
+                                   or "integrity" in e or "writer" in e
+                                   or "recheck" in e) for e in errors)
+    detail = "; ".join(errors)[:500] if errors else ("fsck.fat found problems"
+                                                    if not fsck_ok else "")
+    return RunResult(driver=p.driver, index=p.index, mode=mode, kind=p.kind, seed=p.seed,
+                     site=site, outcome=outcome, data_ok=data_ok, detail=detail,
+                     recoveries=recoveries, seconds=seconds)
+
+
+def _runs(drivers: list[str], faults: int, only: int | None) -> int:
+    """How many runs the command plans: each fault twice, natively and under nooks."""
+    per_driver = faults if only is None else int(0 <= only < faults)
+    return len(drivers) * per_driver * 2
 
 
 def campaign(drivers: list[str], faults: int, *, jobs: int, seed: int, out_dir: str,
-             only: int | None = None,
-             progress: Callable[[RunResult], None] = lambda r: None) -> list[RunResult]:
-    """Run (or resume) a campaign; every result, old and new."""
+             only: int | None = None, registry: Registry | None = None,
+             progress: Callable[[RunResult], None] = lambda r: None) -> Done:
+    """Run (or resume) a campaign until it is done or ``registry`` is stopped.
+
+    A run that raises stops the others; once everything is torn down, its
+    exception is raised here.
+    """
+    registry = registry or Registry()
     os.makedirs(out_dir, exist_ok=True)
     results_path = os.path.join(out_dir, "results.jsonl")
-    done = {(r.driver, r.index, r.mode) for r in load_results(results_path)}
+    failures: list[BaseException] = []
+    try:
+        finished = {key(r) for r in load_results(results_path)}
+        todo: list[tuple[Planned, bool, list[int]]] = []
+        for driver in drivers:
+            lines = coverage(driver, out_dir, registry)
+            for p in plan(driver, faults, seed, lines):
+                if only is not None and p.index != only:
+                    continue
+                for native in (True, False):
+                    if (p.driver, p.index, "native" if native else "nooks") not in finished:
+                        todo.append((p, native, lines))
+        _run_all(todo, jobs=jobs, results_path=results_path, registry=registry,
+                 progress=progress, failures=failures)
+    except Exception:
+        if not registry.stopped:
+            raise  # the finally tears down what this left
+        # else: it failed because everything was being killed (or was refused)
+    finally:
+        registry.teardown()
+    if failures:
+        raise failures[0]
+    results = load_results(results_path)
+    wanted = set(drivers)
+    count = sum(1 for r in results if r.driver in wanted
+                and (r.index == only if only is not None else r.index < faults))
+    return Done(results=results, planned=_runs(drivers, faults, only), done=count,
+                stopped_by=signal_name(registry.signum) if registry.stopped else None,
+                signum=registry.signum if registry.stopped else None)
+
+
+def signal_name(signum: int | None) -> str:
+    return signal.Signals(signum).name if signum is not None else "an error"
+
+
+def _run_all(todo: list[tuple[Planned, bool, list[int]]], *, jobs: int, results_path: str,
+             registry: Registry, progress: Callable[[RunResult], None],
+             failures: list[BaseException]) -> None:
+    """Run ``todo`` on ``jobs`` threads; return when all are done, or ``GRACE`` seconds
+    after the registry was stopped (the scopes still open are then torn down)."""
+    items = iter(todo)
     lock = threading.Lock()
-    todo: list[tuple[Planned, bool, list[int]]] = []
-    for driver in drivers:
-        lines = coverage(driver, out_dir)
-        for p in plan(driver, faults, seed, lines):
-            if only is not None and p.index != only:
-                continue
-            for native in (True, False):
-                if (p.driver, p.index, "native" if native else "nooks") not in done:
-                    todo.append((p, native, lines))
 
-    def work(item: tuple[Planned, bool, list[int]]) -> None:
-        r = run_one(*item)
-        with lock, open(results_path, "ab") as f:
-            f.write(msgspec.json.encode(r) + b"\n")
-        progress(r)
+    def worker() -> None:
+        while not registry.stopped:
+            with lock:
+                item = next(items, None)
+            if item is None:
+                return
+            try:
+                r = run_one(*item, registry)
+            except Interrupted:
+                return
+            except BaseException as e:
+                if not registry.stopped:
+                    failures.append(e)
+                    registry.interrupt()
+                return
+            # a result returned was seen whole before any stop (run_one checks last)
+            with lock:
+                append_result(results_path, r)
+            progress(r)
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        for fut in concurrent.futures.as_completed([pool.submit(work, t) for t in todo]):
-            fut.result()
-    return load_results(results_path)
-
-
-def pairs(results: list[RunResult]) -> Iterator[tuple[RunResult, RunResult]]:
-    """(native, nooks) results of the same fault."""
-    by: dict[tuple[str, int], dict[str, RunResult]] = {}
-    for r in results:
-        by.setdefault((r.driver, r.index), {})[r.mode] = r
-    for key in sorted(by):
-        d = by[key]
-        if "native" in d and "nooks" in d:
-            yield d["native"], d["nooks"]
-
+    threads = [threading.Thread(target=worker, name=f"campaign-{i}", daemon=True)
+               for i in range(max(1, min(jobs, len(todo))))]
+    for t in threads:
+        t.start()
+    end: float | None = None
+    for t in threads:
+        while t.is_alive():
+            t.join(0.1)
+            if registry.stopped:
+                end = end or time.monotonic() + GRACE
+                if time.monotonic() > end:
+                    return

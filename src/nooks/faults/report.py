@@ -9,15 +9,53 @@ Definitions, per driver, over the faults run in both modes:
 * ``app_visible_errors``: nooks runs where a program failed or saw wrong data;
 * ``data_check_failures``: nooks runs whose data checks (checksums, sqlite,
   fsck) failed.
+
+Rules: a campaign that stopped before its last run (interrupted) gets a report
+too, of the runs done, and the report says at its top that it is partial, with
+the count of runs done of those planned. The chart needs matplotlib (the
+``plot`` extra); without it the chart is skipped, and the report says so in one
+line (so does the console); a chart.png left from an earlier report is removed
+rather than left to contradict this one.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from typing import Any
 
-from nooks.faults.campaign import RunResult, pairs
+from nooks.faults.results import RunResult, pairs
+
+NO_MATPLOTLIB = "no chart: matplotlib is not installed (pip install 'nooks[plot]')"
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far the campaign got: runs with a result of those planned; what stopped
+    it ("SIGINT", "SIGTERM"; None: nothing)."""
+    done: int
+    planned: int
+    stopped_by: str | None = None
+
+    @property
+    def partial(self) -> bool:
+        return self.stopped_by is not None or self.done < self.planned
+
+    def line(self) -> str:
+        why = f"interrupted by {self.stopped_by}" if self.stopped_by else "not finished"
+        return (f"**Partial report**: the campaign was {why} after {self.done} of "
+                f"{self.planned} runs; the tables count the faults run in both modes so "
+                "far. Run the same command again to resume: it does only the runs not done.")
+
+
+@dataclass(frozen=True)
+class Written:
+    """What ``write`` made: the summary, the files, and why there is no chart (None:
+    there is one)."""
+    summary: dict[str, dict[str, Any]]
+    paths: list[str]
+    chart_note: str | None
 
 
 def summarize(results: list[RunResult]) -> dict[str, dict[str, Any]]:
@@ -64,11 +102,16 @@ def _cell(text: str, limit: int) -> str:
     return " ".join(text.split()).replace("|", "/")[:limit]
 
 
-def markdown(summary: dict[str, dict[str, Any]], command: str, seed: int, out_dir: str) -> str:
-    lines = ["# Reliability campaign", "", f"Command: `{command}`", "",
-             "| driver | faults | native failures | prevented by nooks | non-fatal (native) "
-             "| app-visible errors (nooks) | data-check failures (nooks) | recovered |",
-             "|---|---|---|---|---|---|---|---|"]
+def markdown(summary: dict[str, dict[str, Any]], command: str, seed: int, out_dir: str, *,
+             progress: Progress | None = None, chart_note: str | None = None) -> str:
+    lines = ["# Reliability campaign", "", f"Command: `{command}`", ""]
+    if progress is not None and progress.partial:
+        lines += [progress.line(), ""]
+    if chart_note is not None:
+        lines += [f"({chart_note}.)", ""]
+    lines += ["| driver | faults | native failures | prevented by nooks | non-fatal (native) "
+              "| app-visible errors (nooks) | data-check failures (nooks) | recovered |",
+              "|---|---|---|---|---|---|---|---|"]
     for driver, s in sorted(summary.items()):
         lines.append(
             f"| {driver} | {s['faults']} | {s['native_failures']} | {s['prevented']} "
@@ -95,8 +138,23 @@ def markdown(summary: dict[str, dict[str, Any]], command: str, seed: int, out_di
     return "\n".join(lines) + "\n"
 
 
-def chart(summary: dict[str, dict[str, Any]], path: str) -> None:
-    """Bars per driver: faults, native failures, prevented, app-visible errors with nooks."""
+def chart(summary: dict[str, dict[str, Any]], path: str) -> str | None:
+    """Bars per driver: faults, native failures, prevented, app-visible errors with nooks;
+    None, or why there is no chart (a stale one at ``path`` is removed)."""
+    if not summary:
+        note = "no chart: no fault has been run in both modes yet"
+    else:
+        try:
+            _plot(summary, path)
+            return None
+        except ImportError:
+            note = NO_MATPLOTLIB
+    if os.path.exists(path):
+        os.unlink(path)
+    return note
+
+
+def _plot(summary: dict[str, dict[str, Any]], path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -121,12 +179,15 @@ def chart(summary: dict[str, dict[str, Any]], path: str) -> None:
     plt.close(fig)
 
 
-def write(results: list[RunResult], out_dir: str, command: str,
-          seed: int) -> dict[str, dict[str, Any]]:
+def write(results: list[RunResult], out_dir: str, command: str, seed: int,
+          progress: Progress | None = None) -> Written:
+    """summary.json, report.md and (with matplotlib) chart.png in ``out_dir``."""
     summary = summarize(results)
-    with open(os.path.join(out_dir, "summary.json"), "w") as f:
+    paths = [os.path.join(out_dir, n) for n in ("report.md", "summary.json", "chart.png")]
+    with open(paths[1], "w") as f:
         json.dump(summary, f, indent=2)
-    with open(os.path.join(out_dir, "report.md"), "w") as f:
-        f.write(markdown(summary, command, seed, out_dir))
-    chart(summary, os.path.join(out_dir, "chart.png"))
-    return summary
+    note = chart(summary, paths[2])
+    with open(paths[0], "w") as f:
+        f.write(markdown(summary, command, seed, out_dir, progress=progress,
+                         chart_note=note))
+    return Written(summary, paths if note is None else paths[:2], note)

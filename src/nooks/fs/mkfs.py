@@ -9,8 +9,9 @@ import subprocess
 
 
 def mkfs_vfat(path: str, size: int, fat: int | None = None, label: str = "NOOKS", *,
-              overwrite: bool = True) -> None:
-    """Create a FAT image of ``size`` bytes at ``path`` with dosfstools' mkfs.fat.
+              overwrite: bool = True, session: bool = False) -> None:
+    """Create a FAT image of ``size`` bytes at ``path`` with dosfstools' mkfs.fat
+    (``session``: in a session of its own, out of reach of the terminal's Ctrl-C).
 
     Without ``overwrite`` an existing file is refused (FileExistsError); an image that
     a mount holds is always refused."""
@@ -29,7 +30,8 @@ def mkfs_vfat(path: str, size: int, fat: int | None = None, label: str = "NOOKS"
     cmd = [tool, "-n", label[:11]]
     if fat is not None:
         cmd += ["-F", str(fat)]
-    r = subprocess.run([*cmd, path], capture_output=True, text=True, check=False)
+    r = subprocess.run([*cmd, path], capture_output=True, text=True, check=False,
+                       start_new_session=session)
     if r.returncode != 0:
         os.unlink(path)
         raise RuntimeError(f"mkfs.fat failed: {r.stderr.strip() or r.stdout.strip()}")

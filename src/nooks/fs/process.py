@@ -1,8 +1,9 @@
 """Running ``nooks mount`` (or any FUSE server) as a child process, for tools.
 
-Used by the demo, the benchmarks and the tests: start a mount, wait until the
-kernel shows it, unmount it and reap the process; and make a running host's
-driver fail and wait until it has been recovered.
+Used by the demo, the benchmarks, the reliability campaign and the tests: start a
+mount (or take one started elsewhere), wait until the kernel shows it, unmount it
+and reap the process; and make a running host's driver fail and wait until it has
+been recovered.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import IO
 from nooks.control import request, socket_path
 from nooks.fs.mounts import is_mounted
 
-__all__ = ["fail_and_wait", "is_mounted", "start_mount", "stop_mount"]
+__all__ = ["fail_and_wait", "is_mounted", "start_mount", "stop_mount", "wait_mounted"]
 
 
 def start_mount(cmd: list[str], mnt: str, *, timeout: float = 60.0,
@@ -25,16 +26,23 @@ def start_mount(cmd: list[str], mnt: str, *, timeout: float = 60.0,
                 output: int | IO[bytes] | None = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
     """Start ``cmd`` and wait until ``mnt`` is a mountpoint; RuntimeError if it dies."""
     proc = subprocess.Popen(cmd, env=env, stdout=output, stderr=subprocess.STDOUT)
+    wait_mounted(mnt, proc, timeout=timeout)
+    return proc
+
+
+def wait_mounted(mnt: str, proc: subprocess.Popen[bytes], *, timeout: float = 60.0) -> None:
+    """Wait until ``mnt`` is a mountpoint of the already started server ``proc``;
+    RuntimeError if it dies first, or (after stopping it) if it takes over ``timeout``."""
     end = time.monotonic() + timeout
     while not is_mounted(mnt):
         if proc.poll() is not None:
-            raise RuntimeError(f"{' '.join(cmd[:5])} ... exited with {proc.returncode} "
-                               "before mounting")
+            what = " ".join(str(a) for a in proc.args[:5]) \
+                if isinstance(proc.args, list) else str(proc.args)
+            raise RuntimeError(f"{what} ... exited with {proc.returncode} before mounting")
         if time.monotonic() > end:
             stop_mount(mnt, proc)
             raise RuntimeError(f"{mnt} was not mounted within {timeout:g} s")
         time.sleep(0.02)
-    return proc
 
 
 def stop_mount(mnt: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
