@@ -68,7 +68,11 @@ class Flooding(Quirky):
 
 
 class Garbage(Quirky):
+    """Also: ``/negative`` has a negative size; reads return more than asked."""
+
     def getattr(self, path: str, fh: int | None = None) -> Any:
+        if path == "/negative":
+            return {"st_mode": 0o100644, "st_size": -1, "st_nlink": 1}
         if path == "/garbage":
             from nooks.domain import child
 
@@ -79,6 +83,9 @@ class Garbage(Quirky):
 
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
         return b"x" * (80 << 20)
+
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        return super().read(path, size, offset, fh) + b"more than asked"
 
 
 class Boastful(Quirky):

@@ -19,6 +19,7 @@ from nooks.control import socket_path
 from nooks.faults.registry import Interrupted, Registry, group_members
 from nooks.faults.results import RunResult, append_result, load_results
 from nooks.fs.process import is_mounted, wait_mounted
+from tests.integration.fsutil import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -96,7 +97,8 @@ def test_close_after_a_host_died_removes_mount_socket_and_dir(
         scope.kill(host)  # dies as a crashed host would: mount and socket left behind
         host.wait()
         assert is_mounted(mnt)
-    assert not any(_alive(p) for p in domains)
+    # a domain sees its host die (a pidfd) and ends with everything it started
+    wait_for(lambda: not any(_alive(p) for p in domains), 30, "the domains to end")
     assert not is_mounted(mnt)
     assert not os.path.exists(socket_path("teardown-test"))
     assert not os.path.exists(d)

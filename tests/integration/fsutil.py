@@ -32,7 +32,14 @@ class Mount:
         return request(socket_path(self.name), {"cmd": "status"})
 
     def inject(self, fault: str) -> Any:
-        return request(socket_path(self.name), {"cmd": "inject", "fault": fault})
+        """Make the driver fail; the reply says the failure and its recovery."""
+        return request(socket_path(self.name), {"cmd": "inject", "fault": fault},
+                       timeout=120.0)
+
+    def inject_later(self, fault: str) -> Any:
+        """Send the fault and return at once: the driver takes it when it next reads."""
+        return request(socket_path(self.name), {"cmd": "inject", "fault": fault,
+                                                "wait": False})
 
 
 def wait_for(cond: Any, timeout: float, what: str) -> None:

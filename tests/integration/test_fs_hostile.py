@@ -104,9 +104,16 @@ def test_garbage_and_oversize_answers_are_misbehaviour(tmp_path: Path) -> None:
         with pytest.raises(OSError, match="Input/output error"):
             os.getxattr(f, "user.big")
         assert rss(host) < HOST_RSS_LIMIT
-        assert f.read_text() == "data"
+        with pytest.raises(OSError, match="Input/output error"):
+            os.stat(Path(m.path) / "negative")
+        big = Path(m.path) / "big.bin"
+        big.write_bytes(bytes(300_000))  # reads of it fill what the kernel asks, and more
+        with pytest.raises(OSError, match="Input/output error"):
+            big.read_bytes()
         recs = m.status()["recoveries"]
     details = [r["detail"] for r in recs]
     assert any("garbage on the channel" in d for d in details), details
     assert any("more than 67108864 bytes" in d for d in details), details
+    assert any("Expected `int` >= 0" in d for d in details), details
+    assert any("were asked" in d for d in details), details
     assert {r["kind"] for r in recs} == {"misbehaved"}
