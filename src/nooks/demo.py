@@ -84,8 +84,9 @@ class Chaos:
                     st = request(self.path, {"cmd": "status"})
                     if st.get("domain_pid"):
                         os.kill(st["domain_pid"], signal.SIGKILL)
-                else:
-                    request(self.path, {"cmd": "inject", "fault": fault})
+                elif "error" in request(self.path, {"cmd": "inject", "fault": fault},
+                                        timeout=60.0):
+                    continue  # not taken (the driver was busy): nothing happened
                 self.injected += 1
             except OSError:
                 if self.native:

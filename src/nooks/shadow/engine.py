@@ -227,8 +227,8 @@ class Shadow:
         tries = 0
         last: FailureReport | None = None
         second_opinion: tuple[str, str] | None = None
-        lenient = self._lenient.get(op, 0.0) > time.monotonic()
-        waited_until = time.monotonic() + self.block_timeout
+        lenient = bool(self._lenient) and self._lenient.get(op, 0.0) > time.monotonic()
+        waited_until = 0.0  # set when it first has to wait for a recovery to begin or end
         while True:
             if self.dead is not None and not self._revive(last):
                 report = self.dead.report or last
@@ -272,6 +272,7 @@ class Shadow:
                 # just failed); a request of the driver being built must not wait for it
                 if self._from_recovering(op, args):
                     return self._answer_own(op, args)
+                waited_until = waited_until or time.monotonic() + self.block_timeout
                 self._pause(waited_until, op)
                 continue
             except DomainFailed as e:

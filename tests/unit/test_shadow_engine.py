@@ -1,0 +1,249 @@
+"""The shadow engine's rules, against a fake domain: lenient re-issue of requests that
+raised, violations, requests from the driver being recovered, and revival of a
+driver that could not be brought back."""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable
+from typing import Any, cast
+
+import pytest
+
+from nooks.domain.host import Domain
+from nooks.errors import (
+    DomainFailed,
+    FailureKind,
+    FailureReport,
+    RecoveryFailed,
+    Restarting,
+)
+from nooks.shadow import engine
+from nooks.shadow.engine import ClassSpec, NotInLog, Shadow, Strategy
+
+Behaviour = Callable[["FakeDomain", str, tuple[Any, ...], bool], Any]
+
+
+class FakeIface:
+    unexpected: Any = staticmethod(lambda e: OSError(errno.EINVAL, "invalid"))
+
+
+class FakeDomain:
+    """Answers calls with ``behaviour``; counts restarts; can be made unable to restart."""
+
+    def __init__(self, behaviour: Behaviour) -> None:
+        self.behaviour = behaviour
+        self.name = "fake"
+        self.iface = FakeIface()
+        self.generation = 0
+        self.restarts = 0
+        self.restart_fails = 0
+        self.calls: list[tuple[str, bool]] = []
+        self.building_pids: set[int] = set()
+        self.condemned: list[tuple[str, FailureKind]] = []
+
+    def call(self, op: str, *args: Any, lenient: bool = False, **_: Any) -> Any:
+        self.calls.append((op, lenient))
+        return self.behaviour(self, op, args, lenient)
+
+    def condemn(self, detail: str, call: str,
+                kind: FailureKind = FailureKind.MISBEHAVED) -> FailureReport:
+        self.condemned.append((detail, kind))
+        return FailureReport(kind=kind, detail=detail, driver=self.name, call=call)
+
+    def restart(self) -> Any:
+        if self.restart_fails:
+            self.restart_fails -= 1
+            raise DomainFailed.of(FailureReport(kind=FailureKind.CRASHED, detail="no spare",
+                                                driver=self.name, call="construct"))
+        self.restarts += 1
+        self.generation += 1
+
+        class R:
+            constructed_ms = 1.0
+        return R()
+
+    def owns(self, pid: int) -> bool:
+        return pid in self.building_pids
+
+
+class Spec(ClassSpec):
+    """A minimal class: ctx pid is args[0]; errors are OSError; busy is EBUSY."""
+
+    def __init__(self) -> None:
+        self.own_answers = 0
+
+    def strategy(self, op: str) -> Strategy:
+        return Strategy.BLOCK
+
+    def translate(self, op: str, args: tuple[Any, ...], reissue: bool) -> tuple[Any, ...]:
+        return args
+
+    def record(self, op: str, args: tuple[Any, ...], result: Any) -> Any:
+        return result
+
+    def reinit(self, domain: Any) -> None:
+        pass
+
+    def replay(self, domain: Any) -> int:
+        return 0
+
+    def reissuable(self, op: str, args: tuple[Any, ...]) -> bool:
+        return True
+
+    def reissued(self, op: str, args: tuple[Any, ...], error: BaseException) -> tuple[bool, Any]:
+        return False, None
+
+    def suspect(self, op: str, args: tuple[Any, ...], error: BaseException,
+                domain: Any) -> bool:
+        return isinstance(error, OSError) and error.errno in (errno.EIO, errno.EMFILE)
+
+    def doubt(self, op: str, args: tuple[Any, ...], result: Any, domain: Any) -> str | None:
+        return None
+
+    def answer(self, op: str, args: tuple[Any, ...]) -> Any:
+        raise NotInLog(op)
+
+    def busy(self, op: str) -> BaseException:
+        return OSError(errno.EBUSY, "busy")
+
+    def poison(self, op: str, report: FailureReport) -> BaseException:
+        return OSError(errno.EIO, "poisoned")
+
+    def dropped(self, op: str) -> Any:
+        return None
+
+    def handle_result(self, op: str) -> bool:
+        return False
+
+    def violation(self, op: str, args: tuple[Any, ...], result: Any) -> str | None:
+        return "too long" if op == "read" and len(result) > args[1] else None
+
+    def requester(self, op: str, args: tuple[Any, ...]) -> int | None:
+        return args[0] if args and isinstance(args[0], int) else None
+
+    def answer_own(self, op: str, args: tuple[Any, ...]) -> Any:
+        self.own_answers += 1
+        return "beneath"
+
+
+def raised(kind: str = "TypeError") -> DomainFailed:
+    return DomainFailed.of(FailureReport(kind=FailureKind.MISBEHAVED, detail=f"{kind}: x",
+                                         driver="fake", call="op", exception=kind))
+
+
+def shadow(behaviour: Behaviour) -> tuple[Shadow, FakeDomain, Spec]:
+    d = FakeDomain(behaviour)
+    spec = Spec()
+    return Shadow(cast(Domain, d), spec, block_timeout=1.0), d, spec
+
+
+def test_a_request_that_raises_twice_is_answered_as_the_framework_does() -> None:
+    def behaviour(d: FakeDomain, op: str, args: tuple[Any, ...], lenient: bool) -> Any:
+        if lenient:
+            raise d.iface.unexpected(None)
+        raise raised()
+
+    s, d, _ = shadow(behaviour)
+    with pytest.raises(OSError, match="invalid") as e:
+        s.call("chmod", 0)
+    assert e.value.errno == errno.EINVAL
+    assert d.restarts == 1  # one recovery, not three and a poison
+    assert d.calls == [("chmod", False), ("chmod", True)]
+    with pytest.raises(OSError, match="invalid"):
+        s.call("chmod", 0)  # within the window: lenient at once, no restart
+    assert d.restarts == 1 and d.calls[-1] == ("chmod", True)
+    assert s.poisoned == 0
+
+
+def test_a_request_that_a_fresh_driver_serves_is_not_lenient_later() -> None:
+    def behaviour(d: FakeDomain, op: str, args: tuple[Any, ...], lenient: bool) -> Any:
+        if d.generation == 0:
+            raise raised()
+        return "fine"
+
+    s, d, _ = shadow(behaviour)
+    assert s.call("chmod", 0) == "fine"
+    assert s.call("chmod", 0) == "fine"
+    assert d.calls[-1] == ("chmod", False)
+
+
+def test_a_violation_is_never_passed_on() -> None:
+    s, d, _ = shadow(lambda d, op, args, lenient: b"x" * 10)
+    with pytest.raises(OSError, match="poisoned") as e:
+        s.call("read", 0, 4)
+    assert e.value.errno == errno.EIO
+    assert len(d.condemned) == 3 and s.poisoned == 1
+
+
+def test_out_of_descriptors_is_a_resource_failure() -> None:
+    def behaviour(d: FakeDomain, op: str, args: tuple[Any, ...], lenient: bool) -> Any:
+        if d.generation == 0:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return 7
+
+    s, d, _ = shadow(behaviour)
+    assert s.call("open", 0) == 7
+    assert [k for _, k in d.condemned] == [FailureKind.RESOURCE]
+
+
+def test_the_recovering_driver_is_answered_without_waiting() -> None:
+    """Its constructor stats its own mountpoint while the recovery waits for it."""
+    answers: list[Any] = []
+
+    def behaviour(d: FakeDomain, op: str, args: tuple[Any, ...], lenient: bool) -> Any:
+        if op == "crash" and d.generation == 0:
+            raise DomainFailed.of(FailureReport(kind=FailureKind.CRASHED, detail="segv",
+                                                driver="fake", call=op))
+        return "from the driver"
+
+    s, d, spec = shadow(behaviour)
+    real_restart = d.restart
+
+    def restart() -> Any:
+        d.building_pids = {4242}
+        answers.append(s.call("getattr", 4242))  # the new driver asks its own mount
+        answers.append(s.call("getattr", 4242))
+        d.building_pids = set()
+        return real_restart()
+
+    d.restart = restart  # type: ignore[method-assign]
+    assert s.call("crash", 1) == "from the driver"
+    assert answers == ["beneath", "beneath"] and spec.own_answers == 2
+
+
+def test_restarting_waits_for_the_recovery_then_goes_on() -> None:
+    state = {"n": 0}
+
+    def behaviour(d: FakeDomain, op: str, args: tuple[Any, ...], lenient: bool) -> Any:
+        state["n"] += 1
+        if state["n"] < 3:
+            raise Restarting("between drivers")
+        return "served"
+
+    s, _, _ = shadow(behaviour)
+    assert s.call("getattr", 0) == "served"
+
+
+def test_a_dead_driver_is_tried_again_after_a_pause(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1000.0]
+    monkeypatch.setattr("time.monotonic", lambda: now[0])
+
+    def behaviour(d: FakeDomain, op: str, args: tuple[Any, ...], lenient: bool) -> Any:
+        if d.generation == 0:
+            raise DomainFailed.of(FailureReport(kind=FailureKind.CRASHED, detail="segv",
+                                                driver="fake", call=op))
+        return "back"
+
+    s, d, _ = shadow(behaviour)
+    d.restart_fails = 3  # every attempt of the first recovery fails
+    with pytest.raises(OSError, match="poisoned"):
+        s.call("getattr", 0)
+    assert isinstance(s.dead, RecoveryFailed) and s.dead.report is not None
+    with pytest.raises(OSError, match="poisoned"):
+        s.call("getattr", 0)  # too soon: poisoned at once, no attempt
+    assert d.restarts == 0
+    now[0] += engine.REVIVE_FIRST + 0.1
+    assert s.call("getattr", 0) == "back"
+    assert s.dead is None and d.restarts == 1
+    assert [r.ok for r in s.recoveries] == [False, True]
