@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -12,7 +13,7 @@ import msgspec
 import pytest
 
 from nooks.xpc import messages as m
-from nooks.xpc.channel import CONTROL_ID, Channel, Waiter
+from nooks.xpc.channel import CONTROL_ID, MAX_NESTED, Channel, Waiter
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -414,7 +415,8 @@ def _wait_all_fail(rig: Rig, n: int, then: Callable[[Peer], None]) -> list[Calle
     m.encode("just a string"),
     m.encode((99, 1, 2)),  # unknown tag
     m.encode((m.TAG_REPLY, "one", b"")),  # a Reply whose id is not an int
-], ids=["invalid-byte", "not-a-message", "unknown-tag", "bad-field"])
+    b"\x91" * 2000 + b"\x00",  # nested deeper than the decoder goes (RecursionError)
+], ids=["invalid-byte", "not-a-message", "unknown-tag", "bad-field", "too-deep"])
 def test_garbage_fails_every_pending_wait_with_on_garbage(rig: Rig, garbage: bytes) -> None:
     callers = _wait_all_fail(rig, 3, lambda peer: peer.send(garbage))
     assert len(rig.hooks.garbage) == 1
@@ -596,3 +598,61 @@ def test_late_reads_are_bounded(rig: Rig) -> None:
         rig.channel.wait(w)
     assert len(rig.hooks.posts) == 64
     assert [c for c, _ in rig.hooks.deadlines] == ["start"]
+
+
+# -- large messages, soft waits, floods -------------------------------------------------------
+
+
+def fragments(data: bytes, size: int) -> list[bytes]:
+    pieces = [data[i:i + size] for i in range(0, len(data), size)]
+    return [m.encode(m.Fragment(i == len(pieces) - 1, p)) for i, p in enumerate(pieces)]
+
+
+def test_a_reply_in_fragments_is_delivered_whole(rig: Rig) -> None:
+    def reply_in_pieces(peer: Peer, msgs: list[Any]) -> None:
+        for msg in msgs:
+            for piece in fragments(m.encode_reply(msg.id, "y" * 5000), 1000):
+                peer.send(piece)
+
+    rig.start_peer(reply_in_pieces)
+    assert result_of(rig.call(1, "x")) == "y" * 5000
+    assert rig.call(2, "x").id == 2  # the channel is whole again
+    assert rig.channel.broken is None
+
+
+def test_a_message_too_large_to_assemble_is_garbage(rig: Rig,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(m, "MAX_ASSEMBLED", 4000)
+
+    def reply_in_pieces(peer: Peer, msgs: list[Any]) -> None:
+        for msg in msgs:
+            for piece in fragments(m.encode_reply(msg.id, "y" * 5000), 1000):
+                with contextlib.suppress(OSError):  # the host may have given up on it
+                    peer.send(piece)
+
+    rig.start_peer(reply_in_pieces)
+    with pytest.raises(Garbage, match="more than 4000 bytes"):
+        rig.call(1, "x")
+
+
+def test_a_soft_deadline_ends_the_wait_and_judges_no_one(rig: Rig) -> None:
+    w = rig.channel.register(7, time.monotonic() + 0.2, "inject", soft=True)
+    with pytest.raises(TimeoutError):
+        rig.channel.wait(w)
+    assert rig.channel.broken is None and rig.hooks.deadlines == []
+    rig.start_peer(echo)
+    assert result_of(rig.call(8, "still here")) == ["still here"]
+
+
+def test_a_flood_of_kernel_calls_for_one_call_is_a_resource_failure(rig: Rig) -> None:
+    """Kernel calls queued for a call whose thread has not served them yet (it sleeps
+    while another thread reads the channel) are bounded."""
+    w = rig.register(1)
+    for i in range(MAX_NESTED + 1):
+        call = msgspec.msgpack.decode(m.encode_call(1000 + i, 0, ("k",), parent=1),
+                                      type=m.Call)
+        rig.channel._route(call, None)  # as the reading thread routes them
+    assert len(rig.hooks.floods) == 1
+    assert "more than 256 kernel calls" in str(rig.hooks.floods[0])
+    with pytest.raises(Flood):
+        rig.channel.wait(w)
