@@ -32,8 +32,6 @@ from typing import Any
 
 import msgspec
 
-from nooks.domain.cgroup import in_domain
-
 log = logging.getLogger(__name__)
 
 MAX_REQUEST = 64 << 10
@@ -116,6 +114,19 @@ def _from_domain(conn: socket.socket) -> bool:
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     pid = struct.unpack("3i", creds)[0]
     return pid > 0 and in_domain(pid)
+
+
+def in_domain(pid: int) -> bool:
+    """Whether process ``pid`` runs in a nooks domain: its cgroup is one of the domains'
+    (``/nooks/...``, see nooks.domain.cgroup), or its environment has the marker every
+    domain gets (``NOOKS_DOMAIN``, see nooks.domain.incarnation)."""
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/cgroup") as f:
+        for line in f:
+            if line.rpartition(":")[2].startswith("/nooks/"):
+                return True
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/environ", "rb") as f:
+        return b"\0NOOKS_DOMAIN=" in b"\0" + f.read()
+    return False
 
 
 def _readline(conn: socket.socket) -> bytes:

@@ -97,3 +97,41 @@ class Boastful(Quirky):
 
         adapter.FsAdapter.implemented = (  # type: ignore[method-assign]
             lambda self: ["getattr", "readdir", "lock", "__init__"])
+
+
+class Snooping(Quirky):
+    """getxattr ``user.snoop`` answers what the driver could reach: its host's memory
+    and environment through /proc, its host's control socket, a signal to its host."""
+
+    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        import json
+        import signal
+
+        if name != "user.snoop":
+            return super().getxattr(path, name, position)
+        host = os.getppid()
+        got: dict[str, str] = {}
+        for what in ("environ", "mem", "maps"):
+            try:
+                with open(f"/proc/{host}/{what}", "rb") as f:
+                    f.read(16)
+                got[what] = "read"
+            except OSError as e:
+                got[what] = type(e).__name__
+        from nooks.control import request, run_dir
+
+        got["control"] = "no host found"
+        for entry in sorted(os.listdir(run_dir())):
+            if entry.endswith(".sock"):
+                try:
+                    got["control"] = json.dumps(request(os.path.join(run_dir(), entry),
+                                                        {"cmd": "status"}))
+                    break
+                except (TimeoutError, OSError) as e:
+                    got["control"] = type(e).__name__
+        try:
+            os.kill(host, signal.SIGCONT)
+            got["signal"] = "sent"
+        except OSError as e:
+            got["signal"] = type(e).__name__
+        return json.dumps(got).encode()

@@ -5,6 +5,7 @@ bounded, and nothing of the driver left running."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import time
 from pathlib import Path
@@ -117,3 +118,17 @@ def test_garbage_and_oversize_answers_are_misbehaviour(tmp_path: Path) -> None:
     assert any("Expected `int` >= 0" in d for d in details), details
     assert any("were asked" in d for d in details), details
     assert {r["kind"] for r in recs} == {"misbehaved"}
+
+
+def test_a_driver_cannot_reach_its_host(tmp_path: Path) -> None:
+    """Not its memory or environment under /proc, not its control socket, not a signal
+    (the default hardening of a root domain)."""
+    with mounted(str(tmp_path), "tests.drivers.hostile:Snooping",
+                 extra=("--state", "volatile")) as m:
+        f = Path(m.path) / "f"
+        f.write_text("x")
+        got = json.loads(os.getxattr(f, "user.snoop"))
+        assert m.status()["recoveries"] == []
+    assert got["environ"] == got["mem"] == "PermissionError", got
+    assert "may not use a host's control socket" in got["control"], got
+    assert got["signal"] == "PermissionError", got

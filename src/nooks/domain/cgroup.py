@@ -27,7 +27,7 @@ import time
 
 log = logging.getLogger(__name__)
 
-BASE = "nooks"
+BASE = "nooks"  # (nooks.control recognises domains by it: /nooks/ in their cgroup path)
 
 
 def _mounts() -> list[tuple[str, str, str]]:
@@ -188,15 +188,3 @@ def _unavailable(why: str) -> None:
         _warned = True
         log.warning("domains get no cgroups (%s): a domain's children that leave its "
                     "process group can outlive it, and its task limit does not apply", why)
-
-
-def in_domain(pid: int) -> bool:
-    """Whether process ``pid`` runs in a nooks domain (its cgroup, or the marker in
-    its environment): such processes may not use hosts' control sockets."""
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/cgroup") as f:
-        for line in f:
-            if f"/{BASE}/" in line.rpartition(":")[2]:
-                return True
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/environ", "rb") as f:
-        return b"\0NOOKS_DOMAIN=" in b"\0" + f.read()
-    return False
