@@ -3,6 +3,7 @@ daemon mode, clean unmount on SIGTERM, and a control socket that survives garbag
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -97,3 +98,12 @@ def test_control_socket_survives_garbage(tmp_path: Path) -> None:
             assert b'"error"' in reply
         assert request(path, {"cmd": "status"})["state"] == "live"
         assert m.status()["recoveries"] == []
+
+
+def test_version_help_and_json_to_stdout() -> None:
+    r = nooks("--version")
+    assert r.returncode == 0 and r.stdout.startswith("nooks ")
+    r = nooks("mount", "--help")
+    assert r.returncode == 0 and "(default: 10.0)" in r.stdout and "(default: 1024)" in r.stdout
+    r = nooks("bench", "xpc", "--quick", "--json", "-")
+    assert json.loads(r.stdout)["null_rtt_us"] > 0  # stdout is the JSON and nothing else
