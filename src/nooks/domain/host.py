@@ -89,6 +89,9 @@ class Domain:
         self._ids = itertools.count(1)
         self._inc: Incarnation | None = None
         self._spare: Incarnation | None = None
+        # the next spare is started in the background, off the recovery's path
+        self._spare_cv = threading.Condition(threading.Lock())
+        self._refilling = False
         self._building: Incarnation | None = None  # taken from the spare, being constructed
         self._retired: list[Incarnation] = []
         self._fault_pending = spec.fault is not None
@@ -105,7 +108,10 @@ class Domain:
     # -- lifecycle -----------------------------------------------------------------------
 
     def _take_spare(self) -> Incarnation:
-        inc, self._spare = self._spare, None
+        with self._spare_cv:
+            while self._refilling:  # being started: it will be ready sooner than a new one
+                self._spare_cv.wait()
+            inc, self._spare = self._spare, None
         if inc is None or not inc.alive:
             if inc is not None:
                 self._retire(inc)
@@ -120,8 +126,31 @@ class Domain:
         return inc
 
     def _refill_spare(self) -> None:
-        if self.warm_spare and self._spare is None and not self._closed:
-            self._spare = Incarnation(self.spec)
+        """Start the next warm spare, in a thread of its own: spawning a domain (its
+        process, arenas, cgroup) takes milliseconds a recovery need not wait for."""
+        with self._spare_cv:
+            if not self.warm_spare or self._spare is not None or self._closed \
+                    or self._refilling:
+                return
+            self._refilling = True
+        threading.Thread(target=self._make_spare, name=f"nooks-spare-{self.name}",
+                         daemon=True).start()
+
+    def _make_spare(self) -> None:
+        inc: Incarnation | None = None
+        try:
+            inc = Incarnation(self.spec)
+        except Exception:
+            log.exception("%s: a warm spare could not be started", self.name)
+        with self._spare_cv:
+            keep = inc is not None and not self._closed and self._spare is None
+            if keep:
+                self._spare = inc
+        if inc is not None and not keep:
+            inc.close()  # before ``close`` of the domain returns: nothing is left behind
+        with self._spare_cv:
+            self._refilling = False
+            self._spare_cv.notify_all()
 
     def start(self) -> None:
         """Start the driver: spare (or new) domain, then construct it."""
@@ -164,7 +193,10 @@ class Domain:
 
     def wait_spare(self) -> None:
         """Wait until the warm spare is up (no-op without one)."""
-        spare = self._spare
+        with self._spare_cv:
+            while self._refilling:
+                self._spare_cv.wait()
+            spare = self._spare
         if spare is not None and spare.alive:
             with contextlib.suppress(DomainFailed):
                 spare.wait_hello()
@@ -211,7 +243,10 @@ class Domain:
         A live driver is ended in order first (``Incarnation.shutdown``: its
         finalizers and the interpreter's exit run, within ``spec.exit_timeout``)."""
         with self._lifecycle:
-            self._closed = True
+            with self._spare_cv:
+                self._closed = True
+                while self._refilling:  # a spare being started is closed with the rest
+                    self._spare_cv.wait()
             current = self._inc
             if current is not None and current.alive \
                     and not current.shutdown(self.spec.exit_timeout):
