@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from nooks import argcheck
 from nooks.domain.harden import DENIED_SYSCALLS
@@ -54,8 +55,15 @@ def add(parser: argparse.ArgumentParser) -> None:
 
 
 def limits(args: argparse.Namespace) -> Limits:
-    """The Limits the parsed flags ask for."""
+    """The Limits the parsed flags ask for; ValueError if the domain could not run as
+    the user asked for (it could not even start its interpreter)."""
     harden = args.seccomp != "none"
+    if args.user is not None:
+        group = _primary_group(args.user)
+        blocked = unreachable(sys.executable, args.user, group)
+        if blocked is not None:
+            raise ValueError(f"--user {args.user}: the domain's interpreter "
+                             f"{sys.executable} is out of its reach ({blocked})")
     return Limits(
         address_space=args.memory, open_files=args.max_fds, tasks=args.max_tasks,
         harden=harden,
@@ -65,6 +73,31 @@ def limits(args: argparse.Namespace) -> Limits:
         group=_primary_group(args.user) if args.user is not None else None,
         env=tuple(args.env),
     )
+
+
+def unreachable(path: str, uid: int, gid: int | None) -> str | None:
+    """Why user ``uid`` (group ``gid``) cannot run the program at ``path``, or None:
+    every directory on the way must let it search, the program let it read and run."""
+    if uid == 0:
+        return None
+    real = os.path.realpath(path)
+    parts = real.split(os.sep)
+    for i in range(1, len(parts) + 1):
+        at = os.sep.join(parts[:i]) or os.sep
+        try:
+            st = os.stat(at)
+        except OSError as e:
+            return f"{at}: {e.strerror}"
+        need = 0o5 if i == len(parts) else 0o1
+        if st.st_uid == uid:
+            bits = st.st_mode >> 6
+        elif gid is not None and st.st_gid == gid:
+            bits = st.st_mode >> 3
+        else:
+            bits = st.st_mode
+        if bits & need != need:
+            return f"{at} is mode {st.st_mode & 0o777:o}, owned by uid {st.st_uid}"
+    return None
 
 
 def _primary_group(uid: int) -> int | None:

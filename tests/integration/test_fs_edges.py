@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import pwd
 import subprocess
 import sys
 import tarfile
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from nooks.fs.mkfs import mkfs_vfat
+from nooks.limitflags import unreachable
 from tests.integration.fsutil import mounted
 
 pytestmark = [pytest.mark.timeout(300),
@@ -138,3 +140,37 @@ def test_a_fault_the_driver_cannot_take_is_reported(tmp_path: Path) -> None:
         assert got == ["x"]
         kinds = [rec["kind"] for rec in m.status()["recoveries"]]
     assert kinds == ["hung"]
+
+
+def test_a_strict_profile_still_serves(tmp_path: Path) -> None:
+    backing = tmp_path / "backing"
+    backing.mkdir()
+    with mounted(str(tmp_path / "strict"), "passthrough", str(backing),
+                 extra=("--seccomp", "strict")) as m:
+        r = subprocess.run(["cp", "-a", os.path.dirname(tarfile.__file__) + "/json", m.path],
+                           capture_output=True, text=True, check=False)
+        assert r.returncode == 0, r.stderr
+        assert sorted(os.listdir(Path(m.path) / "json")) == \
+            sorted(os.listdir(backing / "json"))
+        subprocess.run(["rm", "-r", str(Path(m.path) / "json")], check=True)
+        assert m.status()["recoveries"] == []
+
+
+def test_a_driver_runs_as_another_user(tmp_path: Path) -> None:
+    image = tmp_path / "disk.img"
+    mkfs_vfat(str(image), 16 << 20)
+    nobody = pwd.getpwnam("nobody")
+    blocked = unreachable(sys.executable, nobody.pw_uid, nobody.pw_gid)
+    if blocked is not None:  # e.g. an interpreter under /root: refused with the reason
+        r = nooks("mount", "vfat", str(image), str(tmp_path), "--user", "nobody")
+        assert r.returncode == 1 and "out of its reach" in r.stderr, r.stderr
+        pytest.skip(f"nobody cannot run this interpreter: {blocked}")
+    with mounted(str(tmp_path / "nobody"), "vfat", str(image),
+                 extra=("--user", "nobody")) as m:
+        (Path(m.path) / "f.txt").write_text("as nobody")
+        assert (Path(m.path) / "f.txt").read_text() == "as nobody"
+        st = m.status()
+        with open(f"/proc/{st['domain_pid']}/status") as f:
+            uid = next(line.split()[1] for line in f if line.startswith("Uid:"))
+        assert int(uid) == pwd.getpwnam("nobody").pw_uid
+        assert st["recoveries"] == []

@@ -459,16 +459,16 @@ def _wait_for_cgroup(relative: str) -> None:
 def main(argv: list[str]) -> NoReturn:
     global _runtime
     cfg = msgspec.json.decode(argv[1], type=ChildConfig)
-    _enter(cfg)
-    if cfg.fault is not None:
-        from nooks.faults import Fault, loader
-
-        loader.install(cfg.fault.module, Fault(cfg.fault.kind, cfg.fault.seed),
-                       set(cfg.fault.lines) if cfg.fault.lines is not None else None)
     try:
+        _enter(cfg)
+        if cfg.fault is not None:
+            from nooks.faults import Fault, loader
+
+            loader.install(cfg.fault.module, Fault(cfg.fault.kind, cfg.fault.seed),
+                           set(cfg.fault.lines) if cfg.fault.lines is not None else None)
         rt = _runtime = Runtime(cfg)
     except BaseException as e:
-        # the driver's interface could not be loaded: say so on the channel
+        # hardening failed, or the driver's interface could not be loaded: say so
         s = socket.socket(fileno=cfg.sock_fd)
         s.send(m.encode(m.Failure("misbehaved", f"domain start-up failed: "
                                   f"{type(e).__name__}: {e}",

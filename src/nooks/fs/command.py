@@ -182,11 +182,15 @@ def _run(args: argparse.Namespace, driver: Any, mountpoint: str, fault: FaultPla
         return 1
 
     try:
+        limits = limitflags.limits(args)
+    except ValueError as e:
+        return failed(str(e))
+    try:
         host = FsHost(driver, mountpoint, name=args.name, native=args.native,
                       threads=args.threads, deadline=args.deadline,
                       options=_fuse_options(args.options), on_ready=on_ready, fault=fault,
                       record_lines=args.record_lines, check_interval=args.check_interval,
-                      limits=limitflags.limits(args))
+                      limits=limits)
     except Exception as e:
         return failed(f"the driver did not start: {e}")
     try:
