@@ -40,9 +40,10 @@ from nooks.shadow.engine import Recovery, Shadow
 from nooks.shadow.web import RETRY_AFTER, ExtensionFailed, ServiceBusy, WebShadow
 from nooks.web import http
 from nooks.web.apps import WebApp
+from nooks.web.conn import Reply
 from nooks.web.http import HttpLimits, Request
 from nooks.web.interface import Head
-from nooks.web.loop import ConnectionLoop, Reply
+from nooks.web.loop import ConnectionLoop
 from nooks.web.pool import Worker, WorkerPool
 from nooks.web.streaming import BodyStream
 
@@ -211,7 +212,7 @@ class WebHost:
                                http10=req.http10)
         if head_only or head.status in (204, 304):
             if stream is not None:
-                self.loop.threads.submit(stream.drop)
+                stream.drop()
             return Reply(out)
         return Reply(out + head.body, stream)
 
@@ -246,7 +247,7 @@ class WebHost:
                                 note=self._note)
         if problem is not None:
             if stream is not None:
-                self.loop.threads.submit(stream.drop)
+                stream.drop()
             raise BadResponse(problem)
         return head, stream
 

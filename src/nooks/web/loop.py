@@ -1,26 +1,28 @@
-"""The web host's connections: one epoll loop frames requests, threads answer them.
+"""The web host's connections: epoll frames requests, threads answer whole ones.
 
-No thread waits on a client. The loop (the thread that calls ``run``) accepts
-connections, reads what they send, frames it into requests with
-``nooks.web.http`` and enforces every per-connection deadline; only a
-*complete* request is handed to a thread (started as needed, reused), which
-asks a worker and writes the answer. A slow or silent client costs a file
-descriptor and its parser's buffer, never a thread. Rules:
+No thread waits on a client. Threads wait in epoll (one-shot: each event
+goes to one thread and disarms its connection); the thread that gets an
+event reads what came, frames it into requests with ``nooks.web.http`` and,
+only once a request is *complete*, answers it itself — first making sure
+another thread is left waiting in epoll (leader/followers: no hand-off, so a
+request costs no more thread switches than with a thread per connection). A
+slow or silent client costs a descriptor and its parser's buffer, never a
+thread. Rules:
 
-* a connection belongs to one thread at a time. The loop owns it while it is
-  armed in epoll (one-shot: each event disarms it); a request thread owns it
-  from the moment it is handed a request until it arms it again (for reading,
-  or for writing when the client is slow to read) or closes it;
+* a connection belongs to one thread at a time (see ``nooks.web.conn``): the
+  one that got its event, or the one answering it (``BUSY``) until it arms it
+  again or closes it. Short steps take its lock; nothing blocks under it;
 * requests on one connection are answered in order, one at a time (keep-alive
-  and pipelining); while one is being answered the connection is not read, so
-  a client that sends faster than it reads is held back by TCP, not buffered;
-* a response goes out as fast as the client takes it: a thread writes what
-  the socket accepts, and what is left is written by the loop as the socket
-  drains. A streamed body's next piece is fetched only once the previous one
-  is written, so each connection holds at most one piece;
-* deadlines, checked every ``SWEEP`` seconds: ``idle_timeout`` before a
-  request begins (closed quietly), ``request_timeout`` from its first byte to
-  its last (408), ``send_timeout`` without the client reading (closed);
+  and pipelining); while one is answered the connection is not read, so a
+  client that sends faster than it reads is held back by TCP, not buffered;
+* a response goes out as fast as the client takes it: what the socket does
+  not accept waits for it to drain (armed for output). A streamed body's next
+  piece is fetched only once the last one is written: a connection holds at
+  most one piece;
+* deadlines, checked every ``SWEEP`` seconds by the thread that called
+  ``run``: ``idle_timeout`` before a request begins (closed quietly),
+  ``request_timeout`` from its first byte to its last (408), ``send_timeout``
+  without the client reading (closed);
 * a refused request (4xx) is answered, the sending side shut, and what the
   client still sends is read and dropped for ``LINGER_SECONDS`` (at most
   ``LINGER_BYTES``), so that closing does not reset the connection before
@@ -31,21 +33,30 @@ descriptor and its parser's buffer, never a thread. Rules:
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import errno
 import logging
-import queue
 import select
 import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
 
 from nooks.web import http
-from nooks.web.http import HttpLimits, ProtocolError, Request
-from nooks.web.streaming import BodyStream, Truncated
+from nooks.web.conn import (
+    BUSY,
+    CLOSE,
+    CLOSED,
+    LINGER,
+    LINGERING,
+    NEXT,
+    READING,
+    WRITING,
+    Conn,
+    Respond,
+)
+from nooks.web.http import HttpLimits, ProtocolError
+from nooks.web.streaming import Truncated
 
 log = logging.getLogger(__name__)
 
@@ -53,79 +64,12 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 4 << 20
 SWEEP = 0.1  # seconds between deadline checks
+THREAD_IDLE = 60.0  # a spare thread that waited this long for an event ends
 READ_SIZE = 64 << 10
 _IN = select.EPOLLIN | select.EPOLLONESHOT
 _OUT = select.EPOLLOUT | select.EPOLLONESHOT
 
-# connection states, and what follows a written response
-READING, BUSY, WRITING, LINGERING, CLOSED = range(5)
-NEXT, CLOSE, LINGER = range(3)
-
-
-class Reply(NamedTuple):
-    """What answers a request: bytes to send, then maybe a body to stream."""
-
-    data: bytes
-    stream: BodyStream | None = None
-
-
-Respond = Callable[[Request, tuple[str, int]], Reply]
-
-
-class Conn:
-    __slots__ = ("client", "continued", "deadline", "drained", "fd", "idle_deadline", "out",
-                 "parser", "pending", "req_deadline", "sock", "state", "stream", "then")
-
-    def __init__(self, sock: socket.socket, client: tuple[str, int], limits: HttpLimits,
-                 now: float) -> None:
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.client = client
-        self.parser = http.RequestParser(limits)
-        self.pending: collections.deque[Request] = collections.deque()
-        self.out: memoryview = memoryview(b"")
-        self.stream: BodyStream | None = None
-        self.state = READING
-        self.then = NEXT
-        self.idle_deadline = now + limits.idle_timeout
-        self.req_deadline: float | None = None  # for the request being read
-        self.deadline = 0.0  # writing or lingering
-        self.continued = False
-        self.drained = 0
-
-
-class Threads:
-    """Threads for complete requests: one per task at once, started as needed, kept."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self._tasks: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]]] = \
-            queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._idle = 0
-        self.started = 0
-
-    def submit(self, fn: Callable[..., None], *args: Any) -> None:
-        with self._lock:
-            start = self._idle == 0
-            if start:
-                self.started += 1
-            else:
-                self._idle -= 1  # that thread is this task's
-        self._tasks.put((fn, args))
-        if start:
-            threading.Thread(target=self._run, name=f"{self.name}-request",
-                             daemon=True).start()
-
-    def _run(self) -> None:
-        while True:
-            fn, args = self._tasks.get()
-            try:
-                fn(*args)
-            except Exception:
-                log.exception("%s: a request thread failed", self.name)
-            with self._lock:
-                self._idle += 1
+Work = Callable[[Conn], None] | None  # blocking work an event leads to
 
 
 class ConnectionLoop:
@@ -138,9 +82,10 @@ class ConnectionLoop:
         self.max_connections = max_connections
         self.name = name
         self.note = note  # counts what happened: ("rejected", status), ("send_timeout", 0)
-        self.threads = Threads(name)
         self.stopping = False
         self.open = 0
+        self.threads = 0
+        self._polling = 0  # threads waiting in epoll, or on their way there
         self._conns: dict[int, Conn] = {}
         self._lock = threading.Lock()
         self._paused = False  # at max_connections: the listener is not armed
@@ -150,38 +95,77 @@ class ConnectionLoop:
         self._lfd = listener.fileno()
         self._ep.register(self._lfd, _IN)
 
-    # -- the loop ------------------------------------------------------------------------
+    # -- threads -------------------------------------------------------------------------
 
     def run(self) -> None:
-        """Serve until ``stopping`` is set (or an exception, e.g. from a signal)."""
-        next_sweep = time.monotonic() + SWEEP
-        poll = self._ep.poll
-        conns = self._conns
+        """Serve until ``stopping`` is set (or an exception, e.g. from a signal); this
+        thread keeps the deadlines."""
+        self._spawn()
         while not self.stopping:
-            events = poll(max(0.0, next_sweep - time.monotonic()), 256)
-            for fd, _ in events:
-                if fd == self._lfd:
-                    self._accept()
-                    continue
-                conn = conns.get(fd)
-                if conn is None:
-                    continue
-                try:
-                    if conn.state == READING:
-                        self._read(conn)
-                    elif conn.state == WRITING:
-                        self._write(conn)
-                    elif conn.state == LINGERING:
-                        self._drain(conn)
-                except OSError:
-                    self._close(conn)  # the client went away
-                except Exception:
-                    log.exception("%s: connection from %s", self.name, conn.client)
-                    self._close(conn)
-            now = time.monotonic()
-            if now >= next_sweep:
-                self._sweep(now)
-                next_sweep = now + SWEEP
+            time.sleep(SWEEP)
+            self._sweep(time.monotonic())
+
+    def _spawn(self) -> None:
+        with self._lock:
+            self._polling += 1
+            self.threads += 1
+        try:
+            threading.Thread(target=self._wait, name=f"{self.name}-http", daemon=True).start()
+        except RuntimeError as e:  # no thread to be had: those there will do
+            log.warning("%s: cannot start a thread: %s", self.name, e)
+            with self._lock:
+                self._polling -= 1
+                self.threads -= 1
+
+    def _ensure_waiter(self) -> None:
+        """Before this thread blocks on a request: someone else must wait in epoll."""
+        with self._lock:
+            none = self._polling == 0
+        if none:
+            self._spawn()
+
+    def _wait(self) -> None:
+        poll = self._ep.poll
+        try:
+            while not self.stopping:
+                events = poll(THREAD_IDLE, 1)
+                with self._lock:
+                    self._polling -= 1
+                    if not events and self._polling > 0:
+                        self.threads -= 1
+                        return  # idle for long, and not the last one waiting
+                for fd, _ in events:
+                    self._event(fd)
+                with self._lock:
+                    self._polling += 1
+        except (OSError, ValueError):
+            pass  # epoll closed: the host is stopping
+
+    def _event(self, fd: int) -> None:
+        if fd == self._lfd:
+            self._accept()
+            return
+        conn = self._conns.get(fd)
+        if conn is None:
+            return
+        work: Work = None
+        with conn.lock:
+            try:
+                state = conn.state
+                if state == READING:
+                    work = self._read(conn)
+                elif state == WRITING:
+                    work = self._write(conn)
+                elif state == LINGERING:
+                    self._drain(conn)
+            except OSError:
+                self._close(conn)  # the client went away
+            except Exception:
+                log.exception("%s: connection from %s", self.name, conn.client)
+                self._close(conn)
+        if work is not None:
+            self._ensure_waiter()
+            work(conn)
 
     def close(self) -> None:
         self.stopping = True
@@ -198,7 +182,7 @@ class ConnectionLoop:
                 "answering": sum(c.state == BUSY for c in conns),
                 "stalled": sum(c.state == WRITING for c in conns),
                 "streaming": sum(c.stream is not None for c in conns),
-                "request_threads": self.threads.started}
+                "threads": self.threads}
 
     def _arm(self, conn: Conn, events: int) -> None:
         try:
@@ -229,26 +213,27 @@ class ConnectionLoop:
                 sock.setblocking(False)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 conn = Conn(sock, addr[:2], self.limits, now)
-                self._conns[conn.fd] = conn
                 with self._lock:
                     self.open += 1
+                self._conns[conn.fd] = conn
                 self._ep.register(conn.fd, _IN)
             except OSError as e:
                 log.warning("%s: connection from %s dropped: %s", self.name, addr, e)
                 sock.close()
-        self._ep.modify(self._lfd, _IN)
+        with contextlib.suppress(OSError, ValueError):
+            self._ep.modify(self._lfd, _IN)
 
-    # -- reading (the loop) --------------------------------------------------------------
+    # -- reading (under the connection's lock) -------------------------------------------
 
-    def _read(self, conn: Conn) -> None:
+    def _read(self, conn: Conn) -> Work:
         try:
             data = conn.sock.recv(READ_SIZE)
         except BlockingIOError:
             self._arm(conn, _IN)
-            return
+            return None
         if not data:
             self._close(conn)
-            return
+            return None
         if conn.req_deadline is None:
             conn.req_deadline = time.monotonic() + self.limits.request_timeout
         parser = conn.parser
@@ -256,7 +241,7 @@ class ConnectionLoop:
             requests = parser.feed(data)
         except ProtocolError as e:
             self._refuse(conn, e.status, e.message)
-            return
+            return None
         if not parser.in_request:
             conn.req_deadline, conn.continued = None, False
         elif parser.expect_continue and not conn.continued:
@@ -265,11 +250,11 @@ class ConnectionLoop:
         if requests:
             conn.pending.extend(requests)
             conn.state = BUSY
-            self.threads.submit(self._serve, conn)
-        elif conn.out:
-            self._write(conn)  # "100 Continue" did not all go: send the rest first
-        else:
-            self._arm(conn, _IN)
+            return self._serve
+        if conn.out:
+            return self._write(conn)  # "100 Continue" did not all go: send the rest first
+        self._arm(conn, _IN)
+        return None
 
     def _send_now(self, conn: Conn, data: bytes) -> None:
         try:
@@ -303,10 +288,10 @@ class ConnectionLoop:
                 return
         self._arm(conn, _IN)
 
-    # -- writing (request threads, and the loop when the client is slow) ----------------
+    # -- answering (the connection is BUSY: this thread's alone) -------------------------
 
     def _serve(self, conn: Conn) -> None:
-        """Answer the connection's pending requests in order (a request thread)."""
+        """Answer the connection's pending requests in order."""
         try:
             while conn.pending and not self.stopping:
                 req = conn.pending.popleft()
@@ -315,14 +300,14 @@ class ConnectionLoop:
                 conn.out, conn.stream = memoryview(out), reply.stream
                 conn.then = NEXT if req.keep_alive else CLOSE
                 if not self._push(conn):
-                    return  # the loop writes the rest, or the connection is closed
+                    return  # left to drain (armed for output), or closed
                 if conn.then == CLOSE:
                     self._close(conn)
                     return
             if self.stopping:
                 self._close(conn)
                 return
-            self._after(conn, in_thread=True)
+            self._after(conn)  # nothing is pending: no work comes back
         except OSError:
             self._close(conn)
         except Exception:
@@ -331,7 +316,7 @@ class ConnectionLoop:
 
     def _push(self, conn: Conn) -> bool:
         """Write the response, fetching its streamed body piece by piece, while the
-        socket takes it (a request thread). False if it is left to the loop (or closed)."""
+        socket takes it. False if it is left to drain (or the connection is closed)."""
         while True:
             if conn.out:
                 try:
@@ -358,15 +343,18 @@ class ConnectionLoop:
                 return False
 
     def _continue(self, conn: Conn) -> None:
-        """Stream on once the loop has written the last piece (a request thread)."""
+        """Stream on once the last piece is written."""
         try:
             if self._push(conn):
-                self._after(conn, in_thread=True)
+                work = self._after(conn)
+                if work is not None:
+                    work(conn)
         except OSError:
             self._close(conn)
 
-    def _write(self, conn: Conn) -> None:
-        """Write on when the socket drains (the loop)."""
+    # -- writing what the socket did not take (under the connection's lock) --------------
+
+    def _write(self, conn: Conn) -> Work:
         try:
             n = conn.sock.send(conn.out)
         except BlockingIOError:
@@ -377,16 +365,16 @@ class ConnectionLoop:
                 LINGER_SECONDS if conn.then == LINGER else self.limits.send_timeout)
         if conn.out:
             self._arm(conn, _OUT)
-            return
+            return None
         if conn.stream is not None and not conn.stream.done:
             conn.state = BUSY
-            self.threads.submit(self._continue, conn)
-            return
+            return self._continue
         conn.stream = None
-        self._after(conn, in_thread=False)
+        return self._after(conn)
 
-    def _after(self, conn: Conn, *, in_thread: bool) -> None:
-        """What follows a response (or a refusal) that is all written."""
+    def _after(self, conn: Conn) -> Work:
+        """What follows a response (or a refusal) that is all written: the work to do
+        next if requests are pending (the connection is then BUSY), else None."""
         if conn.then == CLOSE:
             self._close(conn)
         elif conn.then == LINGER:
@@ -397,10 +385,7 @@ class ConnectionLoop:
             self._arm(conn, _IN)
         elif conn.pending:
             conn.state = BUSY
-            if in_thread:
-                self._serve(conn)
-            else:
-                self.threads.submit(self._serve, conn)
+            return self._serve
         else:
             now = time.monotonic()
             if conn.req_deadline is not None:
@@ -409,37 +394,48 @@ class ConnectionLoop:
             conn.idle_deadline = now + self.limits.idle_timeout
             conn.state = READING
             self._arm(conn, _IN)
+        return None
 
     # -- deadlines and closing -----------------------------------------------------------
 
     def _sweep(self, now: float) -> None:
         if self._retry_accept and now >= self._retry_accept:
             self._retry_accept = 0.0
-            self._ep.modify(self._lfd, _IN)
+            with contextlib.suppress(OSError, ValueError):
+                self._ep.modify(self._lfd, _IN)
         for conn in list(self._conns.values()):
-            state = conn.state
-            try:
-                if state == READING:
-                    if conn.req_deadline is not None:
-                        if now >= conn.req_deadline:
-                            self._refuse(conn, 408, "the request took too long to arrive")
-                    elif now >= conn.idle_deadline:
-                        self._close(conn)
-                elif state in (WRITING, LINGERING) and now >= conn.deadline:
-                    if state == WRITING and conn.then != LINGER:
+            if conn.state in (BUSY, CLOSED) or not self._due(conn, now):
+                continue
+            with conn.lock:
+                if not self._due(conn, now):
+                    continue  # its event came first
+                try:
+                    if conn.state == READING and conn.req_deadline is not None:
+                        self._refuse(conn, 408, "the request took too long to arrive")
+                        continue
+                    if conn.state == WRITING and conn.then != LINGER:
                         self.note("send_timeout", 0)
                     self._close(conn)
-            except OSError:
-                self._close(conn)
+                except OSError:
+                    self._close(conn)
+
+    @staticmethod
+    def _due(conn: Conn, now: float) -> bool:
+        state = conn.state
+        if state == READING:
+            return now >= (conn.idle_deadline if conn.req_deadline is None
+                           else conn.req_deadline)
+        return state in (WRITING, LINGERING) and now >= conn.deadline
 
     def _close(self, conn: Conn) -> None:
+        """Close ``conn`` (its owner: under its lock, or BUSY in this thread)."""
         if conn.state == CLOSED:
             return
         conn.state = CLOSED
         self._conns.pop(conn.fd, None)
         stream, conn.stream = conn.stream, None
         if stream is not None and not stream.done and not self.stopping:
-            self.threads.submit(stream.drop)
+            threading.Thread(target=stream.drop, daemon=True).start()
         with contextlib.suppress(OSError):
             conn.sock.close()
         with self._lock:
