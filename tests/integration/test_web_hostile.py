@@ -201,6 +201,32 @@ def test_trickling_clients_do_not_starve_others() -> None:
         print(f"{alone:.0f} requests/s alone, {loaded:.0f}/s beside 600 trickling clients")
 
 
+def test_at_the_connection_limit_slow_clients_make_room() -> None:
+    """More trickling clients than --max-connections: they do not keep the others out
+    until their --request-timeout; a new client takes the place of the slowest."""
+    with serving("tests.web.flaskapp:app", "--workers", "2", "--max-connections", "20",
+                 "--request-timeout", "300", "--idle-timeout", "300") as (address, name, _):
+        _rate(address, 0.5)
+        alone = _rate(address, 2.0)
+        slow = [socket.create_connection(address) for _ in range(100)]
+        stop = threading.Event()
+        trickler = threading.Thread(target=_trickle, args=(slow, stop))
+        trickler.start()
+        try:
+            # those that waited in the backlog got in, each in the place of an older one
+            wait_until(name, "slow clients evicted", lambda st: st["evicted"] >= 80)
+            _rate(address, 1.0)  # the first waits until a slow one is a second old
+            loaded = _rate(address, 2.0)
+            st = status(name)
+            assert st["connections"] <= 20
+        finally:
+            stop.set()
+            trickler.join()
+            for s in slow:
+                s.close()
+        assert loaded >= alone / 2, f"{loaded:.0f}/s with 100 slow clients, {alone:.0f}/s alone"
+
+
 def test_a_get_whose_worker_fails_mid_body_goes_on(tmp_path: Path) -> None:
     www = tmp_path / "www"
     www.mkdir()

@@ -68,3 +68,22 @@ class Conn:
         self.deadline = 0.0  # writing or lingering
         self.continued = False  # "100 Continue" sent for the request being read
         self.drained = 0  # bytes dropped while lingering
+
+
+def oldest_reading(conns: list[Conn], now: float, limits: HttpLimits,
+                   min_age: float) -> Conn | None:
+    """The connection to close to make room for a new one: the one idle longest, else
+    the one whose request began longest ago; only those idle (or whose request began)
+    at least ``min_age`` seconds ago. None if all are answering, writing, or young."""
+    victim: Conn | None = None
+    best = (2, 0.0)
+    for conn in conns:
+        if conn.state != READING:
+            continue
+        if conn.req_deadline is None:
+            key = (0, conn.idle_deadline - limits.idle_timeout)  # when it fell idle
+        else:
+            key = (1, conn.req_deadline - limits.request_timeout)  # when its request began
+        if now - key[1] >= min_age and key < best:
+            victim, best = conn, key
+    return victim

@@ -278,7 +278,7 @@ class WebHost:
             "rejected": self.rejected, "bad_responses": self.bad_responses,
             **self.loop.counts(),
             "resumed": self.events["resumed"], "truncated": self.events["truncated"],
-            "send_timeouts": self.events["send_timeout"],
+            "send_timeouts": self.events["send_timeout"], "evicted": self.events["evicted"],
             "responses": {str(k): v for k, v in sorted(self.statuses.items())},
             "retry_safe": [f"{m} {p}" for s in self.web_shadows[:1] for m, p in s.retry_safe],
             "start_failures": [{"kind": r.kind.value, "detail": r.detail}

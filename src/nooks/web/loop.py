@@ -1,34 +1,29 @@
 """The web host's connections: epoll frames requests, threads answer whole ones.
 
-No thread waits on a client. Threads wait in epoll (one-shot: each event
-goes to one thread and disarms its connection); the thread that gets an
-event reads what came, frames it into requests with ``nooks.web.http`` and,
-only once a request is *complete*, answers it itself — first making sure
-another thread is left waiting in epoll (leader/followers: no hand-off, so a
-request costs no more thread switches than with a thread per connection). A
+No thread waits on a client: threads wait in epoll (``nooks.web.threads``),
+and the one that gets a connection's event reads what came, frames it with
+``nooks.web.http`` and, once a request is *complete*, answers it itself. A
 slow or silent client costs a descriptor and its parser's buffer, never a
 thread. Rules:
 
-* a connection belongs to one thread at a time (see ``nooks.web.conn``): the
-  one that got its event, or the one answering it (``BUSY``) until it arms it
-  again or closes it. Short steps take its lock; nothing blocks under it;
-* requests on one connection are answered in order, one at a time (keep-alive
-  and pipelining); while one is answered the connection is not read, so a
-  client that sends faster than it reads is held back by TCP, not buffered;
-* a response goes out as fast as the client takes it: what the socket does
-  not accept waits for it to drain (armed for output). A streamed body's next
-  piece is fetched only once the last one is written: a connection holds at
-  most one piece;
-* deadlines, checked every ``SWEEP`` seconds by the thread that called
-  ``run``: ``idle_timeout`` before a request begins (closed quietly),
-  ``request_timeout`` from its first byte to its last (408), ``send_timeout``
-  without the client reading (closed);
-* a refused request (4xx) is answered, the sending side shut, and what the
-  client still sends is read and dropped for ``LINGER_SECONDS`` (at most
-  ``LINGER_BYTES``), so that closing does not reset the connection before
-  the client reads the answer;
-* at most ``max_connections`` are open; beyond that the listener is not
-  accepted from, and new clients wait in its backlog.
+* a connection belongs to one thread at a time (``nooks.web.conn``): the one
+  that got its event, or the one answering it until it arms it again;
+* requests on one connection are answered in order, one at a time
+  (keep-alive, pipelining); meanwhile it is not read, so a client that sends
+  faster than it reads is held back by TCP, not buffered;
+* a response goes out as fast as the client takes it; a streamed body's next
+  piece is fetched only once the last one is written (one piece per
+  connection at most);
+* deadlines, every ``SWEEP`` seconds: ``idle_timeout`` before a request
+  begins (closed quietly), ``request_timeout`` from its first byte to its
+  last (408), ``send_timeout`` without the client reading (closed);
+* a refused request (4xx) is answered, the sending side shut, and what still
+  comes is dropped for ``LINGER_SECONDS`` (``LINGER_BYTES`` at most), so the
+  client reads the answer before the connection closes;
+* at most ``max_connections`` are open. A new client at the limit takes the
+  place of the connection idle longest, else of the one whose request has
+  been arriving longest (answered 503), if that began ``EVICT_AFTER`` seconds
+  ago or more; if none did, new clients wait in the listener's backlog.
 """
 
 from __future__ import annotations
@@ -54,9 +49,11 @@ from nooks.web.conn import (
     WRITING,
     Conn,
     Respond,
+    oldest_reading,
 )
 from nooks.web.http import HttpLimits, ProtocolError
 from nooks.web.streaming import Truncated
+from nooks.web.threads import EventThreads
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +61,7 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 4 << 20
 SWEEP = 0.1  # seconds between deadline checks
-THREAD_IDLE = 60.0  # a spare thread that waited this long for an event ends
+EVICT_AFTER = 1.0  # seconds a request must have been arriving to make room for another
 READ_SIZE = 64 << 10
 _IN = select.EPOLLIN | select.EPOLLONESHOT
 _OUT = select.EPOLLOUT | select.EPOLLONESHOT
@@ -72,74 +69,23 @@ _OUT = select.EPOLLOUT | select.EPOLLONESHOT
 Work = Callable[[Conn], None] | None  # blocking work an event leads to
 
 
-class ConnectionLoop:
+class ConnectionLoop(EventThreads):
     def __init__(self, listener: socket.socket, limits: HttpLimits, respond: Respond, *,
                  max_connections: int, name: str,
                  note: Callable[[str, int], None]) -> None:
+        super().__init__(name, SWEEP)
         self.listener = listener
         self.limits = limits
         self.respond = respond
         self.max_connections = max_connections
-        self.name = name
         self.note = note  # counts what happened: ("rejected", status), ("send_timeout", 0)
-        self.stopping = False
         self.open = 0
-        self.threads = 0
-        self._polling = 0  # threads waiting in epoll, or on their way there
         self._conns: dict[int, Conn] = {}
-        self._lock = threading.Lock()
         self._paused = False  # at max_connections: the listener is not armed
         self._retry_accept = 0.0  # out of descriptors: try accepting again then
-        self._ep = select.epoll()
         listener.setblocking(False)
         self._lfd = listener.fileno()
         self._ep.register(self._lfd, _IN)
-
-    # -- threads -------------------------------------------------------------------------
-
-    def run(self) -> None:
-        """Serve until ``stopping`` is set (or an exception, e.g. from a signal); this
-        thread keeps the deadlines."""
-        self._spawn()
-        while not self.stopping:
-            time.sleep(SWEEP)
-            self._sweep(time.monotonic())
-
-    def _spawn(self) -> None:
-        with self._lock:
-            self._polling += 1
-            self.threads += 1
-        try:
-            threading.Thread(target=self._wait, name=f"{self.name}-http", daemon=True).start()
-        except RuntimeError as e:  # no thread to be had: those there will do
-            log.warning("%s: cannot start a thread: %s", self.name, e)
-            with self._lock:
-                self._polling -= 1
-                self.threads -= 1
-
-    def _ensure_waiter(self) -> None:
-        """Before this thread blocks on a request: someone else must wait in epoll."""
-        with self._lock:
-            none = self._polling == 0
-        if none:
-            self._spawn()
-
-    def _wait(self) -> None:
-        poll = self._ep.poll
-        try:
-            while not self.stopping:
-                events = poll(THREAD_IDLE, 1)
-                with self._lock:
-                    self._polling -= 1
-                    if not events and self._polling > 0:
-                        self.threads -= 1
-                        return  # idle for long, and not the last one waiting
-                for fd, _ in events:
-                    self._event(fd)
-                with self._lock:
-                    self._polling += 1
-        except (OSError, ValueError):
-            pass  # epoll closed: the host is stopping
 
     def _event(self, fd: int) -> None:
         if fd == self._lfd:
@@ -196,9 +142,12 @@ class ConnectionLoop:
         now = time.monotonic()
         for _ in range(64):
             with self._lock:
-                if self.open >= self.max_connections:
-                    self._paused = True
-                    return  # armed again when a connection closes
+                full = self.open >= self.max_connections
+            if full and not self._evict(now):
+                with self._lock:
+                    if self.open >= self.max_connections:
+                        self._paused = True
+                        return  # armed again when a connection closes
             try:
                 sock, addr = self.listener.accept()
             except BlockingIOError:
@@ -222,6 +171,25 @@ class ConnectionLoop:
                 sock.close()
         with contextlib.suppress(OSError, ValueError):
             self._ep.modify(self._lfd, _IN)
+
+    def _evict(self, now: float) -> bool:
+        """Make room for a new connection: close the one idle longest, else the one
+        whose request has been arriving longest (answered 503), if that was at least
+        ``EVICT_AFTER`` seconds ago. False if none can be closed."""
+        victim = oldest_reading(list(self._conns.values()), now, self.limits, EVICT_AFTER)
+        if victim is None:
+            return False
+        with victim.lock:
+            if victim.state != READING:
+                return False  # it moved on meanwhile
+            self.note("evicted", 0)
+            if victim.req_deadline is not None:
+                with contextlib.suppress(OSError):
+                    victim.sock.send(http.error_response(
+                        503, "the server is at its connection limit and this request was "
+                        "too slow to arrive; try again", retry_after=1))
+            self._close(victim)
+        return True
 
     # -- reading (under the connection's lock) -------------------------------------------
 
@@ -398,9 +366,13 @@ class ConnectionLoop:
 
     # -- deadlines and closing -----------------------------------------------------------
 
-    def _sweep(self, now: float) -> None:
-        if self._retry_accept and now >= self._retry_accept:
-            self._retry_accept = 0.0
+    def _tick(self, now: float) -> None:
+        """Deadlines (every ``SWEEP`` seconds)."""
+        with self._lock:
+            # full: look again for a connection old enough to make room for a new one
+            retry = self._paused or (self._retry_accept and now >= self._retry_accept)
+            self._paused, self._retry_accept = False, 0.0
+        if retry:
             with contextlib.suppress(OSError, ValueError):
                 self._ep.modify(self._lfd, _IN)
         for conn in list(self._conns.values()):
