@@ -29,7 +29,7 @@ import stat
 import sys
 import time
 import traceback
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import BinaryIO
 
 MAX_STREAMS = 128
@@ -67,7 +67,7 @@ class Body:
 
     def __init__(self, length: int) -> None:
         self.length = length
-        self.used = time.monotonic()
+        self.used = 0.0  # when it was last read (set by Streams)
 
     def read(self, offset: int, n: int) -> bytes:
         """Up to ``n`` bytes from ``offset``; b"" if they cannot be had."""
@@ -182,9 +182,10 @@ class BytesBody(Body):
 class Streams:
     """The open streams of one incarnation, by id (ids never repeat within it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._open: collections.OrderedDict[int, Body] = collections.OrderedDict()
         self._ids = itertools.count(1)
+        self._clock = clock
 
     def __len__(self) -> int:
         return len(self._open)
@@ -195,6 +196,7 @@ class Streams:
             _, oldest = self._open.popitem(last=False)
             oldest.close()
         sid = next(self._ids)
+        body.used = self._clock()
         self._open[sid] = body
         return sid
 
@@ -204,7 +206,7 @@ class Streams:
         if body is None:
             return b""
         self._open.move_to_end(sid)
-        body.used = time.monotonic()
+        body.used = self._clock()
         data = body.read(offset, n)
         if not data or offset + len(data) >= body.length:
             self.drop(sid)
@@ -216,7 +218,7 @@ class Streams:
             body.close()
 
     def _expire(self) -> None:
-        limit = time.monotonic() - STREAM_IDLE
+        limit = self._clock() - STREAM_IDLE
         while self._open:
             sid, body = next(iter(self._open.items()))
             if body.used > limit:
