@@ -553,8 +553,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seconds a request may wait for a worker before it is answered 503, "
                     "0.01 to 3600 (default 10)")
     sv.add_argument("--max-connections", type=count(1, 100_000), default=512,
-                    help="connections open at once, 1 to 100000; more wait in the "
-                    "listener's backlog (default 512)")
+                    help="connections open at once, 1 to 100000; at the limit a new "
+                    "client takes the place of one idle or slow to send its request, "
+                    "else waits in the listener's backlog (default 512)")
     sv.add_argument("--request-timeout", type=seconds(0.01, 3600), default=10.0,
                     help="seconds from a request's first byte to its last (slow clients: "
                     "408), 0.01 to 3600 (default 10)")
