@@ -70,6 +70,25 @@ class Conn:
         self.drained = 0  # bytes dropped while lingering
 
 
+def census(conns: list[Conn]) -> dict[str, int]:
+    """How many connections are open, and doing what (``stalled``: waiting for their
+    client to read; ``streaming``: sending a streamed body)."""
+    return {"connections": len(conns),
+            "reading": sum(c.state == READING for c in conns),
+            "answering": sum(c.state == BUSY for c in conns),
+            "stalled": sum(c.state == WRITING for c in conns),
+            "streaming": sum(c.stream is not None for c in conns)}
+
+
+def due(conn: Conn, now: float) -> bool:
+    """Whether ``conn``'s deadline for what it is doing has passed."""
+    state = conn.state
+    if state == READING:
+        return now >= (conn.idle_deadline if conn.req_deadline is None
+                       else conn.req_deadline)
+    return state in (WRITING, LINGERING) and now >= conn.deadline
+
+
 def oldest_reading(conns: list[Conn], now: float, limits: HttpLimits,
                    min_age: float) -> Conn | None:
     """The connection to close to make room for a new one: the one idle longest, else

@@ -1,29 +1,24 @@
 """The web host's connections: epoll frames requests, threads answer whole ones.
 
-No thread waits on a client: threads wait in epoll (``nooks.web.threads``),
-and the one that gets a connection's event reads what came, frames it with
+No thread waits on a client: threads wait in epoll (``nooks.web.threads``);
+the one that gets a connection's event reads what came, frames it with
 ``nooks.web.http`` and, once a request is *complete*, answers it itself. A
-slow or silent client costs a descriptor and its parser's buffer, never a
-thread. Rules:
+connection belongs to one thread at a time (``nooks.web.conn``). Rules:
 
-* a connection belongs to one thread at a time (``nooks.web.conn``): the one
-  that got its event, or the one answering it until it arms it again;
-* requests on one connection are answered in order, one at a time
-  (keep-alive, pipelining); meanwhile it is not read, so a client that sends
-  faster than it reads is held back by TCP, not buffered;
+* requests on a connection are answered in order, one at a time (keep-alive,
+  pipelining); meanwhile it is not read: TCP holds back a client that sends
+  faster than it reads;
 * a response goes out as fast as the client takes it; a streamed body's next
-  piece is fetched only once the last one is written (one piece per
-  connection at most);
-* deadlines, every ``SWEEP`` seconds: ``idle_timeout`` before a request
-  begins (closed quietly), ``request_timeout`` from its first byte to its
-  last (408), ``send_timeout`` without the client reading (closed);
-* a refused request (4xx) is answered, the sending side shut, and what still
-  comes is dropped for ``LINGER_SECONDS`` (``LINGER_BYTES`` at most), so the
-  client reads the answer before the connection closes;
-* at most ``max_connections`` are open. A new client at the limit takes the
+  piece is fetched only once the last one is written;
+* deadlines, every ``SWEEP`` s: ``idle_timeout`` before a request (closed),
+  ``request_timeout`` from its first byte to its last (408), ``send_timeout``
+  without the client reading (closed);
+* a refusal (4xx) is answered, the sending side shut, and what still comes is
+  dropped for ``LINGER_SECONDS`` (``LINGER_BYTES`` at most) before closing;
+* at most ``max_connections`` are open. At the limit a new client takes the
   place of the connection idle longest, else of the one whose request has
-  been arriving longest (answered 503), if that began ``EVICT_AFTER`` seconds
-  ago or more; if none did, new clients wait in the listener's backlog.
+  been arriving longest (answered 503), if that began ``EVICT_AFTER`` s ago;
+  if none did, new clients wait in the listener's backlog.
 """
 
 from __future__ import annotations
@@ -49,6 +44,8 @@ from nooks.web.conn import (
     WRITING,
     Conn,
     Respond,
+    census,
+    due,
     oldest_reading,
 )
 from nooks.web.http import HttpLimits, ProtocolError
@@ -111,7 +108,11 @@ class ConnectionLoop(EventThreads):
                 self._close(conn)
         if work is not None:
             self._ensure_waiter()
-            work(conn)
+            try:
+                work(conn)
+            except Exception:
+                log.exception("%s: answering %s", self.name, conn.client)
+                self._close(conn)
 
     def close(self) -> None:
         self.stopping = True
@@ -121,14 +122,8 @@ class ConnectionLoop(EventThreads):
             self._ep.close()
 
     def counts(self) -> dict[str, int]:
-        """Connections by what they are doing, and bodies being streamed."""
-        conns = list(self._conns.values())
-        return {"connections": len(conns),
-                "reading": sum(c.state == READING for c in conns),
-                "answering": sum(c.state == BUSY for c in conns),
-                "stalled": sum(c.state == WRITING for c in conns),
-                "streaming": sum(c.stream is not None for c in conns),
-                "threads": self.threads}
+        """Connections by what they are doing, bodies being streamed, threads."""
+        return census(list(self._conns.values())) | {"threads": self.threads}
 
     def _arm(self, conn: Conn, events: int) -> None:
         try:
@@ -313,12 +308,12 @@ class ConnectionLoop(EventThreads):
     def _continue(self, conn: Conn) -> None:
         """Stream on once the last piece is written."""
         try:
-            if self._push(conn):
-                work = self._after(conn)
-                if work is not None:
-                    work(conn)
+            ready = self._push(conn)
         except OSError:
             self._close(conn)
+            return
+        if ready and self._after(conn) is not None:
+            self._serve(conn)
 
     # -- writing what the socket did not take (under the connection's lock) --------------
 
@@ -376,10 +371,10 @@ class ConnectionLoop(EventThreads):
             with contextlib.suppress(OSError, ValueError):
                 self._ep.modify(self._lfd, _IN)
         for conn in list(self._conns.values()):
-            if conn.state in (BUSY, CLOSED) or not self._due(conn, now):
+            if conn.state in (BUSY, CLOSED) or not due(conn, now):
                 continue
             with conn.lock:
-                if not self._due(conn, now):
+                if not due(conn, now):
                     continue  # its event came first
                 try:
                     if conn.state == READING and conn.req_deadline is not None:
@@ -390,14 +385,6 @@ class ConnectionLoop(EventThreads):
                     self._close(conn)
                 except OSError:
                     self._close(conn)
-
-    @staticmethod
-    def _due(conn: Conn, now: float) -> bool:
-        state = conn.state
-        if state == READING:
-            return now >= (conn.idle_deadline if conn.req_deadline is None
-                           else conn.req_deadline)
-        return state in (WRITING, LINGERING) and now >= conn.deadline
 
     def _close(self, conn: Conn) -> None:
         """Close ``conn`` (its owner: under its lock, or BUSY in this thread)."""
