@@ -32,7 +32,7 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator
 from typing import BinaryIO
 
-MAX_STREAMS = 128
+MAX_STREAMS = 256  # each may hold a descriptor: well under the domain's 1024
 STREAM_IDLE = 300.0  # seconds
 
 

@@ -63,6 +63,7 @@ READ_SIZE = 64 << 10
 _IN = select.EPOLLIN | select.EPOLLONESHOT
 _OUT = select.EPOLLOUT | select.EPOLLONESHOT
 
+_EMPTY = memoryview(b"")
 Work = Callable[[Conn], None] | None  # blocking work an event leads to
 
 
@@ -286,7 +287,7 @@ class ConnectionLoop(EventThreads):
                     n = conn.sock.send(conn.out)
                 except BlockingIOError:
                     n = 0
-                conn.out = conn.out[n:]
+                conn.out = conn.out[n:] if n < len(conn.out) else _EMPTY
                 if conn.out:
                     conn.deadline = time.monotonic() + self.limits.send_timeout
                     conn.state = WRITING
@@ -323,7 +324,7 @@ class ConnectionLoop(EventThreads):
         except BlockingIOError:
             n = 0
         if n:
-            conn.out = conn.out[n:]
+            conn.out = conn.out[n:] if n < len(conn.out) else _EMPTY
             conn.deadline = time.monotonic() + (
                 LINGER_SECONDS if conn.then == LINGER else self.limits.send_timeout)
         if conn.out:
