@@ -293,12 +293,16 @@ def test_serve_refuses_bad_numbers_in_one_line(tmp_path: Path,
             assert exit_.value.code == 2, (option, value)
             assert err.count("\n") == 1 and option in err, (option, value, err)
             assert err.startswith("nooks serve: error: argument "), err
-    # the command itself, as a user runs it
-    r = subprocess.run([sys.executable, "-m", "nooks", "serve", f"static:{tmp_path}",
-                        "--max-connections", "0"], capture_output=True, text=True,
-                       check=False, timeout=60)
-    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
-    assert "--max-connections" in r.stderr and "from 1 to 100,000" in r.stderr
+    # the command itself, as a user runs it: one bad value of each option
+    for option, values in BAD.items():
+        r = subprocess.run([sys.executable, "-m", "nooks", "serve", f"static:{tmp_path}",
+                            option, values[0]], capture_output=True, text=True,
+                           check=False, timeout=60)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, (option, r.stderr)
+        assert option in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert "from 1 to 100,000, not '0'" in subprocess.run(
+        [sys.executable, "-m", "nooks", "serve", f"static:{tmp_path}", "--max-connections",
+         "0"], capture_output=True, text=True, check=False, timeout=60).stderr
     # every option says its default
     serve = next(a for a in build_parser()._actions
                  if isinstance(a, argparse._SubParsersAction)).choices["serve"]

@@ -6,7 +6,8 @@
 ``root`` (``..``, or a symbolic link pointing out) is 404, as is anything that
 is not a regular file; other methods are 405. A file is sent through the
 server's ``wsgi.file_wrapper`` when it offers one (nooks reads it where the
-host asks, a piece at a time), else in 64 KiB reads: never read whole.
+host asks, a piece at a time), else in 64 KiB reads: a file larger than that
+is never read whole.
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ class StaticFiles:
             start_response("200 OK", headers)
             if method == "HEAD":
                 return []
+            if st.st_size <= BLOCK:
+                return [f.read()]  # one read: no wrapper needed
             wrapper = environ.get("wsgi.file_wrapper", _Chunks)
             body: Iterable[bytes] = wrapper(f, BLOCK)
             handed = True  # the body owns it now: the server closes it

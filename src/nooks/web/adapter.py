@@ -127,12 +127,14 @@ class WsgiAdapter:
         try:
             result = self.app(env, start_response)
             file = FileBody.of(result, declared_length(started[1])) \
-                if started and method != "HEAD" else None
+                if type(result) is FileWrapper and started and method != "HEAD" else None
             if file is not None:
                 first = file.read(0, INLINE)
                 it = None
             else:
-                it = in_order(written, result)
+                # what the application passed to write() comes first, in order
+                it = in_order(written, result) if written or not \
+                    isinstance(result, (list, tuple)) else iter(result)
                 first, goes_on = first_part(it, INLINE)
                 if not goes_on:
                     it = None

@@ -32,7 +32,10 @@ class EventThreads:
         self.period = period
         self.stopping = False
         self.threads = 0
-        self._polling = 0  # threads waiting in epoll, or on their way there
+        # one entry per thread waiting in epoll or on its way there: appending and
+        # popping are atomic, so every event costs no lock (a shared lock here would
+        # make busy threads queue on it)
+        self._polling: list[None] = []
         self._lock = threading.Lock()
         self._ep = select.epoll()
 
@@ -51,37 +54,36 @@ class EventThreads:
         raise NotImplementedError
 
     def _spawn(self) -> None:
+        self._polling.append(None)
         with self._lock:
-            self._polling += 1
             self.threads += 1
         try:
             threading.Thread(target=self._wait, name=f"{self.name}-http", daemon=True).start()
         except RuntimeError as e:  # no thread to be had: those there will do
             log.warning("%s: cannot start a thread: %s", self.name, e)
+            self._polling.pop()
             with self._lock:
-                self._polling -= 1
                 self.threads -= 1
 
     def _ensure_waiter(self) -> None:
-        """Before this thread blocks on a task: someone else must wait in epoll."""
-        with self._lock:
-            none = self._polling == 0
-        if none:
+        """Before this thread blocks on a task: someone else must wait in epoll. (Two
+        threads that look at once may both start one: a spare thread, no harm.)"""
+        if not self._polling:
             self._spawn()
 
     def _wait(self) -> None:
         poll = self._ep.poll
+        polling = self._polling
         try:
             while not self.stopping:
                 events = poll(THREAD_IDLE, 1)
-                with self._lock:
-                    self._polling -= 1
-                    if not events and self._polling > 0:
+                polling.pop()
+                if not events and polling:
+                    with self._lock:
                         self.threads -= 1
-                        return  # idle for long, and not the last one waiting
+                    return  # idle for long, and not the last one waiting
                 for fd, _ in events:
                     self._event(fd)
-                with self._lock:
-                    self._polling += 1
+                polling.append(None)
         except (OSError, ValueError):
             pass  # epoll closed: the host is stopping
