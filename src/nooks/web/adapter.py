@@ -170,7 +170,7 @@ class WsgiAdapter:
         if method == "HEAD" or status in (204, 304):
             rest = 0 if it is None else sum(len(c) for c in it)
             return Head(status, reason, headers, b"", len(first) + rest), False
-        declared = declared_length(headers)
+        declared = None if it is None else declared_length(headers)
         if it is not None and declared is not None and declared >= len(first):
             # the length is known: the rest is read from the application as it is asked for
             sid = self._streams.add(IterBody(result, it, len(first), first[INLINE:],

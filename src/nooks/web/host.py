@@ -94,9 +94,13 @@ class WebHost:
         self.web_shadows: list[WebShadow] = []
         self.workers: list[Worker] = []
         self._stopping = False
-        self.loop = ConnectionLoop(self._listener, self.limits, self.respond,
-                                   max_connections=max_connections, name=self.name,
-                                   note=self._note)
+        try:
+            self.loop = ConnectionLoop(self._listener, self.limits, self.respond,
+                                       max_connections=max_connections, name=self.name,
+                                       note=self._note)
+        except BaseException:
+            self._listener.close()
+            raise
         try:
             for i in range(workers):
                 w = self._native_worker(i, retry_safe) if native else \
