@@ -1,67 +1,109 @@
-"""Checked command-line values: argparse ``type=`` callables that refuse what is not
-finite, not a number, or out of range, with a message that says what is allowed."""
+"""Checked numbers for command-line options: argparse ``type=`` callables.
+
+Each factory returns a callable that turns an option's text into a number or
+raises ``argparse.ArgumentTypeError`` with a message that says what was
+expected and what was given (the fault is the caller's, and the message says
+so in one line). Rules:
+
+* ``seconds(lo, hi)``: a finite number of seconds, ``lo <= x <= hi``; nan and
+  the infinities are refused whatever the range (``zero=True``: 0 too, meaning
+  never).
+* ``count(lo, hi)``: a whole number (decimal digits, optionally signed),
+  ``lo <= n <= hi``.
+* ``size(lo, hi)``: a byte count, with an optional K, M, G or T suffix (powers
+  of 1024, ``KiB``/``KB`` spellings too), ``lo <= n <= hi``.
+* ``user``: a user name or uid; ``env``: ``NAME=VALUE``, or ``NAME`` for its
+  value here.
+
+Usage errors are one line (``nooks.cli``'s parser prints them so, for every
+command).
+"""
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import pwd
 from collections.abc import Callable
 
 _UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
+def _human(n: int) -> str:
+    for suffix, unit in (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if n >= unit and n % unit == 0:
+            return f"{n // unit}{suffix}"
+    return str(n)
+
+
 def seconds(lo: float, hi: float, *, zero: bool = False) -> Callable[[str], float]:
-    """A duration in seconds in [lo, hi] (``zero``: 0 is allowed too, meaning never)."""
+    """Seconds from ``lo`` to ``hi`` (both included), finite; with ``zero``, 0 too."""
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+        raise ValueError(f"bad range {lo}..{hi}")
+
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"expected a number of seconds, not {text!r}") from None
         if zero and value == 0:
             return 0.0
         if not math.isfinite(value) or not lo <= value <= hi:
             also = " (or 0)" if zero else ""
             raise argparse.ArgumentTypeError(
-                f"must be between {lo:g} and {hi:g} seconds{also}, not {text}")
+                f"expected seconds from {lo:g} to {hi:g}{also}, not {text!r}")
         return value
 
+    parse.__name__ = "seconds"  # argparse names the type in some messages
     return parse
 
 
 def count(lo: int, hi: int) -> Callable[[str], int]:
-    """A whole number in [lo, hi]."""
+    """A whole number from ``lo`` to ``hi`` (both included)."""
+    if lo > hi:
+        raise ValueError(f"bad range {lo}..{hi}")
+
     def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        t = text.strip()
+        digits = t[1:] if t[:1] in "+-" else t
+        if not digits.isdigit() or not digits.isascii():
+            raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}")
+        value = int(t)
         if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"must be between {lo} and {hi}, not {value}")
+            raise argparse.ArgumentTypeError(
+                f"expected a whole number from {lo:,} to {hi:,}, not {text!r}")
         return value
 
+    parse.__name__ = "count"
     return parse
 
 
 def size(lo: int, hi: int) -> Callable[[str], int]:
-    """A size in bytes, with an optional K, M, G or T suffix (powers of 1024)."""
+    """A byte count from ``lo`` to ``hi`` (both included), e.g. ``512``, ``64K``, ``8M``."""
+    if lo > hi:
+        raise ValueError(f"bad range {lo}..{hi}")
+
     def parse(text: str) -> int:
         t = text.strip().lower().removesuffix("b").removesuffix("i")
+        unit = 1
+        if t and t[-1] in _UNITS:
+            t, unit = t[:-1], _UNITS[t[-1]]
         try:
-            if t and t[-1] in _UNITS:
-                number = float(t[:-1])
-                if not math.isfinite(number):
-                    raise ValueError
-                value = int(number * _UNITS[t[-1]])
-            else:
-                value = int(t)
+            number = float(t)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 64M)") from None
+            number = math.nan
+        if not t or not math.isfinite(number) or number < 0:
+            raise argparse.ArgumentTypeError(f"expected a size such as 64K or 8M, "
+                                             f"not {text!r}")
+        value = int(number * unit)
         if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"must be between {_human(lo)} and {_human(hi)}, "
-                                             f"not {text}")
+            raise argparse.ArgumentTypeError(
+                f"expected a size from {_human(lo)} to {_human(hi)}, not {text!r}")
         return value
 
+    parse.__name__ = "size"
     return parse
 
 
@@ -77,8 +119,6 @@ def user(text: str) -> int:
 
 def env(text: str) -> tuple[str, str]:
     """NAME=VALUE, or NAME alone for the variable's value in this environment."""
-    import os
-
     name, sep, value = text.partition("=")
     if not name or not (name[0].isalpha() or name[0] == "_") \
             or not all(c.isalnum() or c == "_" for c in name):
@@ -88,10 +128,3 @@ def env(text: str) -> tuple[str, str]:
             raise argparse.ArgumentTypeError(f"{name} is not set here (give NAME=VALUE)")
         value = os.environ[name]
     return name, value
-
-
-def _human(n: int) -> str:
-    for unit, factor in (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
-        if n >= factor and n % factor == 0:
-            return f"{n // factor}{unit}"
-    return str(n)

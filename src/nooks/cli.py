@@ -230,8 +230,10 @@ def _parse_bind(text: str) -> tuple[str, int]:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import resource
+
     from nooks.web.apps import resolve
-    from nooks.web.host import WebHost
+    from nooks.web.host import FDS_BESIDES_CONNECTIONS, WebHost
     from nooks.web.http import HttpLimits
 
     # like other WSGI servers: applications are found from the current directory
@@ -241,8 +243,11 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as e:
         _error(f"nooks serve: {e}")
         return 2
-    if args.workers < 1:
-        _error("nooks serve: --workers must be at least 1")
+    need = args.max_connections + FDS_BESIDES_CONNECTIONS
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and need > hard:
+        _error(f"nooks serve: --max-connections {args.max_connections} needs {need:,} file "
+               f"descriptors; this process may open at most {hard:,} (ulimit -Hn)")
         return 2
 
     def ready() -> None:
@@ -258,7 +263,8 @@ def _serve(args: argparse.Namespace) -> int:
                        max_connections=args.max_connections,
                        limits=HttpLimits(max_body=args.max_body,
                                          request_timeout=args.request_timeout,
-                                         idle_timeout=args.idle_timeout),
+                                         idle_timeout=args.idle_timeout,
+                                         send_timeout=args.send_timeout),
                        retry_safe=tuple(args.retry_safe), fault=fault, on_ready=ready,
                        domain_limits=limitflags.limits(args))
     except OSError as e:
@@ -455,7 +461,7 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _version() -> str:
@@ -496,6 +502,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quick", action="store_true", help="xpc: fewer rounds")
     d.set_defaults(func=_demo)
 
+    from nooks.argcheck import count, seconds, size
+
     sv = sub.add_parser("serve", help="serve a web application through nooks",
                         description="nooks serve module:app | static:DIR: the application "
                         "runs in domains behind the host's HTTP listener")
@@ -503,24 +511,35 @@ def build_parser() -> argparse.ArgumentParser:
                     "static:DIR")
     sv.add_argument("--bind", type=_parse_bind, default=("127.0.0.1", 8080),
                     help="HOST:PORT to listen on (default 127.0.0.1:8080; port 0: any)")
-    sv.add_argument("--workers", type=int, default=2, help="domains running the application")
+    sv.add_argument("--workers", type=count(1, 64), default=2,
+                    help="domains running the application, 1 to 64 (default 2)")
     sv.add_argument("--native", action="store_true",
-                    help="run the application in-process, unprotected")
+                    help="run the application in-process, unprotected (default: off)")
     sv.add_argument("--name", help="name for status and inject (default: the bind address)")
-    sv.add_argument("--timeout", type=float, default=30.0,
-                    help="seconds a request may run before the application counts as hung")
-    sv.add_argument("--queue-timeout", type=float, default=10.0,
-                    help="seconds a request may wait for a worker before it is answered 503")
-    sv.add_argument("--max-connections", type=int, default=512)
-    sv.add_argument("--request-timeout", type=float, default=10.0,
-                    help="seconds from a request's first byte to its last (slow clients: 408)")
-    sv.add_argument("--idle-timeout", type=float, default=5.0,
-                    help="seconds a kept-alive connection may wait for its next request")
-    sv.add_argument("--max-body", type=_parse_size, default=8 << 20,
-                    help="largest request body (default 8M)")
+    sv.add_argument("--timeout", type=seconds(0.01, 3600), default=30.0,
+                    help="seconds a request may run before the application counts as hung, "
+                    "0.01 to 3600 (default 30)")
+    sv.add_argument("--queue-timeout", type=seconds(0.01, 3600), default=10.0,
+                    help="seconds a request may wait for a worker before it is answered 503, "
+                    "0.01 to 3600 (default 10)")
+    sv.add_argument("--max-connections", type=count(1, 100_000), default=512,
+                    help="connections open at once, 1 to 100000; at the limit a new "
+                    "client takes the place of one idle or slow to send its request, "
+                    "else waits in the listener's backlog (default 512)")
+    sv.add_argument("--request-timeout", type=seconds(0.01, 3600), default=10.0,
+                    help="seconds from a request's first byte to its last (slow clients: "
+                    "408), 0.01 to 3600 (default 10)")
+    sv.add_argument("--idle-timeout", type=seconds(0.01, 3600), default=5.0,
+                    help="seconds a kept-alive connection may wait for its next request, "
+                    "0.01 to 3600 (default 5)")
+    sv.add_argument("--send-timeout", type=seconds(0.01, 3600), default=30.0,
+                    help="seconds a response may wait for the client to read before the "
+                    "connection is closed, 0.01 to 3600 (default 30)")
+    sv.add_argument("--max-body", type=size(1, 64 << 20), default=8 << 20,
+                    help="largest request body, 1 to 64M (default 8M)")
     sv.add_argument("--retry-safe", action="append", default=[], metavar="'METHOD /PATTERN'",
                     help="a route safe to run again after a failure even though its method "
-                    "is not idempotent (repeatable)")
+                    "is not idempotent (repeatable; default: none)")
     limitflags.add(sv)
     sv.add_argument("--fault-plan", help=argparse.SUPPRESS)
     sv.set_defaults(func=_serve)

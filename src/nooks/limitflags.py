@@ -51,7 +51,7 @@ def add(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--env", type=argcheck.env, action="append", default=[],
                    metavar="NAME[=VALUE]",
                    help="pass this variable to the driver (repeatable); drivers get a "
-                   "minimal environment otherwise")
+                   "minimal environment otherwise (default: none)")
 
 
 def limits(args: argparse.Namespace) -> Limits:

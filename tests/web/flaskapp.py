@@ -52,3 +52,10 @@ def orders() -> tuple[dict[str, object], int]:
 @app.get("/boom")
 def boom() -> str:
     raise RuntimeError("a bug in a route")
+
+
+@app.post("/report/<int:size>")
+def report(size: int) -> Response:
+    """A large answer to a request that must not run twice (bytes ``i % 251``)."""
+    data = (bytes(range(251)) * (size // 251 + 1))[:size]
+    return Response(data, mimetype="application/octet-stream")

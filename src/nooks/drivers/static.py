@@ -4,7 +4,10 @@
 ``index.html`` for a directory, ``Content-Type`` from the file name,
 ``Last-Modified`` and ``ETag`` with conditional GET (304). A path that leaves
 ``root`` (``..``, or a symbolic link pointing out) is 404, as is anything that
-is not a regular file; other methods are 405.
+is not a regular file; other methods are 405. A file is sent through the
+server's ``wsgi.file_wrapper`` when it offers one (nooks reads it where the
+host asks, a piece at a time), else in 64 KiB reads: a file larger than that
+is never read whole.
 """
 
 from __future__ import annotations
@@ -12,9 +15,24 @@ from __future__ import annotations
 import mimetypes
 import os
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from email.utils import formatdate, parsedate_to_datetime
-from typing import Any
+from typing import Any, BinaryIO
+
+BLOCK = 64 << 10
+
+
+class _Chunks:  # a stand-in for wsgi.file_wrapper
+    def __init__(self, f: BinaryIO, block: int) -> None:
+        self._f = f
+        self._block = block
+
+    def __iter__(self) -> Iterator[bytes]:
+        while chunk := self._f.read(self._block):
+            yield chunk
+
+    def close(self) -> None:
+        self._f.close()
 
 
 class StaticFiles:
@@ -48,7 +66,9 @@ class StaticFiles:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
             return _plain(start_response, "404 Not Found", b"not found\n")
-        with os.fdopen(fd, "rb") as f:
+        f = os.fdopen(fd, "rb")
+        handed = False
+        try:
             st = os.fstat(f.fileno())
             if not stat.S_ISREG(st.st_mode):
                 return _plain(start_response, "404 Not Found", b"not found\n")
@@ -63,7 +83,15 @@ class StaticFiles:
             start_response("200 OK", headers)
             if method == "HEAD":
                 return []
-            return [f.read()]
+            if st.st_size <= BLOCK:
+                return [f.read()]  # one read: no wrapper needed
+            wrapper = environ.get("wsgi.file_wrapper", _Chunks)
+            body: Iterable[bytes] = wrapper(f, BLOCK)
+            handed = True  # the body owns it now: the server closes it
+            return body
+        finally:
+            if not handed:
+                f.close()
 
 
 def _content_type(path: str) -> str:

@@ -13,8 +13,9 @@ class keeps. The rules for requests:
   (``"POST /api/*"``, shell-style patterns); any other is answered 503 with
   ``Retry-After``: it may have run, and running it twice could do harm;
 * a request that fails the extension ``max_tries`` times fails alone with 500;
-* the rest of a large body (``more``) is never re-issued alone: the host
-  re-issues the whole request instead.
+* the pieces of a streamed body (``more``, ``drop``) are never re-issued: the
+  stream died with the incarnation, and the host resumes the body by running
+  the whole request again when that is safe (``nooks.web.streaming``).
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class WebShadow(ClassSpec):
     def reissuable(self, op: str, args: tuple[object, ...]) -> bool:
         if op == "handle":
             return self.safe_to_retry(str(args[0]), str(args[1]))
-        return op != "more"
+        return op not in ("more", "drop")
 
     def suspect(self, op: str, args: tuple[object, ...], error: BaseException,
                 domain: Domain) -> bool:

@@ -6,6 +6,13 @@ collects the status, headers and body, and closes the body iterable. The
 application is named ``module:attribute``, or ``module:factory()`` for an
 application factory called without arguments.
 
+The first ``INLINE`` bytes of a body cross with the head. A longer body is
+left open as a stream (``nooks.web.bodies``) that the host reads with
+``more`` as its client reads: a file given to ``wsgi.file_wrapper`` is read
+where asked, an iterable with a declared ``Content-Length`` is read on as
+asked; an iterable without one is drained first (its length must be known
+before the head is sent), so only such bodies sit whole in the domain.
+
 An exception that escapes the application is answered ``500``, as every WSGI
 server answers it; the failures that end a domain are the process's own
 (signals, hangs, memory, a broken reply), and the runtime reports them.
@@ -17,10 +24,21 @@ import io
 import logging
 import sys
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
+from nooks.web.bodies import (
+    BytesBody,
+    FileBody,
+    FileWrapper,
+    IterBody,
+    Streams,
+    declared_length,
+    drain,
+    first_part,
+    in_order,
+)
 from nooks.web.interface import Head
 from nooks.wrappers import load
 from nooks.xpc.arena import DEFAULT_SLOT_SIZE
@@ -85,15 +103,15 @@ class WsgiAdapter:
         self.app = load(app)(*args) if args is not None else load_app(app)
         marked = getattr(self.app, "nooks_retry_safe", ())
         self._retry_safe = [*(retry_safe or ()), *(str(r) for r in marked)]
-        self._rest = b""
+        self._streams = Streams()
 
     def retry_safe(self) -> list[str]:
         return list(self._retry_safe)
 
     def handle(self, method: str, target: str, headers: list[tuple[str, str]],  # noqa: PLR0917
                body: bytes, client: tuple[str, int], server: tuple[str, int]) -> Head:
-        self._rest = b""
         env = environ(method, target, headers, body, client, server)
+        env["wsgi.file_wrapper"] = FileWrapper
         started: list[Any] = []
         written: list[bytes] = []
 
@@ -104,35 +122,70 @@ class WsgiAdapter:
             started[:] = [status, list(response_headers)]
             return written.append
 
+        result: Any = None
+        keep = False  # the body goes on as a stream: the stream closes ``result``
         try:
             result = self.app(env, start_response)
-            try:
-                for chunk in result:
-                    if chunk:
-                        written.append(bytes(chunk))
-            finally:
-                close = getattr(result, "close", None)
-                if close is not None:
-                    close()
+            file = FileBody.of(result, declared_length(started[1])) \
+                if type(result) is FileWrapper and started and method != "HEAD" else None
+            if file is not None:
+                first = file.read(0, INLINE)
+                it = None
+            else:
+                # what the application passed to write() comes first, in order
+                it = in_order(written, result) if written or not \
+                    isinstance(result, (list, tuple)) else iter(result)
+                first, goes_on = first_part(it, INLINE)
+                if not goes_on:
+                    it = None
             if not started:
                 raise RuntimeError("the application returned without calling start_response")
             status, response_headers = started
             code, _, reason = str(status).partition(" ")
-            payload = b"".join(written)
             head_headers = [(str(k), str(v)) for k, v in response_headers]
             status_code = int(code)
+            if file is not None and len(first) < file.length:
+                keep = True
+                return Head(status_code, reason, head_headers, first, file.length,
+                            self._streams.add(file))
+            head, keep = self._head(method, status_code, reason, head_headers, first, it,
+                                    result)
+            return head
         except Exception:
             print(traceback.format_exc(), file=sys.stderr, end="")
             return Head(500, "Internal Server Error",
                         [("Content-Type", "text/plain; charset=utf-8")],
                         b"internal server error\n", 22)
-        first, self._rest = payload[:INLINE], payload[INLINE:]
-        return Head(status_code, reason, head_headers, first, len(payload))
+        finally:
+            if not keep and result is not None:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
 
-    def more(self, offset: int) -> bytes:
-        """The body after its first ``INLINE`` bytes, from ``offset`` (counted from the
-        start of the body)."""
-        start = offset - INLINE
-        if start < 0:
-            raise ValueError(f"offset {offset} is inside the part sent with the head")
-        return self._rest[start:start + CHUNK]
+    def _head(self, method: str, status: int, reason: str,  # noqa: PLR0917
+              headers: list[tuple[str, str]], first: bytes, it: Iterator[bytes] | None,
+              result: Any) -> tuple[Head, bool]:
+        """The head of a response whose body is ``first`` and, if ``it`` is not None, what
+        ``it`` goes on to yield; and whether a stream now owns ``result``."""
+        if method == "HEAD" or status in (204, 304):
+            rest = 0 if it is None else sum(len(c) for c in it)
+            return Head(status, reason, headers, b"", len(first) + rest), False
+        declared = None if it is None else declared_length(headers)
+        if it is not None and declared is not None and declared >= len(first):
+            # the length is known: the rest is read from the application as it is asked for
+            sid = self._streams.add(IterBody(result, it, len(first), first[INLINE:],
+                                             declared))
+            return Head(status, reason, headers, first[:INLINE], declared, sid), True
+        payload = first if it is None else first + drain(it)
+        if len(payload) <= INLINE:
+            return Head(status, reason, headers, payload, len(payload)), False
+        sid = self._streams.add(BytesBody(payload))
+        return Head(status, reason, headers, payload[:INLINE], len(payload), sid), False
+
+    def more(self, stream: int, offset: int) -> bytes:
+        """The body of a streamed response from ``offset`` (counted from the start of the
+        body); b"" if the stream is gone."""
+        return self._streams.read(stream, offset, CHUNK)
+
+    def drop(self, stream: int) -> None:
+        self._streams.drop(stream)

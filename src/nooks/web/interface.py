@@ -5,8 +5,12 @@ The host parses HTTP and owns every connection; the extension (a WSGI
 application in its domain) sees a request already framed: method, target,
 headers and the whole body. It answers with a ``Head`` — status, headers, and
 the body, or its first part when the body is large. The rest of a large body
-is fetched with ``more``, one arena slot at a time, so bulk bodies cross
-through the arenas and never sit whole in a message.
+is a *stream* the extension keeps open (``Head.stream``, never 0): the host
+fetches it with ``more(stream, offset)``, one arena slot at a time and only
+as fast as its client reads, so bulk bodies cross through the arenas, never
+sit whole in a message and never whole in the host. ``more`` answers
+``b""`` for a stream the extension no longer has (ended, dropped, or lost
+with a previous incarnation); ``drop`` closes one the host gives up on.
 """
 
 from __future__ import annotations
@@ -33,6 +37,10 @@ class Head(msgspec.Struct, array_like=True, frozen=True):
     headers: Headers
     body: Annotated[bytes, msgspec.Meta(max_length=1 << 20)]
     length: Annotated[int, msgspec.Meta(ge=0)]
+    stream: Annotated[int, msgspec.Meta(ge=0)] = 0  # where the rest of the body is
+
+
+StreamId = Annotated[int, msgspec.Meta(ge=1)]
 
 
 class WebInterface(Interface):
@@ -44,5 +52,9 @@ class WebInterface(Interface):
                target: Text, headers: Headers, body: Body, client: Address,
                server: Address) -> Head: ...
 
-    def more(self, offset: Annotated[int, msgspec.Meta(ge=0)]) -> Body:
-        """The body of the last response from ``offset`` on (up to one arena slot)."""
+    def more(self, stream: StreamId, offset: Annotated[int, msgspec.Meta(ge=0)]) -> Body:
+        """The body of a streamed response from ``offset`` on (up to one arena slot);
+        ``b""`` if that stream is gone."""
+
+    def drop(self, stream: StreamId) -> None:
+        """Close a streamed response the host will not read to its end."""
