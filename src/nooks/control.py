@@ -171,7 +171,7 @@ def request(path: str, req: dict[str, Any], timeout: float = 10.0) -> Any:
 
 def stale() -> list[tuple[str, dict[str, Any]]]:
     """(socket path, record) of hosts that died without cleaning up: their process is
-    gone (or is another program now) and their socket answers nobody."""
+    gone and their socket answers nobody."""
     out: list[tuple[str, dict[str, Any]]] = []
     try:
         entries = sorted(os.listdir(run_dir()))
@@ -189,9 +189,21 @@ def stale() -> list[tuple[str, dict[str, Any]]]:
         if not isinstance(rec, dict):
             continue
         sock = path.removesuffix(".json") + ".sock"
-        if not _alive(sock):
+        if not _alive(sock) and not _process_alive(rec.get("pid")):
             out.append((sock, rec))
     return out
+
+
+def _process_alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def hosts() -> Iterator[tuple[str, Any]]:

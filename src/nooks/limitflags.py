@@ -100,10 +100,12 @@ def unreachable(path: str, uid: int, gid: int | None) -> str | None:
     return None
 
 
-def _primary_group(uid: int) -> int | None:
+def _primary_group(uid: int) -> int:
+    """The user's primary group; for a uid with no entry, the group of the same number
+    (never the host's own groups)."""
     import pwd
 
     try:
         return pwd.getpwuid(uid).pw_gid
     except KeyError:
-        return os.getgid() if uid == os.getuid() else None
+        return uid

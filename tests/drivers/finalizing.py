@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import os
 from collections.abc import Mapping
+from typing import Any
 
 from tests.drivers.quirky import Quirky
 
@@ -41,3 +42,26 @@ class Finalizing(Quirky):
 def _save(state_dir: str, name: str, files: Mapping[str, object]) -> None:
     with open(os.path.join(state_dir, name), "w") as f:
         f.write("\n".join(sorted(p for p in files if p != "/")) + "\n")
+
+
+class FinalizingImage(Quirky):
+    """On a disk image (``--image``): writes markers to it in ``destroy``, ``__del__``
+    and an atexit handler, as a driver flushing its state to its device does."""
+
+    def __init__(self, device: object) -> None:
+        super().__init__()
+        dev = open(device, "r+b") if isinstance(device, str) else device  # noqa: SIM115
+        self.device = dev
+        atexit.register(lambda: _mark(dev, 1024, b"ATEXIT"))
+
+    def destroy(self, path: str) -> None:
+        _mark(self.device, 0, b"DESTROY")
+
+    def __del__(self) -> None:
+        _mark(self.device, 512, b"DEL")
+
+
+def _mark(device: Any, offset: int, text: bytes) -> None:
+    device.seek(offset)
+    device.write(text)
+    device.flush()

@@ -134,4 +134,28 @@ class Snooping(Quirky):
             got["signal"] = "sent"
         except OSError as e:
             got["signal"] = type(e).__name__
+        got["run_dir"] = json.dumps(sorted(os.listdir(run_dir()))
+                                    if os.path.isdir(run_dir()) else [])
+        for what, where in (("cgroup", "/sys/fs/cgroup/unified/cgroup.procs"),
+                            ("cgroup_v2", "/sys/fs/cgroup/cgroup.procs"),
+                            ("pids", "/sys/fs/cgroup/pids/cgroup.procs"),
+                            ("sysctl", "/proc/sys/kernel/core_pattern")):
+            try:
+                with open(where, "w") as f:
+                    f.write(str(os.getpid()) if what != "sysctl" else "core")
+                got[what] = "written"
+            except OSError as e:
+                got[what] = type(e).__name__
+        got["domains"] = "none found"
+        for entry in os.listdir("/proc"):  # another domain (the warm spare, say)
+            if entry.isdigit() and int(entry) != os.getpid():
+                try:
+                    with open(f"/proc/{entry}/cmdline", "rb") as f:
+                        if b"nooks.domain" not in f.read():
+                            continue
+                    with open(f"/proc/{entry}/mem", "rb"):
+                        got["domains"] = "opened"
+                        break
+                except OSError as e:
+                    got["domains"] = type(e).__name__
         return json.dumps(got).encode()

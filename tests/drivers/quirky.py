@@ -11,7 +11,8 @@ so an application sees the same thing mounted directly and through nooks:
 * ``notimpl``: chown raises NotImplementedError;
 * ``arity``: utimens takes fewer arguments than mfusepy passes (a TypeError);
 * ``raises``: getxattr raises KeyError, every time;
-* ``nested``: getattr of ``/nested`` answers a deeply nested structure.
+* ``nested``: getattr of ``/nested`` answers a deeply nested structure;
+* ``slow``: reading ``/slow`` takes 6 seconds.
 
 Constructed as ``Quirky("extra,bools,...")``.
 """
@@ -99,6 +100,8 @@ class Quirky(mfusepy.Operations):  # type: ignore[misc]
         return self.fh
 
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        if path == "/slow" and "slow" in self.quirks:
+            time.sleep(6)  # a slow device, as it were
         return bytes(self.data[path][offset:offset + size])
 
     def write(self, path: str, data: bytes, offset: int, fh: int) -> Any:

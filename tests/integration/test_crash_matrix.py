@@ -25,6 +25,7 @@ class Bystander:
     def __init__(self) -> None:
         self.domain = Domain(DriverSpec(target="nooks.drivers.probe:Probe",
                                         interface=ProbeInterface, name="bystander"))
+        self.domain.wait_spare()  # started in the background: up before anything is counted
         self.served = 0
         self.errors: list[BaseException] = []
         self._stop = threading.Event()

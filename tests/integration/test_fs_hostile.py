@@ -7,11 +7,14 @@ from __future__ import annotations
 import errno
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from nooks.control import ControlServer
 from nooks.fs.mkfs import mkfs_vfat
 from tests.integration.fsutil import mounted, wait_for
 
@@ -130,5 +133,28 @@ def test_a_driver_cannot_reach_its_host(tmp_path: Path) -> None:
         got = json.loads(os.getxattr(f, "user.snoop"))
         assert m.status()["recoveries"] == []
     assert got["environ"] == got["mem"] == "PermissionError", got
-    assert "may not use a host's control socket" in got["control"], got
+    assert got["control"] == "no host found" and got["run_dir"] == "[]", got  # covered
     assert got["signal"] == "PermissionError", got
+    # its cgroup (it would leave it), sysctls: read-only in its mount namespace
+    for name in ("cgroup", "cgroup_v2", "pids", "sysctl"):
+        assert got[name] in ("OSError", "FileNotFoundError", "PermissionError"), got
+    assert got["domains"] == "PermissionError", got  # other domains are not dumpable
+
+
+def test_the_control_socket_refuses_a_domain(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where a domain reaches a host's socket at all (one that could not have a mount
+    namespace of its own), the host refuses it: its process carries the domains'
+    marker."""
+    monkeypatch.setenv("NOOKS_RUN_DIR", str(tmp_path))
+    server = ControlServer("refusing", lambda req: {"ok": True})
+    try:
+        ask = [sys.executable, "-c", "import sys; from nooks.control import request; "
+               "print(request(sys.argv[1], {'cmd': 'status'}))", server.path]
+        plain = subprocess.run(ask, capture_output=True, text=True, check=True)
+        assert "'ok': True" in plain.stdout
+        marked = subprocess.run(ask, capture_output=True, text=True, check=True,
+                                env=dict(os.environ, NOOKS_DOMAIN="a-driver"))
+        assert "may not use a host's control socket" in marked.stdout, marked.stdout
+    finally:
+        server.close()

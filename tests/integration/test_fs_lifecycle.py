@@ -18,7 +18,7 @@ import pytest
 from nooks.fs.mkfs import mkfs_vfat
 from nooks.fs.mounts import is_mounted
 from nooks.fs.process import start_mount, stop_mount
-from tests.integration.fsutil import direct_mount, mounted, wait_for
+from tests.integration.fsutil import direct_mount, mounted, outcome, wait_for
 
 pytestmark = [pytest.mark.timeout(300),
               pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")]
@@ -29,6 +29,16 @@ FAULTS = ("segv", "abort", "exit", "exception", "hang", "memory")
 def nooks(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "nooks", *args], capture_output=True,
                           text=True, check=False, timeout=120, cwd=cwd)
+
+
+def cgroups_of(host_pid: int) -> list[str]:
+    """The domain cgroups a host made that are still there."""
+    out = []
+    for mnt in ("/sys/fs/cgroup/unified/nooks", "/sys/fs/cgroup/nooks",
+                "/sys/fs/cgroup/pids/nooks"):
+        if os.path.isdir(mnt):
+            out += [d for d in os.listdir(mnt) if f"-{host_pid}-" in d]
+    return out
 
 
 def one_line_error(r: subprocess.CompletedProcess[str], code: int, text: str) -> None:
@@ -56,6 +66,50 @@ def test_a_constructor_that_stats_its_mountpoint_recovers(tmp_path: Path,
     assert st["state"] == "live" and st["mode"] == "passive"
 
 
+@pytest.mark.parametrize("threads", [False, True])
+def test_a_fault_met_by_a_request_recovers_a_driver_that_stats_its_mountpoint(
+        tmp_path: Path, threads: bool) -> None:
+    """The recovery runs on the thread that met the fault -- in a single-threaded mount,
+    the only one that serves FUSE requests: the rebuilt driver's look at its own
+    mountpoint must not become a request to it."""
+    mnt = tmp_path / "mnt"
+    extra = ("--state", "volatile", "--deadline", "5", *(("--threads",) if threads else ()))
+    with mounted(str(tmp_path), "tests.drivers.selfish:Selfish", extra=extra,
+                 ctor=(str(mnt),)) as m:
+        f = Path(m.path) / "kept.txt"
+        f.write_text("kept")
+        with pytest.raises(OSError, match="Input/output error"):
+            os.stat(Path(m.path) / "crash")  # aborts every driver: poison, alone
+        assert f.read_text() == "kept"
+        st = m.status()
+    assert len(st["recoveries"]) == 3 and all(r["ok"] for r in st["recoveries"])
+    assert all(r["kind"] == "crashed" for r in st["recoveries"])
+    assert st["poisoned"] == 1
+
+
+def test_a_driver_that_could_not_be_rebuilt_comes_back_later(tmp_path: Path) -> None:
+    """Its constructor fails for a while: the recovery fails, requests get EIO; once it
+    can start again, the next request after the pause brings it back, its own look
+    at its mountpoint included."""
+    mnt = tmp_path / "mnt"
+    flag = tmp_path / "refuse"
+    with mounted(str(tmp_path), "tests.drivers.selfish:Selfish",
+                 extra=("--state", "volatile", "--deadline", "5"),
+                 ctor=(str(mnt), str(flag))) as m:
+        f = Path(m.path) / "kept.txt"
+        f.write_text("kept")
+        flag.write_text("")
+        reply = m.inject("segv")
+        assert reply.get("recovered") is False, reply
+        with pytest.raises(OSError, match="Input/output error"):
+            f.read_text()
+        flag.unlink()
+        wait_for(lambda: outcome(f.read_text) == ("ok", "kept"), 30, "the driver to come back")
+        st = m.status()
+    assert [r["ok"] for r in st["recoveries"]][-1] is True
+    assert st["mode"] == "passive"
+
+
 def test_drivers_end_in_order_at_unmount(tmp_path: Path) -> None:
     def finished(state: Path) -> dict[str, str]:
         return {name: (state / name).read_text() for name in ("destroy", "del", "atexit", "log")
@@ -81,6 +135,28 @@ def test_drivers_end_in_order_at_unmount(tmp_path: Path) -> None:
         assert "has exited" in r.stdout
         # umount returned once the host was gone: its driver has finished by now
         assert finished(state) == expected
+
+
+def test_what_a_driver_writes_to_its_image_as_it_ends_is_kept(tmp_path: Path) -> None:
+    """destroy, __del__ and atexit handlers write to the host-owned image: all of it is
+    in the image after umount, as after unmounting the direct mount."""
+    def marks(image: Path) -> list[bytes]:
+        data = image.read_bytes()
+        return [data[at:at + 8].rstrip(b"\0") for at in (0, 512, 1024)]
+
+    direct = tmp_path / "direct.img"
+    direct.write_bytes(bytes(1 << 20))
+    with direct_mount(tmp_path, "tests.drivers.finalizing", "FinalizingImage", str(direct)):
+        pass
+    wait_for(lambda: marks(direct)[2] != b"", 30, "the direct driver to exit")
+    assert marks(direct) == [b"DESTROY", b"DEL", b"ATEXIT"]
+    image = tmp_path / "disk.img"
+    image.write_bytes(bytes(1 << 20))
+    with mounted(str(tmp_path), "tests.drivers.finalizing:FinalizingImage",
+                 extra=("--image", str(image))) as m:
+        r = nooks("umount", m.path)
+        assert r.returncode == 0, r.stderr
+    assert marks(image) == [b"DESTROY", b"DEL", b"ATEXIT"]
 
 
 def test_a_vfat_image_only_read_is_unchanged(tmp_path: Path) -> None:
@@ -136,6 +212,8 @@ def test_a_driver_from_the_current_directory_survives_every_fault(tmp_path: Path
         st = m.status()
     finally:
         stop_mount(str(mnt), proc)
+    # nothing of its 60 dead domains is left: no process, no cgroup
+    wait_for(lambda: not cgroups_of(proc.pid), 30, "the domains' cgroups to go")
     assert len(st["recoveries"]) == 10 * len(FAULTS)
     assert all(r["ok"] for r in st["recoveries"])
     assert "NOT recovered" not in log.read_text()

@@ -640,8 +640,14 @@ def test_a_soft_deadline_ends_the_wait_and_judges_no_one(rig: Rig) -> None:
     with pytest.raises(TimeoutError):
         rig.channel.wait(w)
     assert rig.channel.broken is None and rig.hooks.deadlines == []
-    rig.start_peer(echo)
+
+    def late_then_echo(peer: Peer, msgs: list[Any]) -> None:
+        peer.send(m.encode_reply(7, None))  # the answer the wait gave up on: no garbage
+        echo(peer, msgs)
+
+    rig.start_peer(late_then_echo)
     assert result_of(rig.call(8, "still here")) == ["still here"]
+    assert rig.channel.broken is None and rig.hooks.garbage == []
 
 
 def test_a_flood_of_kernel_calls_for_one_call_is_a_resource_failure(rig: Rig) -> None:

@@ -5,6 +5,8 @@ driver that could not be brought back."""
 from __future__ import annotations
 
 import errno
+import time
+import types
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -42,9 +44,9 @@ class FakeDomain:
         self.building_pids: set[int] = set()
         self.condemned: list[tuple[str, FailureKind]] = []
 
-    def call(self, op: str, *args: Any, lenient: bool = False, **_: Any) -> Any:
-        self.calls.append((op, lenient))
-        return self.behaviour(self, op, args, lenient)
+    def call(self, op: str, *args: Any, lenient: Any = (), **_: Any) -> Any:
+        self.calls.append((op, "TypeError" in lenient))
+        return self.behaviour(self, op, args, "TypeError" in lenient)
 
     def condemn(self, detail: str, call: str,
                 kind: FailureKind = FailureKind.MISBEHAVED) -> FailureReport:
@@ -227,7 +229,8 @@ def test_restarting_waits_for_the_recovery_then_goes_on() -> None:
 
 def test_a_dead_driver_is_tried_again_after_a_pause(monkeypatch: pytest.MonkeyPatch) -> None:
     now = [1000.0]
-    monkeypatch.setattr("time.monotonic", lambda: now[0])
+    fake = types.SimpleNamespace(monotonic=lambda: now[0], time=time.time)
+    monkeypatch.setattr(engine, "time", fake)  # the engine's clock only
 
     def behaviour(d: FakeDomain, op: str, args: tuple[Any, ...], lenient: bool) -> Any:
         if d.generation == 0:

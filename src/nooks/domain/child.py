@@ -129,6 +129,7 @@ class Runtime:
         self.send_lock = threading.Lock()
         self.posted: list[tuple[int, tuple[Any, ...]]] = []  # posted kernel calls not yet sent
         self.posted_bytes = 0
+        self.exiting = False  # after Shutdown: posted calls go out as they are made
         self.backlog: collections.deque[Any] = collections.deque()
         self.pending: dict[int, _Pending] = {}
         self.ids = itertools.count(1 << 32)  # distinct from the host's ids
@@ -160,11 +161,13 @@ class Runtime:
             self.sock.send(m.encode((m.TAG_FRAGMENT, at + len(piece) >= len(data), piece)))
 
     def post(self, index: int, args: tuple[Any, ...]) -> None:
-        """Queue a posted kernel call; it goes out before whatever is sent next."""
+        """Queue a posted kernel call; it goes out before whatever is sent next (at once
+        while the domain is exiting: nothing may follow to carry it)."""
         with self.send_lock:
             self.posted.append((index, args))
             self.posted_bytes += sum(len(a) for a in args if isinstance(a, bytes))
-            if self.posted_bytes >= POST_BYTES or len(self.posted) >= POST_CALLS:
+            if self.exiting or self.posted_bytes >= POST_BYTES \
+                    or len(self.posted) >= POST_CALLS:
                 self._send_posted()
 
     def _send_posted(self) -> None:
@@ -256,12 +259,13 @@ class Runtime:
         """Let the driver go, so that its finalizers run, and exit as a program does
         (atexit handlers, buffered files); the host still serves kernel calls meanwhile
         and kills the domain if this takes too long."""
+        with self.send_lock:
+            self.exiting = True  # what finalizers and atexit handlers write goes out too
+            if self.posted:
+                self._send_posted()
         self.methods = []
         self.driver = None
         gc.collect()
-        with self.send_lock:
-            if self.posted:
-                self._send_posted()
         sys.exit(0)
 
     def _worker(self) -> None:
@@ -289,6 +293,8 @@ class Runtime:
         if isinstance(msg, m.Ping):
             self.send(m.encode_reply(msg.id, None))
         elif isinstance(msg, m.Inject):
+            if msg.expires and time.monotonic() > msg.expires:
+                return  # read too late: the host has reported it as not taken
             if msg.id:
                 self.send(m.encode_reply(msg.id, None))  # read: it happens now
             self.inject(msg.fault)
@@ -328,8 +334,8 @@ class Runtime:
             k = self.iface.ordinary_index(e)
             if k < 0:
                 answer = self.iface.unexpected
-                if not msg.lenient or answer is None or not isinstance(e, Exception) \
-                        or isinstance(e, MemoryError):
+                if answer is None or not isinstance(e, Exception) \
+                        or isinstance(e, MemoryError) or type(e).__name__ not in msg.lenient:
                     raise
                 e = answer(e)
                 k = self.iface.ordinary_index(e)
@@ -432,10 +438,15 @@ def inject(fault: str) -> None:
 
 
 def _enter(cfg: ChildConfig) -> None:
-    """Before anything of the driver's is loaded: be in the domain's cgroup, watch the
-    host, shed privileges (``nooks.domain.harden``)."""
+    """Before anything of the driver's is loaded: be in the domain's cgroup and a mount
+    namespace of its own, watch the host, shed privileges (``nooks.domain.harden``)."""
     if cfg.cgroup is not None:
         _wait_for_cgroup(cfg.cgroup)
+    if (cfg.hide or cfg.cover or cfg.harden) and os.geteuid() == 0:
+        # while this process has one thread (unshare refuses a shared fs otherwise)
+        harden.private_mounts(cfg.hide, cfg.harden, cfg.cover)
+    if cfg.harden:
+        harden.not_dumpable()
     if cfg.host_pid:
         harden.watch_host(cfg.host_pid)
     if cfg.harden:

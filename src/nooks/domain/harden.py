@@ -18,6 +18,19 @@ driver code is imported. Rules:
 * ``watch_host`` ends the domain and everything it started when its host
   process dies, even while the driver is stuck in a loop that never reads the
   channel: nothing of a dead host is left running.
+* ``private_mounts`` gives a root domain a mount namespace of its own, private
+  (the host's later mounts do not appear in it), without the mounts it must not
+  see (a filesystem driver's own mountpoint: it sees what lies beneath, as it
+  did when it was first built, before the mount existed; so a driver that looks
+  at its own mountpoint never waits for itself). Hardened, it also makes
+  ``/sys`` (cgroups included) and ``/proc/sys`` read-only and hides the hosts'
+  control sockets under an empty, read-only directory.
+* Domains are not dumpable: another domain (the next driver, say) cannot reach
+  their memory under /proc.
+
+What this does not stop: a driver running as root can still use root's file
+permissions, devices, and signals to other processes of root (threads of its
+host included). Drivers that are not trusted should run as another user.
 """
 
 from __future__ import annotations
@@ -126,12 +139,81 @@ def deny_syscalls(host_pid: int) -> None:
     f.load()
 
 
-def protect_host() -> None:
-    """Make this (host) process non-dumpable: its memory, descriptors and environment
-    under /proc are then out of reach of processes without CAP_SYS_PTRACE, which
-    hardened domains do not have."""
+_CLONE_NEWNS = 0x00020000
+_MS_RDONLY = 1
+_MS_NOSUID = 2
+_MS_NODEV = 4
+_MS_NOEXEC = 8
+_MS_REMOUNT = 32
+_MS_BIND = 4096
+_MS_REC = 16384
+_MS_PRIVATE = 1 << 18
+_MNT_DETACH = 2
+
+
+def private_mounts(hide: list[str], protect: bool, cover: list[str]) -> bool:
+    """A mount namespace of this process's own (see the module docstring), without the
+    mounts at ``hide``, with the directories in ``cover`` empty; with ``protect``,
+    ``/sys`` and ``/proc/sys`` read-only. False if it cannot have one (not
+    privileged). Call it while the process has one thread."""
+    libc = _libc()
+    if libc.unshare(_CLONE_NEWNS) != 0:
+        return False
+    _mount(libc, None, "/", None, _MS_REC | _MS_PRIVATE)
+    for path in hide:
+        while _is_mountpoint(path):  # a mount stacked on a mount: all of them
+            if libc.umount2(path.encode(), _MNT_DETACH) != 0:
+                break
+    if protect:
+        for target in _mounts_under("/sys"):
+            _mount(libc, None, target, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY)
+        if os.path.isdir("/proc/sys"):
+            _mount(libc, "/proc/sys", "/proc/sys", None, _MS_BIND)
+            _mount(libc, None, "/proc/sys", None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY)
+    for directory in cover:
+        if os.path.isdir(directory):
+            _mount(libc, "tmpfs", directory, "tmpfs",
+                   _MS_RDONLY | _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, data="size=4k,mode=755")
+    return True
+
+
+def _mount(libc: ctypes.CDLL, source: str | None, target: str, fstype: str | None,
+           flags: int, *, data: str | None = None) -> None:
+    enc = [None if x is None else x.encode() for x in (source, target, fstype, data)]
+    if libc.mount(enc[0], enc[1], enc[2], ctypes.c_ulong(flags), enc[3]) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {target}: {os.strerror(err)}")
+
+
+def _mountinfo() -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        return [line.split()[4].replace("\\040", " ") for line in f if len(line.split()) > 4]
+
+
+def _is_mountpoint(path: str) -> bool:
+    return _normal(path) in _mountinfo()
+
+
+def _normal(path: str) -> str:
+    parent, name = os.path.split(os.path.abspath(path))
+    return os.path.join(os.path.realpath(parent), name)
+
+
+def _mounts_under(top: str) -> list[str]:
+    return [m for m in _mountinfo() if m == top or m.startswith(top + "/")]
+
+
+def not_dumpable() -> None:
+    """Make this process non-dumpable: its memory, descriptors and environment under
+    /proc are then out of reach of processes without CAP_SYS_PTRACE."""
     _PR_SET_DUMPABLE = 4
     _libc().prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
+
+
+def protect_host() -> None:
+    """Make this (host) process non-dumpable, out of reach of hardened domains, which
+    have no CAP_SYS_PTRACE."""
+    not_dumpable()
 
 
 def watch_host(host_pid: int) -> None:

@@ -19,7 +19,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,20 +137,22 @@ class Domain:
                          daemon=True).start()
 
     def _make_spare(self) -> None:
-        inc: Incarnation | None = None
         try:
-            inc = Incarnation(self.spec)
-        except Exception:
-            log.exception("%s: a warm spare could not be started", self.name)
-        with self._spare_cv:
-            keep = inc is not None and not self._closed and self._spare is None
-            if keep:
-                self._spare = inc
-        if inc is not None and not keep:
-            inc.close()  # before ``close`` of the domain returns: nothing is left behind
-        with self._spare_cv:
-            self._refilling = False
-            self._spare_cv.notify_all()
+            inc: Incarnation | None = None
+            try:
+                inc = Incarnation(self.spec)
+            except Exception:
+                log.exception("%s: a warm spare could not be started", self.name)
+            with self._spare_cv:
+                keep = inc is not None and not self._closed and self._spare is None
+                if keep:
+                    self._spare = inc
+            if inc is not None and not keep:
+                inc.close()  # before ``close`` of the domain returns: nothing left behind
+        finally:
+            with self._spare_cv:
+                self._refilling = False
+                self._spare_cv.notify_all()
 
     def start(self) -> None:
         """Start the driver: spare (or new) domain, then construct it."""
@@ -293,6 +295,11 @@ class Domain:
         return any(inc is not None and inc.owns(pid) for inc in (self._inc, self._building))
 
     @property
+    def current(self) -> Incarnation | None:
+        """The current domain process, if there is one (None while it is replaced)."""
+        return self._inc
+
+    @property
     def incarnation(self) -> Incarnation:
         inc = self._inc
         if inc is None:
@@ -305,15 +312,15 @@ class Domain:
 
     # -- calls ---------------------------------------------------------------------------
 
-    def call(self, name: str, *args: Any, deadline: float | None = None, lenient: bool = False,
-             **kwargs: Any) -> Any:
+    def call(self, name: str, *args: Any, deadline: float | None = None,
+             lenient: Collection[str] = (), **kwargs: Any) -> Any:
         """Call the driver's ``name`` and return its checked result.
 
         Raises what the interface declares ordinary (rebuilt on this side),
         InterfaceError if the call itself breaks the declaration, and
         DomainFailed if the driver fails; Restarting while it is being replaced.
-        With ``lenient``, an exception the driver raises is answered as the
-        interface's ``unexpected`` says rather than failing it.
+        An exception of a type named in ``lenient`` that the driver raises is answered
+        as the interface's ``unexpected`` says rather than failing it.
         """
         inc = self._inc
         if inc is None:
@@ -510,9 +517,10 @@ class Domain:
             raise NotTaken(f"the driver has failed already: {inc.report}")
         ch = inc.channel
         cid = next(self._ids)
-        w = ch.register(cid, time.monotonic() + timeout, f"inject {fault}", soft=True)
+        expires = time.monotonic() + timeout
+        w = ch.register(cid, expires, f"inject {fault}", soft=True)
         try:
-            ch.send(m.encode(m.Inject(fault, cid)))
+            ch.send(m.encode(m.Inject(fault, cid, expires)))
             ch.wait(w)
         except TimeoutError:
             raise NotTaken(f"the driver did not read the fault within {timeout:g} s "

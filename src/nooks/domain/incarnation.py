@@ -79,6 +79,7 @@ class Incarnation:
         self.cgroup: DomainCgroup | None = None
         self.constructed = False  # the driver is built (it has state worth ending in order)
         self.pending_kernel_calls = 0  # served in the executor, or waiting for it
+        self._pending_lock = threading.Lock()
 
         host_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.karena = self.darena = None
@@ -101,6 +102,7 @@ class Incarnation:
                 fault=spec.fault if with_fault else None,
                 host_pid=os.getpid(), harden=spec.limits.harden,
                 cgroup=self.cgroup.relative if self.cgroup is not None else None,
+                hide=list(spec.hide), cover=list(spec.cover),
             )
             lim = spec.limits
             self.proc = subprocess.Popen(
@@ -238,6 +240,11 @@ class Incarnation:
         before = self.channel.broken
         self.channel.drain()
         self._release_pidfd()
+        # what it started dies with it, and its cgroup goes (off this thread: the last
+        # of them may take a moment to be reaped)
+        if self.cgroup is not None:
+            threading.Thread(target=self._end_cgroup, name=f"nooks-cgroup-{self.name}",
+                             daemon=True).start()
         hook = self.idle_hook
         if before is None and self.report is not None and hook is not None and not self.closed:
             hook(self.report)
@@ -245,23 +252,28 @@ class Incarnation:
     # -- kernel calls --------------------------------------------------------------------
 
     def on_request(self, msg: m.Call) -> BaseException | None:
-        if self.pending_kernel_calls >= MAX_PENDING_KERNEL_CALLS:
-            return self.on_flood(f"made more than {MAX_PENDING_KERNEL_CALLS} kernel calls "
-                                 "at once")
+        with self._pending_lock:
+            if self.pending_kernel_calls >= MAX_PENDING_KERNEL_CALLS:
+                return self.on_flood(f"made more than {MAX_PENDING_KERNEL_CALLS} kernel "
+                                     "calls at once")
+            self.pending_kernel_calls += 1
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(
                 max_workers=2, thread_name_prefix=f"nooks-kernel-{self.name}")
-        self.pending_kernel_calls += 1
         try:
             self._executor.submit(self._serve_queued, msg)
         except RuntimeError:  # shutting down
-            self.pending_kernel_calls -= 1
+            self._queued_done()
         return None
 
     def _serve_queued(self, msg: m.Call) -> None:
         try:
             self.serve(msg)
         finally:
+            self._queued_done()
+
+    def _queued_done(self) -> None:
+        with self._pending_lock:
             self.pending_kernel_calls -= 1
 
     def on_flood(self, detail: str) -> BaseException:
@@ -385,7 +397,8 @@ class Incarnation:
                 done = self._call_done  # what the driver wrote as it exited is done too
                 if done is not None:
                     done()
-            self.closed = False
+            self._teardown(wait=True)
+            return clean
         self.close()
         return clean
 
@@ -398,6 +411,9 @@ class Incarnation:
         if self.closed:
             return
         self.closed = True
+        self._teardown(wait)
+
+    def _teardown(self, wait: bool) -> None:
         if self.channel.broken is None:
             self.channel.fail(_closed())
         self.kill()
@@ -433,7 +449,8 @@ class Incarnation:
         self._end_cgroup()
 
     def _end_cgroup(self) -> None:
-        cg, self.cgroup = self.cgroup, None
+        with self._exit_lock:
+            cg, self.cgroup = self.cgroup, None
         if cg is not None:
             cg.kill()
             if not cg.remove():

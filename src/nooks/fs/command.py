@@ -263,14 +263,21 @@ def umount(args: argparse.Namespace, error: Report, say: Report) -> int:
               "mount; not unmounting it")
         return 1
     if not live:
+        dead = [path for path, rec in stale() if rec.get("mountpoint") == found.target]
+        if not dead:
+            # no host answers for it, and none is known to have died: it may be alive
+            # under another NOOKS_RUN_DIR, or too busy to answer; never cut it off
+            error(f"nooks umount: no nooks host answers for {mnt} (another NOOKS_RUN_DIR?); "
+                  f"not unmounting a mount that may be alive: `fusermount3 -u {mnt}` "
+                  "unmounts it anyway")
+            return 1
         r = subprocess.run(["fusermount3", "-uz", found.target], capture_output=True, text=True,
                            check=False)
         if r.returncode != 0 and mounts.is_mounted(found.target):
             error(f"nooks umount: {mnt}: {r.stderr.strip() or 'fusermount3 failed'}")
             return 1
-        for path, rec in stale():
-            if rec.get("mountpoint") == found.target:
-                forget(path)
+        for path in dead:
+            forget(path)
         say(f"cleared the stale mount {found.target} (its host had died)")
         return 0
     _, st = live[0]

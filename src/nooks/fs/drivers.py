@@ -33,9 +33,11 @@ class FsDriver:
         return self.target.partition(":")[0]
 
     def spec(self, *, name: str, deadline: float, limits: Limits,
-             fault: FaultPlan | None = None, undo: UndoLog | None = None) -> DriverSpec:
+             fault: FaultPlan | None = None, undo: UndoLog | None = None,
+             hide: tuple[str, ...] = (), cover: tuple[str, ...] = ()) -> DriverSpec:
         """The domain spec: the adapter runs the driver inside the domain; ``undo``
-        saves what each committed write of the image overwrites."""
+        saves what each committed write of the image overwrites; ``hide`` and ``cover``
+        as in DriverSpec (the mountpoint, the control sockets)."""
         kernel = kernel_impl = None
         if self.image is not None:
             image = self.image
@@ -48,7 +50,7 @@ class FsDriver:
             # loading and building a driver is held to the request deadline too (but
             # at least 10 s): a driver that hangs while starting is restarted in time
             deadline=deadline, start_deadline=max(deadline, 10.0), limits=limits,
-            preload=self.preload or (self.module,), fault=fault,
+            preload=self.preload or (self.module,), fault=fault, hide=hide, cover=cover,
             # no polling: with nobody spinning, the scheduler keeps the application,
             # the FUSE host and its domain on one CPU, switching in microseconds;
             # polling kept a CPU busy and spread them over two, which halved the

@@ -8,7 +8,6 @@ failures are this process's failures, which is what native mode shows.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import importlib.util
 import json
@@ -18,13 +17,13 @@ import threading
 import time
 from typing import Any
 
-from nooks.control import ControlServer
+from nooks.control import ControlServer, run_dir
 from nooks.domain import harden
 from nooks.domain.config import FAULTS, FaultPlan
 from nooks.domain.host import Domain
 from nooks.domain.native import NativeDomain
 from nooks.domain.spec import Limits
-from nooks.errors import Closed, DomainDown, DomainFailed, FailureReport, NotTaken, Restarting
+from nooks.errors import DomainFailed, FailureReport
 from nooks.faults import Fault, LineRecorder, loader
 from nooks.fs import bridge
 from nooks.fs.beneath import Beneath
@@ -106,7 +105,8 @@ class FsHost:
                 assert driver.image is not None
                 self._undo = UndoLog(driver.image)
             spec = driver.spec(name=label, deadline=deadline, limits=limits or Limits(),
-                               fault=fault, undo=self._undo)
+                               fault=fault, undo=self._undo, hide=(self.mountpoint,),
+                               cover=(run_dir(),))
             self.domain = Domain(spec, start=False)
             self._start_domain(max_tries)
             fs = FsShadow(volatile=driver.volatile if volatile is None else volatile,
@@ -194,7 +194,9 @@ class FsHost:
                        recoveries=[], poisoned=0)
             return out
         assert self.domain is not None and self.shadow is not None
+        inc = self.domain.current
         out.update(
+            in_flight=inc.channel.in_flight() if inc is not None else [],
             state=self.domain.state, mode=self.shadow.mode, domain_pid=self.domain.pid,
             calls=self.domain.calls, poisoned=self.shadow.poisoned,
             second_opinions=self.shadow.second_opinions_asked,
@@ -221,23 +223,9 @@ class FsHost:
         if self.native:
             self._pending_fault = fault
             return {"injected": fault, "armed": True}
-        assert self.domain is not None and self.shadow is not None
-        if not wait:
-            with contextlib.suppress(DomainFailed, DomainDown, Closed, Restarting):
-                self.domain.inject_later(fault)
-            return {"injected": fault}
-        shadow = self.shadow
-        gen, before = shadow.generation, len(shadow.recoveries)
-        try:
-            report = self.domain.inject(fault)
-        except (Closed, Restarting, DomainDown) as e:
-            raise NotTaken(f"the driver is not running ({e})") from None
-        self._recover_idle(report, gen)  # at once, whoever else noticed
-        rec = shadow.recoveries[before] if len(shadow.recoveries) > before else None
-        return {"injected": fault, "failure": {"kind": report.kind.value,
-                                               "detail": report.detail},
-                "recovered": None if rec is None else rec.ok,
-                "recovery_ms": None if rec is None else rec.duration_ms}
+        assert self.shadow is not None
+        return {"injected": fault,
+                **self.shadow.inject(fault, wait=wait, recover=self._recover_idle)}
 
     def _control(self, req: dict[str, Any]) -> Any:
         cmd = req["cmd"]

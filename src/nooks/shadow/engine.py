@@ -34,6 +34,7 @@ Modes and rules:
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import errno
 import logging
@@ -51,6 +52,7 @@ from nooks.errors import (
     DomainFailed,
     FailureKind,
     FailureReport,
+    NotTaken,
     RecoveryFailed,
     Restarting,
 )
@@ -108,6 +110,7 @@ class _Violation(Exception):
 
 # errors that say the driver ran out of what its domain may hold: a *resource* failure
 OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
+MAX_LENIENT = 16  # exception types remembered per request kind
 REVIVE_FIRST = 1.0  # seconds before a driver that could not be brought back is tried again
 REVIVE_MAX = 60.0
 
@@ -205,8 +208,9 @@ class Shadow:
         self.second_opinions_asked = 0
         self.trust_seconds = 10.0
         self._trusted: dict[tuple[str, str], float] = {}
-        # requests whose exceptions a fresh driver raised too: lenient until then
-        self._lenient: dict[str, float] = {}
+        # per request kind, the exceptions a fresh driver raised too: answered as the
+        # class's framework answers them from then on (see Interface.unexpected)
+        self._lenient: dict[str, frozenset[str]] = {}
         self._revive_at = 0.0
         self._revive_pause = REVIVE_FIRST
 
@@ -227,28 +231,34 @@ class Shadow:
         tries = 0
         last: FailureReport | None = None
         second_opinion: tuple[str, str] | None = None
-        lenient = bool(self._lenient) and self._lenient.get(op, 0.0) > time.monotonic()
+        lenient = self._lenient.get(op, frozenset()) if self._lenient else frozenset()
+        raised: str | None = None  # what the driver raised, re-issued leniently
         waited_until = 0.0  # set when it first has to wait for a recovery to begin or end
         while True:
-            if self.dead is not None and not self._revive(last):
-                report = self.dead.report or last
-                if report is None:
-                    report = FailureReport(kind=FailureKind.CRASHED, detail=str(self.dead),
-                                           driver=self.domain.name, call=op)
-                raise self.spec.poison(op, report)
             if self._recovering:
+                # first: a request of the driver being rebuilt must never wait for it
                 if self._from_recovering(op, args):
                     return self._answer_own(op, args)
                 answered, value = self._spoof(op, args)
                 if answered:
                     return value
+            if self.dead is not None:
+                if self._revive(last):
+                    continue
+                if self._recovering:
+                    continue  # another request is bringing it back: wait for that
+                report = self.dead.report or last
+                if report is None:
+                    report = FailureReport(kind=FailureKind.CRASHED, detail=str(self.dead),
+                                           driver=self.domain.name, call=op)
+                raise self.spec.poison(op, report)
             gen = self.generation
             suspect = self._suspects if tries else None
             if suspect is not None:
                 suspect.acquire()
             try:
                 result = self.domain.call(op, *self.spec.translate(op, args, tries > 0),
-                                          lenient=lenient)
+                                          lenient=lenient | {raised} if raised else lenient)
                 self._check(op, args, result, tries, second_opinion)
             except Answered as a:
                 return a.value
@@ -286,7 +296,7 @@ class Shadow:
                 if e.report.exception is not None and self.domain.iface.unexpected is not None:
                     # the driver raised: a fresh one may not; if it raises too, it is
                     # answered as the driver's own framework answers it, not restarted
-                    lenient = True
+                    raised = e.report.exception
                 continue
             except Exception as e:
                 if tries:
@@ -297,10 +307,12 @@ class Shadow:
                         # a fresh driver said the same: the error is the world's, not
                         # the driver's; trust it for a while rather than restart again
                         self._trusted[second_opinion] = time.monotonic() + self.trust_seconds
-                    if lenient:
-                        # the fresh driver raised as well: for a while, this request is
-                        # answered that way without a restart
-                        self._lenient[op] = time.monotonic() + self.trust_seconds
+                    if raised is not None:
+                        # the fresh driver raised as well: from now on, this request's
+                        # exception is answered that way, without a restart
+                        known = self._lenient.get(op, frozenset())
+                        if len(known) < MAX_LENIENT:
+                            self._lenient[op] = known | {raised}
                     raise
                 try:
                     key = self._second_opinion(op, args, e)
@@ -442,8 +454,15 @@ class Shadow:
 
     def _recover(self, gen: int, report: FailureReport, revive: bool = False) -> None:
         """Recover from the failure seen at generation ``gen`` (once, whoever sees it);
-        with ``revive``, again after a recovery that failed."""
-        with self._recover_lock:
+        with ``revive``, again after a recovery that failed (unless another request is
+        at it already: then it returns at once, and the caller waits as any request
+        waits for a recovery)."""
+        if revive:
+            if not self._recover_lock.acquire(blocking=False):
+                return
+        else:
+            self._recover_lock.acquire()
+        try:
             if self.generation != gen or (self.dead is not None and not revive):
                 return  # someone else recovered already
             if revive and (self.dead is None or time.monotonic() < self._revive_at):
@@ -474,6 +493,8 @@ class Shadow:
                 self._state.notify_all()
             if self.on_recovery is not None:
                 self.on_recovery(rec)
+        finally:
+            self._recover_lock.release()
 
     def _restart(self) -> tuple[float, int]:
         err: BaseException | None = None
@@ -489,6 +510,28 @@ class Shadow:
                 continue
         raise RecoveryFailed(f"{self.domain.name} could not be restarted: {err}",
                              err.report if isinstance(err, DomainFailed) else None)
+
+    def inject(self, fault: str, *, wait: bool = True,
+               recover: Callable[[FailureReport, int], None] | None = None) -> dict[str, Any]:
+        """Make the driver fail now, in the named way, and recover it at once; what
+        happened (``failure``, ``recovered``, ``recovery_ms``). NotTaken if nothing did.
+        Without ``wait``, the fault is sent and meets whatever request comes next.
+        ``recover(report, generation)`` recovers instead of ``recover_now`` (a host
+        that must hold a lock of its own meanwhile)."""
+        if not wait:
+            with contextlib.suppress(DomainFailed, DomainDown, Closed, Restarting):
+                self.domain.inject_later(fault)
+            return {}
+        gen, before = self.generation, len(self.recoveries)
+        try:
+            report = self.domain.inject(fault)
+        except (Closed, Restarting, DomainDown) as e:
+            raise NotTaken(f"the driver is not running ({e})") from None
+        (recover or self.recover_now)(report, gen)  # at once, whoever else noticed
+        rec = self.recoveries[before] if len(self.recoveries) > before else None
+        return {"failure": {"kind": report.kind.value, "detail": report.detail},
+                "recovered": None if rec is None else rec.ok,
+                "recovery_ms": None if rec is None else rec.duration_ms}
 
     def recover_now(self, report: FailureReport, generation: int | None = None) -> None:
         """Recover proactively (e.g. the driver died while idle); ``generation`` is the

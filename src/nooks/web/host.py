@@ -30,19 +30,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from nooks.control import ControlServer
+from nooks.control import ControlServer, run_dir
 from nooks.domain.config import FAULTS, FaultPlan
 from nooks.domain.host import Domain
 from nooks.domain.native import NativeDomain
 from nooks.domain.spec import Limits
 from nooks.errors import (
     Closed,
-    DomainDown,
     DomainFailed,
     FailureReport,
     InterfaceError,
-    NotTaken,
-    Restarting,
 )
 from nooks.shadow.engine import Recovery, Shadow
 from nooks.shadow.web import RETRY_AFTER, ExtensionFailed, ServiceBusy, WebShadow
@@ -150,7 +147,8 @@ class WebHost:
                        retry_safe: tuple[str, ...], max_tries: int,
                        fault: FaultPlan | None) -> Worker:
         spec = self.app.spec(name=f"{self._label}-{index}", deadline=deadline, limits=limits,
-                             max_body=self.limits.max_body, retry_safe=retry_safe, fault=fault)
+                             max_body=self.limits.max_body, retry_safe=retry_safe, fault=fault,
+                             cover=(run_dir(),))
         domain = Domain(spec, start=False)
         for attempt in range(max_tries):
             try:
@@ -313,22 +311,8 @@ class WebHost:
         if w.native is not None:
             w.pending_fault = fault
             return {**out, "armed": True}
-        assert w.domain is not None and w.shadow is not None
-        if not wait:
-            with contextlib.suppress(DomainFailed, DomainDown, Closed, Restarting):
-                w.domain.inject_later(fault)
-            return out
-        shadow = w.shadow
-        gen, before = shadow.generation, len(shadow.recoveries)
-        try:
-            report = w.domain.inject(fault)
-        except (Closed, Restarting, DomainDown) as e:
-            raise NotTaken(f"the worker is not running ({e})") from None
-        shadow.recover_now(report, gen)
-        rec = shadow.recoveries[before] if len(shadow.recoveries) > before else None
-        return {**out, "failure": {"kind": report.kind.value, "detail": report.detail},
-                "recovered": None if rec is None else rec.ok,
-                "recovery_ms": None if rec is None else rec.duration_ms}
+        assert w.shadow is not None
+        return {**out, **w.shadow.inject(fault, wait=wait)}
 
     def _control(self, req: dict[str, Any]) -> Any:
         cmd = req["cmd"]

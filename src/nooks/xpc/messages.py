@@ -16,6 +16,7 @@ Rules:
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import msgspec
@@ -47,9 +48,9 @@ class Call(msgspec.Struct, array_like=True, tag=1):
     args: Raw
     parent: int = 0
     out: ArenaRef | None = None
-    # an exception the driver raises is answered as its class's framework answers it
-    # (``Interface.unexpected``) instead of failing the domain
-    lenient: bool = False
+    # exceptions (type names) the driver may raise in this call that are answered as its
+    # class's framework answers them (``Interface.unexpected``), not a failure
+    lenient: list[str] = []
 
 
 class Reply(msgspec.Struct, array_like=True, tag=2):
@@ -120,10 +121,13 @@ class Failure(msgspec.Struct, array_like=True, tag=13):
 
 class Inject(msgspec.Struct, array_like=True, tag=14):
     """Make the domain fail now, in the named way (for demos and tests); with an
-    ``id``, the domain answers ``Reply(id)`` first, so the host knows it was read."""
+    ``id``, the domain answers ``Reply(id)`` first, so the host knows it was read. A
+    domain that reads it after ``expires`` (CLOCK_MONOTONIC, shared by all processes)
+    ignores it: the host has said it was not taken."""
 
     fault: str
     id: int = 0
+    expires: float = 0.0
 
 
 class Shutdown(msgspec.Struct, array_like=True, tag=15):
@@ -168,10 +172,10 @@ encode = _encoder.encode
 
 def encode_call(
     cid: int, method: int, args: tuple[Any, ...], parent: int = 0, out: ArenaRef | None = None,
-    *, lenient: bool = False,
+    *, lenient: Collection[str] = (),
 ) -> bytes:
     if lenient:
-        return encode((TAG_CALL, cid, method, args, parent, out, True))
+        return encode((TAG_CALL, cid, method, args, parent, out, sorted(lenient)))
     return encode((TAG_CALL, cid, method, args, parent, out))
 
 
