@@ -120,32 +120,20 @@ class Snooping(Quirky):
                 got[what] = type(e).__name__
         from nooks.control import request, run_dir
 
-        got["control"] = "no host found"
+        replies, errors = [], []
         for entry in sorted(os.listdir(run_dir())):
-            if entry.endswith(".sock"):
+            if entry.endswith(".sock"):  # live hosts, and sockets dead ones left
                 try:
-                    got["control"] = json.dumps(request(os.path.join(run_dir(), entry),
-                                                        {"cmd": "status"}))
-                    break
+                    replies.append(json.dumps(request(os.path.join(run_dir(), entry),
+                                                      {"cmd": "status"}, timeout=5.0)))
                 except (TimeoutError, OSError) as e:
-                    got["control"] = type(e).__name__
+                    errors.append(type(e).__name__)
+        got["control"] = " | ".join(replies) if replies else f"no reply: {errors}"
         try:
             os.kill(host, signal.SIGCONT)
             got["signal"] = "sent"
         except OSError as e:
             got["signal"] = type(e).__name__
-        got["run_dir"] = json.dumps(sorted(os.listdir(run_dir()))
-                                    if os.path.isdir(run_dir()) else [])
-        for what, where in (("cgroup", "/sys/fs/cgroup/unified/cgroup.procs"),
-                            ("cgroup_v2", "/sys/fs/cgroup/cgroup.procs"),
-                            ("pids", "/sys/fs/cgroup/pids/cgroup.procs"),
-                            ("sysctl", "/proc/sys/kernel/core_pattern")):
-            try:
-                with open(where, "w") as f:
-                    f.write(str(os.getpid()) if what != "sysctl" else "core")
-                got[what] = "written"
-            except OSError as e:
-                got[what] = type(e).__name__
         got["domains"] = "none found"
         for entry in os.listdir("/proc"):  # another domain (the warm spare, say)
             if entry.isdigit() and int(entry) != os.getpid():

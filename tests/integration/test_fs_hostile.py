@@ -124,8 +124,9 @@ def test_garbage_and_oversize_answers_are_misbehaviour(tmp_path: Path) -> None:
 
 
 def test_a_driver_cannot_reach_its_host(tmp_path: Path) -> None:
-    """Not its memory or environment under /proc, not its control socket, not a signal
-    (the default hardening of a root domain)."""
+    """Not its memory or environment under /proc, not its control socket, not a kill
+    of its pid, not another domain's memory (the default hardening of a root domain;
+    what root's file permissions reach, /sys and /proc/sys, it still reaches)."""
     with mounted(str(tmp_path), "tests.drivers.hostile:Snooping",
                  extra=("--state", "volatile")) as m:
         f = Path(m.path) / "f"
@@ -133,11 +134,8 @@ def test_a_driver_cannot_reach_its_host(tmp_path: Path) -> None:
         got = json.loads(os.getxattr(f, "user.snoop"))
         assert m.status()["recoveries"] == []
     assert got["environ"] == got["mem"] == "PermissionError", got
-    assert got["control"] == "no host found" and got["run_dir"] == "[]", got  # covered
+    assert "may not use a host's control socket" in got["control"], got
     assert got["signal"] == "PermissionError", got
-    # its cgroup (it would leave it), sysctls: read-only in its mount namespace
-    for name in ("cgroup", "cgroup_v2", "pids", "sysctl"):
-        assert got[name] in ("OSError", "FileNotFoundError", "PermissionError"), got
     assert got["domains"] == "PermissionError", got  # other domains are not dumpable
 
 

@@ -49,6 +49,7 @@ _runtime: Runtime | None = None
 
 
 _native_kernel: Any = None
+_host_fd = -1  # a pidfd of the host, watched once the driver is built
 
 
 def kernel() -> Any:
@@ -225,8 +226,10 @@ class Runtime:
         try:
             args = self.any_decoder.decode(msg.args)
             kwargs = self.any_decoder.decode(msg.kwargs)
-            self.driver = target(*args, **kwargs)
+            with harden.beneath(self.cfg.hide):
+                self.driver = target(*args, **kwargs)
             self.methods = [self._bind(spec.name) for spec in self.iface.methods]
+            _built(self.cfg)
         except BaseException as e:
             self.fail(e)
         if self.cfg.seccomp is not None:
@@ -438,20 +441,30 @@ def inject(fault: str) -> None:
 
 
 def _enter(cfg: ChildConfig) -> None:
-    """Before anything of the driver's is loaded: be in the domain's cgroup and a mount
-    namespace of its own, watch the host, shed privileges (``nooks.domain.harden``)."""
+    """Before anything of the driver's is loaded: be in the domain's cgroup, shed
+    privileges (``nooks.domain.harden``), but for those building the driver beneath
+    its mount needs (dropped once it is built: ``_built``)."""
     if cfg.cgroup is not None:
         _wait_for_cgroup(cfg.cgroup)
-    if (cfg.hide or cfg.cover or cfg.harden) and os.geteuid() == 0:
-        # while this process has one thread (unshare refuses a shared fs otherwise)
-        harden.private_mounts(cfg.hide, cfg.harden, cfg.cover)
+    global _host_fd
+    if cfg.host_pid:
+        _host_fd = harden.open_host(cfg.host_pid)
     if cfg.harden:
         harden.not_dumpable()
-    if cfg.host_pid:
-        harden.watch_host(cfg.host_pid)
-    if cfg.harden:
-        harden.drop_capabilities()
-        harden.deny_syscalls(cfg.host_pid or os.getppid())
+        keep = harden.KEEP_CAPABILITIES
+        if cfg.hide:
+            keep = keep | harden.NAMESPACE_CAPABILITIES
+        harden.drop_capabilities(keep)
+        harden.deny_syscalls(cfg.host_pid or os.getppid(), until_built=bool(cfg.hide))
+
+
+def _built(cfg: ChildConfig) -> None:
+    """The driver is built: drop what building it needed; watch the host (a thread:
+    none may run while the driver is built, see ``harden.beneath``)."""
+    if cfg.harden and cfg.hide:
+        harden.built()
+    if _host_fd >= 0:
+        harden.watch_host(_host_fd)
 
 
 def _wait_for_cgroup(relative: str) -> None:

@@ -40,8 +40,7 @@ class ChildConfig(msgspec.Struct, frozen=True, kw_only=True):
     host_pid: int = 0  # the domain ends when this process does (0: not watched)
     harden: bool = False  # drop capabilities and deny syscalls (nooks.domain.harden)
     cgroup: str | None = None  # the domain waits to be in it before loading the driver
-    hide: list[str] = []  # mounts the domain must not see (its own mountpoint)
-    cover: list[str] = []  # directories it sees empty (the hosts' control sockets)
+    hide: list[str] = []  # mounts the driver is built without (its own mountpoint)
 
 
 def apply_seccomp(extra: list[str]) -> None:

@@ -18,29 +18,31 @@ driver code is imported. Rules:
 * ``watch_host`` ends the domain and everything it started when its host
   process dies, even while the driver is stuck in a loop that never reads the
   channel: nothing of a dead host is left running.
-* ``private_mounts`` gives a root domain a mount namespace of its own, private
-  (the host's later mounts do not appear in it), without the mounts it must not
-  see (a filesystem driver's own mountpoint: it sees what lies beneath, as it
-  did when it was first built, before the mount existed; so a driver that looks
-  at its own mountpoint never waits for itself). Hardened, it also makes
-  ``/sys`` (cgroups included) and ``/proc/sys`` read-only and hides the hosts'
-  control sockets under an empty, read-only directory.
+* ``beneath`` builds a driver, in a root domain, in a mount namespace of its
+  own without its filesystem's mount: it sees what lies beneath, as it did when
+  it was first built, before the mount existed, so a driver that looks at its
+  own mountpoint never waits for itself. The namespace lasts only while the
+  driver is built (one kept would pin every mount of the machine it copied);
+  the capabilities and syscalls it needs are dropped once the driver is built.
 * Domains are not dumpable: another domain (the next driver, say) cannot reach
   their memory under /proc.
 
 What this does not stop: a driver running as root can still use root's file
-permissions, devices, and signals to other processes of root (threads of its
-host included). Drivers that are not trusted should run as another user.
+permissions (``/sys``, ``/proc/sys``, its cgroup, other hosts' files),
+devices, and signals to other processes of root (threads of its host
+included). Drivers that are not trusted should run as another user.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
 import select
 import signal
 import threading
+from collections.abc import Iterator
 
 # linux/capability.h
 KEEP_CAPABILITIES = frozenset({
@@ -119,14 +121,17 @@ def _last_capability() -> int:
         return 40
 
 
-def deny_syscalls(host_pid: int) -> None:
+def deny_syscalls(host_pid: int, until_built: bool = False) -> None:
     """Refuse (EPERM) the syscalls in DENIED_SYSCALLS, and signals to ``host_pid``,
-    its process group or every process; everything else is allowed."""
+    its process group or every process; everything else is allowed. With
+    ``until_built``, those ``beneath`` needs stay allowed (``built`` refuses them)."""
     import pyseccomp
 
     f = pyseccomp.SyscallFilter(defaction=pyseccomp.ALLOW)
     eperm = pyseccomp.ERRNO(errno.EPERM)
     for name in DENIED_SYSCALLS:
+        if until_built and name in NAMESPACE_SYSCALLS:
+            continue
         try:
             f.add_rule(eperm, name)
         except (ValueError, RuntimeError, OSError):
@@ -140,49 +145,52 @@ def deny_syscalls(host_pid: int) -> None:
 
 
 _CLONE_NEWNS = 0x00020000
-_MS_RDONLY = 1
-_MS_NOSUID = 2
-_MS_NODEV = 4
-_MS_NOEXEC = 8
-_MS_REMOUNT = 32
-_MS_BIND = 4096
 _MS_REC = 16384
 _MS_PRIVATE = 1 << 18
 _MNT_DETACH = 2
+_CAP_SYS_CHROOT = 18
+_CAP_SYS_ADMIN = 21
+# kept, until the driver is built, by a domain that may build it beneath its mount
+NAMESPACE_CAPABILITIES = frozenset({_CAP_SYS_CHROOT, _CAP_SYS_ADMIN})
+NAMESPACE_SYSCALLS = ("unshare", "setns", "mount", "umount2")
 
 
-def private_mounts(hide: list[str], protect: bool, cover: list[str]) -> bool:
-    """A mount namespace of this process's own (see the module docstring), without the
-    mounts at ``hide``, with the directories in ``cover`` empty; with ``protect``,
-    ``/sys`` and ``/proc/sys`` read-only. False if it cannot have one (not
-    privileged). Call it while the process has one thread."""
+@contextlib.contextmanager
+def beneath(hide: list[str]) -> Iterator[bool]:
+    """While the driver is built: a mount namespace of its own without the mounts at
+    ``hide`` (its filesystem's own mountpoint), so that it sees what lies beneath, as
+    it did when it was first built, before the mount existed, and never sends a
+    request to that mount; then back in the host's namespace, as natively after
+    mounting (the namespace used is gone: it pins no mount). Yields whether it
+    could (it cannot when the process is not privileged or has other threads:
+    then the driver is built where it is)."""
     libc = _libc()
-    if libc.unshare(_CLONE_NEWNS) != 0:
-        return False
-    _mount(libc, None, "/", None, _MS_REC | _MS_PRIVATE)
-    for path in hide:
-        while _is_mountpoint(path):  # a mount stacked on a mount: all of them
-            if libc.umount2(path.encode(), _MNT_DETACH) != 0:
-                break
-    if protect:
-        for target in _mounts_under("/sys"):
-            _mount(libc, None, target, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY)
-        if os.path.isdir("/proc/sys"):
-            _mount(libc, "/proc/sys", "/proc/sys", None, _MS_BIND)
-            _mount(libc, None, "/proc/sys", None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY)
-    for directory in cover:
-        if os.path.isdir(directory):
-            _mount(libc, "tmpfs", directory, "tmpfs",
-                   _MS_RDONLY | _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, data="size=4k,mode=755")
-    return True
-
-
-def _mount(libc: ctypes.CDLL, source: str | None, target: str, fstype: str | None,
-           flags: int, *, data: str | None = None) -> None:
-    enc = [None if x is None else x.encode() for x in (source, target, fstype, data)]
-    if libc.mount(enc[0], enc[1], enc[2], ctypes.c_ulong(flags), enc[3]) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"mount {target}: {os.strerror(err)}")
+    hidden = [p for p in hide if _is_mountpoint(p)]
+    if not hidden or threading.active_count() > 1:
+        yield False
+        return
+    home = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    here = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if libc.unshare(_CLONE_NEWNS) != 0:
+            yield False
+            return
+        try:
+            if libc.mount(None, b"/", None, ctypes.c_ulong(_MS_REC | _MS_PRIVATE), None) != 0:
+                raise OSError(ctypes.get_errno(), "making the namespace private")
+            for path in hidden:
+                while _is_mountpoint(path):  # mounts stacked on it: all of them
+                    if libc.umount2(_normal(path).encode(), _MNT_DETACH) != 0:
+                        break
+            os.fchdir(here)
+            yield True
+        finally:
+            if libc.setns(home, _CLONE_NEWNS) != 0:
+                raise OSError(ctypes.get_errno(), "going back to the host's mount namespace")
+            os.fchdir(here)  # setns moves to the namespace's root
+    finally:
+        os.close(home)
+        os.close(here)
 
 
 def _mountinfo() -> list[str]:
@@ -199,8 +207,16 @@ def _normal(path: str) -> str:
     return os.path.join(os.path.realpath(parent), name)
 
 
-def _mounts_under(top: str) -> list[str]:
-    return [m for m in _mountinfo() if m == top or m.startswith(top + "/")]
+def built() -> None:
+    """The driver is built: drop what only building it beneath its mount needed."""
+    import pyseccomp
+
+    drop_capabilities(KEEP_CAPABILITIES)
+    f = pyseccomp.SyscallFilter(defaction=pyseccomp.ALLOW)
+    for name in NAMESPACE_SYSCALLS:
+        with contextlib.suppress(ValueError, RuntimeError, OSError):
+            f.add_rule(pyseccomp.ERRNO(errno.EPERM), name)
+    f.load()
 
 
 def not_dumpable() -> None:
@@ -216,15 +232,21 @@ def protect_host() -> None:
     not_dumpable()
 
 
-def watch_host(host_pid: int) -> None:
-    """End this domain's process group when process ``host_pid`` exits (a thread
-    waiting on its pidfd); at once if it has exited already."""
+def open_host(host_pid: int) -> int:
+    """A pidfd of the host, for ``watch_host`` (opened before ``deny_syscalls``, which
+    refuses pidfd_open of the host); ends the domain at once if the host is gone."""
     try:
         fd = os.pidfd_open(host_pid)
     except OSError:
         fd = -1
     if fd < 0 or os.getppid() != host_pid:
         _end_group()
+    return fd
+
+
+def watch_host(fd: int) -> None:
+    """End this domain's process group when the host (pidfd ``fd``, from ``open_host``)
+    exits: a thread waiting on it."""
 
     def watch() -> None:
         poller = select.poll()

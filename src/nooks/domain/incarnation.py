@@ -102,7 +102,7 @@ class Incarnation:
                 fault=spec.fault if with_fault else None,
                 host_pid=os.getpid(), harden=spec.limits.harden,
                 cgroup=self.cgroup.relative if self.cgroup is not None else None,
-                hide=list(spec.hide), cover=list(spec.cover),
+                hide=list(spec.hide),
             )
             lim = spec.limits
             self.proc = subprocess.Popen(

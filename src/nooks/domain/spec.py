@@ -94,11 +94,9 @@ class DriverSpec:
     exit_timeout: float = 5.0
     # the module search path of every domain of this spec, fixed when it is made
     path: tuple[str, ...] = field(default_factory=import_path)
-    # mounts of the host's the domain must not see (a filesystem's own mountpoint: the
-    # driver sees what lies beneath, as when it was first built) and directories it
-    # sees empty (hosts' control sockets); see nooks.domain.harden.private_mounts
+    # mounts the driver is built without (a filesystem's own mountpoint: it sees what
+    # lies beneath, as when it was first built); see nooks.domain.harden.beneath
     hide: tuple[str, ...] = ()
-    cover: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:

@@ -34,10 +34,10 @@ class FsDriver:
 
     def spec(self, *, name: str, deadline: float, limits: Limits,
              fault: FaultPlan | None = None, undo: UndoLog | None = None,
-             hide: tuple[str, ...] = (), cover: tuple[str, ...] = ()) -> DriverSpec:
+             hide: tuple[str, ...] = ()) -> DriverSpec:
         """The domain spec: the adapter runs the driver inside the domain; ``undo``
-        saves what each committed write of the image overwrites; ``hide`` and ``cover``
-        as in DriverSpec (the mountpoint, the control sockets)."""
+        saves what each committed write of the image overwrites; ``hide`` as in
+        DriverSpec (the mountpoint)."""
         kernel = kernel_impl = None
         if self.image is not None:
             image = self.image
@@ -50,7 +50,7 @@ class FsDriver:
             # loading and building a driver is held to the request deadline too (but
             # at least 10 s): a driver that hangs while starting is restarted in time
             deadline=deadline, start_deadline=max(deadline, 10.0), limits=limits,
-            preload=self.preload or (self.module,), fault=fault, hide=hide, cover=cover,
+            preload=self.preload or (self.module,), fault=fault, hide=hide,
             # no polling: with nobody spinning, the scheduler keeps the application,
             # the FUSE host and its domain on one CPU, switching in microseconds;
             # polling kept a CPU busy and spread them over two, which halved the

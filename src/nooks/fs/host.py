@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Any
 
-from nooks.control import ControlServer, run_dir
+from nooks.control import ControlServer
 from nooks.domain import harden
 from nooks.domain.config import FAULTS, FaultPlan
 from nooks.domain.host import Domain
@@ -105,8 +105,7 @@ class FsHost:
                 assert driver.image is not None
                 self._undo = UndoLog(driver.image)
             spec = driver.spec(name=label, deadline=deadline, limits=limits or Limits(),
-                               fault=fault, undo=self._undo, hide=(self.mountpoint,),
-                               cover=(run_dir(),))
+                               fault=fault, undo=self._undo, hide=(self.mountpoint,))
             self.domain = Domain(spec, start=False)
             self._start_domain(max_tries)
             fs = FsShadow(volatile=driver.volatile if volatile is None else volatile,

@@ -30,8 +30,7 @@ class WebApp:
         return self.target.partition(":")[0]
 
     def spec(self, *, name: str, deadline: float, limits: Limits, max_body: int = 0,
-             retry_safe: tuple[str, ...] = (), fault: FaultPlan | None = None,
-             cover: tuple[str, ...] = ()) -> DriverSpec:
+             retry_safe: tuple[str, ...] = (), fault: FaultPlan | None = None) -> DriverSpec:
         # a request body crosses in one arena slot: slots as large as the largest body
         # (the arenas are shared memory touched only where written)
         slot = DEFAULT_SLOT_SIZE
@@ -40,7 +39,7 @@ class WebApp:
         return DriverSpec(
             target=ADAPTER, args=self._ctor(retry_safe), interface=WebInterface, name=name,
             deadline=deadline, limits=limits, preload=(self.module,), fault=fault,
-            host_spin_us=0.0, slot_size=slot, cover=cover)
+            host_spin_us=0.0, slot_size=slot)
 
     def native_spec(self, *, name: str, retry_safe: tuple[str, ...] = ()) -> DriverSpec:
         return DriverSpec(target=ADAPTER, args=self._ctor(retry_safe), interface=WebInterface,

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from nooks.control import ControlServer, run_dir
+from nooks.control import ControlServer
 from nooks.domain.config import FAULTS, FaultPlan
 from nooks.domain.host import Domain
 from nooks.domain.native import NativeDomain
@@ -147,8 +147,7 @@ class WebHost:
                        retry_safe: tuple[str, ...], max_tries: int,
                        fault: FaultPlan | None) -> Worker:
         spec = self.app.spec(name=f"{self._label}-{index}", deadline=deadline, limits=limits,
-                             max_body=self.limits.max_body, retry_safe=retry_safe, fault=fault,
-                             cover=(run_dir(),))
+                             max_body=self.limits.max_body, retry_safe=retry_safe, fault=fault)
         domain = Domain(spec, start=False)
         for attempt in range(max_tries):
             try:
