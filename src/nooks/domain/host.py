@@ -44,6 +44,8 @@ from nooks.xpc import messages as m
 
 log = logging.getLogger(__name__)
 
+REFILL_WAIT = 1.0  # seconds a restart waits for a warm spare being started
+
 
 @dataclass(frozen=True)
 class Restart:
@@ -109,8 +111,9 @@ class Domain:
 
     def _take_spare(self) -> Incarnation:
         with self._spare_cv:
-            while self._refilling:  # being started: it will be ready sooner than a new one
-                self._spare_cv.wait()
+            # being started: it will be ready sooner than a new one (unless its start is
+            # stuck: then this restart starts one of its own)
+            self._spare_cv.wait_for(lambda: not self._refilling, REFILL_WAIT)
             inc, self._spare = self._spare, None
         if inc is None or not inc.alive:
             if inc is not None:
@@ -196,8 +199,7 @@ class Domain:
     def wait_spare(self) -> None:
         """Wait until the warm spare is up (no-op without one)."""
         with self._spare_cv:
-            while self._refilling:
-                self._spare_cv.wait()
+            self._spare_cv.wait_for(lambda: not self._refilling, self.spec.start_deadline)
             spare = self._spare
         if spare is not None and spare.alive:
             with contextlib.suppress(DomainFailed):
