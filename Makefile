@@ -39,6 +39,7 @@ $(STAMP): $(LOCK) pyproject.toml
 	  | grep -v '^WARNING: Location'; test $${PIPESTATUS[0]} -eq 0
 	@$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . 2>&1 \
 	  | grep -v '^WARNING: Location'; test $${PIPESTATUS[0]} -eq 0
+	@$(PY) -m compileall -q src  # every domain starts from bytecode, not from source
 	@$(PY) -c 'import nooks, msgspec, rich, pyseccomp, pytest' && touch $(STAMP)
 
 lock:

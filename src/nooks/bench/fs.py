@@ -173,7 +173,7 @@ def recovery_times(mnt: str, name: str, faults: int) -> list[float]:
     path = socket_path(name)
     try:
         for _ in range(faults):
-            request(path, {"cmd": "settle"})
+            request(path, {"cmd": "settle"}, timeout=60.0)  # a spare starting on a busy CPU
             fail_and_wait(name, "segv")
     finally:
         stop.set()
