@@ -304,9 +304,13 @@ class Runtime:
 
     def answer(self, msg: m.Call) -> bytes:
         """Run one driver call; its encoded answer."""
-        return self.encode_answer(self.iface.methods[msg.method].name
-                                  if 0 <= msg.method < len(self.iface.methods) else "a call",
-                                  self.run_call(msg))
+        answer = self.run_call(msg)
+        try:
+            return m.encode(answer)
+        except (TypeError, OverflowError) as e:
+            what = self.iface.methods[msg.method].name \
+                if 0 <= msg.method < len(self.iface.methods) else "a call"
+            raise TypeError(f"{what} returned a value that cannot cross: {e}") from None
 
     @staticmethod
     def encode_answer(what: str, answer: tuple[Any, ...]) -> bytes:

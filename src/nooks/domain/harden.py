@@ -43,6 +43,7 @@ import select
 import signal
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 # linux/capability.h
 KEEP_CAPABILITIES = frozenset({
@@ -127,7 +128,7 @@ def deny_syscalls(host_pid: int, until_built: bool = False) -> None:
     ``until_built``, those ``beneath`` needs stay allowed (``built`` refuses them)."""
     import pyseccomp
 
-    f = pyseccomp.SyscallFilter(defaction=pyseccomp.ALLOW)
+    f = _filter(pyseccomp)
     eperm = pyseccomp.ERRNO(errno.EPERM)
     for name in DENIED_SYSCALLS:
         if until_built and name in NAMESPACE_SYSCALLS:
@@ -207,12 +208,22 @@ def _normal(path: str) -> str:
     return os.path.join(os.path.realpath(parent), name)
 
 
+def _filter(pyseccomp: Any) -> Any:
+    """A filter that allows what it does not refuse, checked in a binary tree: every
+    syscall the driver makes passes through it, most of them allowed, and a list of
+    fifty tests would cost each of them microseconds."""
+    f = pyseccomp.SyscallFilter(defaction=pyseccomp.ALLOW)
+    with contextlib.suppress(ValueError, RuntimeError, OSError, AttributeError):
+        f.set_attr(pyseccomp.Attr.CTL_OPTIMIZE, 2)
+    return f
+
+
 def built() -> None:
     """The driver is built: drop what only building it beneath its mount needed."""
     import pyseccomp
 
     drop_capabilities(KEEP_CAPABILITIES)
-    f = pyseccomp.SyscallFilter(defaction=pyseccomp.ALLOW)
+    f = _filter(pyseccomp)
     for name in NAMESPACE_SYSCALLS:
         with contextlib.suppress(ValueError, RuntimeError, OSError):
             f.add_rule(pyseccomp.ERRNO(errno.EPERM), name)

@@ -244,17 +244,31 @@ class Channel:
             if n == 0:
                 self.fail(self.hooks.on_eof())
                 return
-            msg = self._decode(bytes(view[:n]), decode)
-            if msg is not None:
-                self._route(msg, w)
+            try:
+                msg = decode(bytes(view[:n]))
+            except m.UNDECODABLE as e:
+                self.fail(self.hooks.on_garbage(f"garbage on the channel: {e}"))
+                return
+            if type(msg) is m.Fragment:
+                msg = self._assemble(msg, decode)
+                if msg is None:
+                    continue
+            self._route(msg, w)
 
     def _decode(self, data: bytes, decode: Any) -> Any:
         """The message in ``data``; None if it is a fragment of one still incomplete,
         or garbage (then the channel has failed)."""
         try:
             msg = decode(data)
-            if type(msg) is not m.Fragment:
-                return msg
+        except m.UNDECODABLE as e:
+            self.fail(self.hooks.on_garbage(f"garbage on the channel: {e}"))
+            return None
+        return self._assemble(msg, decode) if type(msg) is m.Fragment else msg
+
+    def _assemble(self, msg: m.Fragment, decode: Any) -> Any:
+        """Keep a fragment; the whole message once its last fragment is in, else None
+        (or, for too much or garbage, None and the channel has failed)."""
+        try:
             self._parts.append(msg.data)
             self._parts_size += len(msg.data)
             if self._parts_size > m.MAX_ASSEMBLED:
