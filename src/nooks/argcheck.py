@@ -15,8 +15,8 @@ so in one line). Rules:
 * ``user``: a user name or uid; ``env``: ``NAME=VALUE``, or ``NAME`` for its
   value here.
 
-Usage errors are one line (``nooks.cli``'s parser prints them so, for every
-command).
+Usage errors are one line: ``Parser`` prints them so, for every command, and
+its help shows each option's default (``Formatter``).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import math
 import os
 import pwd
 from collections.abc import Callable
+from typing import Any, NoReturn
 
 _UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
@@ -128,3 +129,26 @@ def env(text: str) -> tuple[str, str]:
             raise argparse.ArgumentTypeError(f"{name} is not set here (give NAME=VALUE)")
         value = os.environ[name]
     return name, value
+
+
+class Formatter(argparse.HelpFormatter):
+    """Help that shows each option's default, unless its text already does."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "%(default)" in text or "default:" in text or "default " in text:
+            return text
+        if action.default in (None, False, [], argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """A parser whose errors are one line, and whose help shows defaults."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", Formatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")

@@ -9,13 +9,15 @@ import os
 import sys
 import threading
 import time
-from typing import Any, NoReturn
+from typing import Any
 
 import msgspec
 from rich.console import Console
 from rich.table import Table
 
 from nooks import argcheck, limitflags
+from nooks.argcheck import Formatter, Parser
+from nooks.bench import command as bench_command
 from nooks.domain.config import FAULTS, FaultPlan
 
 # into a pipe or a file, tables keep whole lines rather than wrap at 80 columns
@@ -28,129 +30,11 @@ def _error(text: str) -> None:
     errors.print(f"[red]{text}[/red]")
 
 
-def _bench(args: argparse.Namespace) -> int:
-    global console
-    if args.json == "-":
-        console = Console(stderr=True)  # stdout carries the JSON, nothing else
-    if args.what == "web":
-        from nooks.bench import web
-
-        with console.status("benchmarking the web class") as status:
-            result = web.run(workers=args.workers, quick=args.quick,
-                             progress=lambda s: status.update(f"web: {s}"))
-        _print_web(result)
-    elif args.what == "fs":
-        from nooks.bench import fs
-
-        with console.status("benchmarking the filesystem class") as status:
-            result = fs.run(driver=args.driver, quick=args.quick, placement=args.placement,
-                            progress=lambda s: status.update(f"fs: {s}"))
-        _print_fs(result)
-    else:
-        from nooks.bench import xpc
-
-        with console.status("benchmarking XPC") as status:
-            result = xpc.run(quick=args.quick, progress=lambda s: status.update(f"XPC: {s}"))
-        _print_xpc(result)
-    if args.json:
-        text = json.dumps(result, indent=2)
-        if args.json == "-":
-            print(text)
-        else:
-            with open(args.json, "w") as f:
-                f.write(text + "\n")
-    return 0 if all(result["targets_met"].values()) else 1
-
-
-def _print_xpc(r: dict[str, Any]) -> None:
-    t = Table(title="XPC: one crossing, measured in this run (medians)")
-    t.add_column("what")
-    t.add_column("figure", justify="right")
-    t.add_column("vs", justify="right")
-    floor, null = r["socketpair_rtt_us"], r["null_rtt_us"]
-    t.add_row("socketpair ping-pong (floor)", f"{floor:.1f} µs", "1.00× floor")
-    t.add_row("null call through nooks", f"{null:.1f} µs", f"{null / floor:.2f}× floor")
-    t.add_row("  same, across cores: floor / nooks",
-              f"{r['socketpair_rtt_cross_core_us']:.1f} / {r['null_rtt_cross_core_us']:.1f} µs",
-              f"{r['null_rtt_cross_core_us'] / r['socketpair_rtt_cross_core_us']:.2f}× floor")
-    t.add_row("  across cores, nooks polling (default)",
-              f"{r['null_rtt_cross_core_polling_us']:.1f} µs",
-              f"{r['null_rtt_cross_core_polling_us'] / r['socketpair_rtt_cross_core_us']:.2f}×"
-              " floor")
-    t.add_row("native null call (in-process)", f"{r['native_call_us']:.2f} µs", "")
-    t.add_row("4 KiB echo (inline)", f"{r['rtt_4k_us']:.1f} µs",
-              f"{r['rtt_4k_us'] / null:.2f}× null")
-    t.add_row("4 KiB echo (arenas)", f"{r['rtt_4k_arena_us']:.1f} µs",
-              f"{r['rtt_4k_arena_us'] / null:.2f}× null")
-    t.add_row("128 KiB in, 128 KiB out (arenas)", f"{r['rtt_128k_us']:.1f} µs",
-              f"{r['rtt_128k_us'] / null:.2f}× null")
-    t.add_row("128 KiB in (arenas)", f"{r['rtt_128k_in_us']:.1f} µs",
-              f"{r['rtt_128k_in_us'] / null:.2f}× null")
-    t.add_row("native 128 KiB echo", f"{r['native_128k_us']:.2f} µs", "")
-    t.add_row("kernel call (nested, driver→host)", f"{r['kernel_call_rtt_us']:.1f} µs", "")
-    t.add_row("calls/s unbatched", f"{r['calls_per_s_unbatched']:,.0f}", "")
-    t.add_row("calls/s batched (64 per crossing)", f"{r['calls_per_s_batched']:,.0f}",
-              f"{r['ratio_batched_to_unbatched']:.1f}× unbatched")
-    t.add_row("restart from warm spare, p50", f"{r['restart_ms_p50']:.2f} ms",
-              f"max {r['restart_ms_max']:.2f} ms")
-    t.add_row("restart incl. driver construction, p50",
-              f"{r['restart_constructed_ms_p50']:.2f} ms", "")
-    t.add_row("cold start (no spare)", f"{r['cold_start_ms']:.1f} ms", "")
-    console.print(t)
-    for target, met in r["targets_met"].items():
-        mark = "[green]met[/green]" if met else "[red]MISSED[/red]"
-        console.print(f"  target {target}: {mark}")
-
-
-def _print_fs(r: dict[str, Any]) -> None:
-    t = Table(title=f"Filesystem: {r['driver']}, one run, placement {r['placement']}")
-    for col in ("workload", "direct mfusepy", "native", "nooks", "nooks/native",
-                "nooks/direct"):
-        t.add_column(col, justify="right")
-    units = {"stat_ops_s": "stat/s", "create_unlink_ops_s": "create+unlink/s",
-             "write_mb_s": "write MB/s", "read_mb_s": "read MB/s", "build_s": "build-like s"}
-    unchecked = r.get("ratio_unchecked_to_native")
-    if unchecked is not None:
-        t.add_column("without checkpoints ÷ native", justify="right")
-    for key, label in units.items():
-        row = [label, f"{r['direct'][key]:,.1f}", f"{r['native'][key]:,.1f}",
-               f"{r['nooks'][key]:,.1f}", f"{r['ratio_to_native'][key]:.2f}×",
-               f"{r['ratio_to_direct'][key]:.2f}×"]
-        if unchecked is not None:
-            row.append(f"{unchecked[key]:.2f}×")
-        t.add_row(*row)
-    console.print(t)
-    console.print(f"recovery under a stat() load: p50 {r['recovery_ms_p50']:.1f} ms, "
-                  f"p99 {r['recovery_ms_p99']:.1f} ms over {r['recoveries']} SIGSEGVs")
-    for target, met in r["targets_met"].items():
-        mark = "[green]met[/green]" if met else "[red]MISSED[/red]"
-        console.print(f"  target {target}: {mark}")
-
-
-def _print_web(r: dict[str, Any]) -> None:
-    t = Table(title=f"Web: requests/s with wrk, {r['workers']} workers, "
-              f"{r['connections']} connections, one run")
-    for col in ("extension", "nooks", "native", "gunicorn", "nooks/native", "nooks/gunicorn",
-                "nooks p99"):
-        t.add_column(col, justify="right")
-    for key, label in (("static_4k", "4 KiB static page"), ("flask", "Flask route")):
-        x = r[key]
-        t.add_row(label, f"{x['nooks']['requests_s']:,.0f}", f"{x['native']['requests_s']:,.0f}",
-                  f"{x['gunicorn']['requests_s']:,.0f}",
-                  f"{r['ratios'][key]['nooks/native']:.2f}×",
-                  f"{r['ratios'][key]['nooks/gunicorn']:.2f}×",
-                  f"{x['nooks']['p99_ms']:.1f} ms")
-    console.print(t)
-    for target, met in r["targets_met"].items():
-        mark = "[green]met[/green]" if met else "[red]MISSED[/red]"
-        console.print(f"  target {target}: {mark}")
-
-
 def _crash_matrix() -> bool:
-    from nooks.crashes import MATRIX, run_case
     from nooks.domain.host import Domain
     from nooks.domain.spec import DriverSpec
     from nooks.drivers.probe import ProbeInterface
+    from nooks.tools.crashes import MATRIX, run_case
 
     # a bystander domain keeps serving while the others crash
     bystander = Domain(DriverSpec(target="nooks.drivers.probe:Probe", interface=ProbeInterface,
@@ -198,9 +82,9 @@ def _demo(args: argparse.Namespace) -> int:
         console.rule("nooks: XPC and the crash matrix")
         with console.status("benchmarking XPC") as status:
             result = xpc.run(quick=args.quick, progress=lambda s: status.update(f"XPC: {s}"))
-        _print_xpc(result)
+        bench_command.print_xpc(result)
         return 0 if _crash_matrix() else 1
-    from nooks import demo
+    from nooks.tools import demo
 
     return demo.main(console, limit=args.files)
 
@@ -386,8 +270,8 @@ def _eval(args: argparse.Namespace) -> int:
     with 128 + the signal's number (130, 143); the same command resumes it."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from nooks.faults import campaign, report
-    from nooks.faults.registry import Registry
+    from nooks.eval import campaign, report
+    from nooks.eval.registry import Registry
 
     drivers = args.driver or list(campaign.DRIVERS)
     for d in drivers:
@@ -441,29 +325,6 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Formatter(argparse.HelpFormatter):
-    """Help that shows each option's default, unless its text already does."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        text = action.help or ""
-        if "%(default)" in text or "default:" in text or "default " in text:
-            return text
-        if action.default in (None, False, [], argparse.SUPPRESS) or not action.option_strings:
-            return text
-        return f"{text} (default: %(default)s)"
-
-
-class _Parser(argparse.ArgumentParser):
-    """A parser whose errors are one line, and whose help shows defaults."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", _Formatter)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -476,22 +337,12 @@ def _version() -> str:
 def build_parser() -> argparse.ArgumentParser:
     from nooks.fs import command
 
-    p = _Parser(prog="nooks", description="Driver isolation and recovery for user-space "
+    p = Parser(prog="nooks", description="Driver isolation and recovery for user-space "
                 "drivers: filesystems behind FUSE, web applications behind HTTP.")
     p.add_argument("--version", action="version", version=f"nooks {_version()}")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    command.add_parsers(sub, _Formatter, _error, console.print)
-    b = sub.add_parser("bench", help="run a benchmark")
-    b.add_argument("what", choices=["xpc", "fs", "web"], help="what to measure")
-    b.add_argument("--workers", type=argcheck.count(1, 64), default=2,
-                   help="web benchmark: workers per server")
-    b.add_argument("--driver", default="passthrough", choices=["passthrough", "vfat"],
-                   help="driver for the fs benchmark")
-    b.add_argument("--placement", default="one-core", choices=["one-core", "free"],
-                   help="fs benchmark: everything on one CPU, or where the scheduler puts it")
-    b.add_argument("--json", metavar="PATH", help="also write the figures as JSON ('-': stdout)")
-    b.add_argument("--quick", action="store_true", help="fewer rounds")
-    b.set_defaults(func=_bench)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+    command.add_parsers(sub, Formatter, _error, console.print)
+    bench_command.add_parser(sub)
     d = sub.add_parser("demo", help="a FAT filesystem survives its driver failing "
                        "(or: demo xpc, the XPC benchmark and the crash matrix)")
     d.add_argument("what", nargs="?", default="fs", choices=["fs", "xpc"],

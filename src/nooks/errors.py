@@ -3,10 +3,23 @@
 Errors say whose fault they are:
 
 * ``Closed``: *your* code closed or stopped the thing you used.
-* ``DomainFailed`` and its kinds: the *driver* failed; the report says how.
 * ``InterfaceError``: the *host* broke an interface (a bad declaration, a call
   with arguments the declaration does not allow). It never fails a driver.
-* ``RecoveryFailed``: a driver could not be brought back.
+* ``DomainFailed`` and its kinds: the *driver* failed; the report says how.
+  ``DomainDown``: it had failed before the call, which was never sent.
+* ``Unavailable``: nobody's fault yet, the driver cannot take the call *now*
+  (``Restarting``: it is being replaced; the call was not sent): try again.
+* ``Poisoned``: this request fails the driver every time it is tried; it
+  fails alone (``report`` is the last failure).
+* ``BadAnswer``: the driver answered, but what it said cannot be passed on.
+* ``RecoveryFailed``: a driver could not be brought back (``report`` is the
+  last attempt's failure, ``__cause__`` the exception).
+* ``LimitExceeded``: a driver asked the host to hold more than a bound allows.
+* ``CheckerError``: a tool the host runs on a driver's work (a filesystem
+  checker) gave no verdict; nobody is blamed.
+
+A driver class answers its clients with subclasses of these (the web class's
+503 is an ``Unavailable``, its 500 a ``Poisoned``).
 """
 
 from __future__ import annotations
@@ -107,9 +120,33 @@ class DomainDown(NooksError):
         self.report = report
 
 
-class Restarting(NooksError):
+class Unavailable(NooksError):
+    """The driver cannot take the call now (it is being recovered, or a bound on
+    waiting was reached); the call may be made again later."""
+
+
+class Restarting(Unavailable):
     """The driver is being replaced after a failure: the call was not sent; it can be
     made again once the recovery is over."""
+
+
+class Poisoned(NooksError):
+    """The request failed the driver every time it was tried (``report``: the last
+    failure); it fails alone, the driver goes on serving others."""
+
+    def __init__(self, message: str, report: FailureReport | None = None) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+class BadAnswer(NooksError):
+    """The driver answered, but its answer cannot be passed on (it would break the
+    protocol the host speaks to its clients)."""
+
+
+class CheckerError(NooksError):
+    """A checker the host runs on a driver's work could not be run, or gave no
+    verdict: nothing is judged."""
 
 
 class NotTaken(NooksError):
@@ -124,7 +161,7 @@ class LimitExceeded(NooksError):
 
 class RecoveryFailed(NooksError):
     """A failed driver could not be restarted or re-initialised; ``report`` is the
-    failure of the last attempt, when there was one."""
+    failure of the last attempt, when there was one (raised ``from`` that failure)."""
 
     def __init__(self, message: str, report: FailureReport | None = None) -> None:
         super().__init__(message)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from nooks.faults import report
-from nooks.faults.results import RunResult
+from nooks.eval import report
+from nooks.eval.results import RunResult
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

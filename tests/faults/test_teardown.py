@@ -16,9 +16,9 @@ import msgspec
 import pytest
 
 from nooks.control import socket_path
-from nooks.faults.registry import Interrupted, Registry, group_members
-from nooks.faults.results import RunResult, append_result, load_results
-from nooks.fs.process import is_mounted, wait_mounted
+from nooks.eval.registry import Interrupted, Registry, group_members
+from nooks.eval.results import RunResult, append_result, load_results
+from nooks.tools.fsprocess import is_mounted, wait_mounted
 from tests.integration.fsutil import wait_for
 
 pytestmark = pytest.mark.timeout(60)

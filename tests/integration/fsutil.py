@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from nooks.control import request, socket_path
-from nooks.fs.process import fail_and_wait, start_mount, stop_mount
+from nooks.tools.fsprocess import fail_and_wait, start_mount, stop_mount
 
 STDLIB = os.path.dirname(os.__file__)
 TREE_DIRS = ("json", "email", "asyncio", "logging", "http", "xml", "urllib")

@@ -9,10 +9,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from nooks.crashes import MATRIX, Case, run_case, spec_for
 from nooks.domain.host import Domain
 from nooks.domain.spec import DriverSpec
 from nooks.drivers.probe import ProbeInterface, ProbeKernel
+from nooks.tools.crashes import MATRIX, Case, run_case, spec_for
 from tests.conftest import Snapshot
 
 # detection takes at most the case's deadline plus the time to notice it

@@ -17,7 +17,7 @@ import pytest
 
 from nooks.fs.mkfs import mkfs_vfat
 from nooks.fs.mounts import is_mounted
-from nooks.fs.process import start_mount, stop_mount
+from nooks.tools.fsprocess import start_mount, stop_mount
 from tests.integration.fsutil import direct_mount, mounted, outcome, wait_for
 
 pytestmark = [pytest.mark.timeout(300),

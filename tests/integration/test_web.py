@@ -27,8 +27,8 @@ import httpx
 import pytest
 
 from nooks.control import request, socket_path
-from nooks.fs.process import fail_and_wait
-from nooks.web.process import Output, start_server, stop_server
+from nooks.tools.fsprocess import fail_and_wait
+from nooks.tools.webprocess import Output, start_server, stop_server
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -34,8 +34,8 @@ import pytest
 
 from nooks.cli import build_parser, main
 from nooks.control import request, socket_path
-from nooks.fs.process import fail_and_wait
-from nooks.web.process import Output, start_server, stop_server
+from nooks.tools.fsprocess import fail_and_wait
+from nooks.tools.webprocess import Output, start_server, stop_server
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from nooks.control import request, socket_path
-from nooks.web.process import start_server, stop_server
+from nooks.tools.webprocess import start_server, stop_server
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -204,7 +204,7 @@ def test_domain_writable_arena_maps_writable_and_host_sees_writes(writable: Host
         assert writable.map[off:off + 6] == b"result"
         assert bytes(writable.view[off:off + 6]) == b"result"
     finally:
-        rw.close()
+        rw.release()
 
 
 def test_domain_writable_arena_still_cannot_be_resized(writable: HostArena) -> None:

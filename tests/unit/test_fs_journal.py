@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from nooks.domain.detect import host_verdict
+from nooks.domain.host import Domain as RealDomain
 from nooks.errors import DomainFailed, FailureKind
-from nooks.shadow.fs import ROOT_CTX, FsShadow
+from nooks.fs.spec import ROOT_CTX, FsShadow
+from nooks.shadow.engine import Shadow
+from nooks.shadow.spec import ClassSpec
 
 
 class FakeDriver:
@@ -109,8 +112,6 @@ def test_stop_journal_forgets_and_keeps_nothing_more() -> None:
 
 
 def test_the_engine_prepares_each_restart_before_building_the_driver() -> None:
-    from nooks.shadow.engine import Shadow
-
     order: list[str] = []
 
     class Domain:
@@ -129,7 +130,7 @@ def test_the_engine_prepares_each_restart_before_building_the_driver() -> None:
             order.append(op)
             return 0
 
-    class Spec:
+    class Spec(ClassSpec):
         def prepare_restart(self) -> None:
             order.append("prepare")
 
@@ -140,6 +141,6 @@ def test_the_engine_prepares_each_restart_before_building_the_driver() -> None:
             order.append("replay")
             return 0
 
-    shadow = Shadow(Domain(), Spec())  # type: ignore[arg-type]
+    shadow = Shadow(cast(RealDomain, Domain()), Spec())
     shadow._restart()
     assert order == ["prepare", "restart", "prepare", "restart", "reinit", "replay"]

@@ -21,7 +21,8 @@ from nooks.errors import (
     Restarting,
 )
 from nooks.shadow import engine
-from nooks.shadow.engine import ClassSpec, NotInLog, Shadow, Strategy
+from nooks.shadow.engine import Shadow
+from nooks.shadow.spec import ClassSpec
 
 Behaviour = Callable[["FakeDomain", str, tuple[Any, ...], bool], Any]
 
@@ -75,48 +76,15 @@ class Spec(ClassSpec):
     def __init__(self) -> None:
         self.own_answers = 0
 
-    def strategy(self, op: str) -> Strategy:
-        return Strategy.BLOCK
-
-    def translate(self, op: str, args: tuple[Any, ...], reissue: bool) -> tuple[Any, ...]:
-        return args
-
-    def record(self, op: str, args: tuple[Any, ...], result: Any) -> Any:
-        return result
-
-    def reinit(self, domain: Any) -> None:
-        pass
-
-    def replay(self, domain: Any) -> int:
-        return 0
-
-    def reissuable(self, op: str, args: tuple[Any, ...]) -> bool:
-        return True
-
-    def reissued(self, op: str, args: tuple[Any, ...], error: BaseException) -> tuple[bool, Any]:
-        return False, None
-
     def suspect(self, op: str, args: tuple[Any, ...], error: BaseException,
                 domain: Any) -> bool:
         return isinstance(error, OSError) and error.errno in (errno.EIO, errno.EMFILE)
-
-    def doubt(self, op: str, args: tuple[Any, ...], result: Any, domain: Any) -> str | None:
-        return None
-
-    def answer(self, op: str, args: tuple[Any, ...]) -> Any:
-        raise NotInLog(op)
 
     def busy(self, op: str) -> BaseException:
         return OSError(errno.EBUSY, "busy")
 
     def poison(self, op: str, report: FailureReport) -> BaseException:
         return OSError(errno.EIO, "poisoned")
-
-    def dropped(self, op: str) -> Any:
-        return None
-
-    def handle_result(self, op: str) -> bool:
-        return False
 
     def violation(self, op: str, args: tuple[Any, ...], result: Any) -> str | None:
         return "too long" if op == "read" and len(result) > args[1] else None
@@ -134,7 +102,7 @@ def raised(kind: str = "TypeError") -> DomainFailed:
                                          driver="fake", call="op", exception=kind))
 
 
-def shadow(behaviour: Behaviour) -> tuple[Shadow, FakeDomain, Spec]:
+def shadow(behaviour: Behaviour) -> tuple[Shadow[Spec], FakeDomain, Spec]:
     d = FakeDomain(behaviour)
     spec = Spec()
     return Shadow(cast(Domain, d), spec, block_timeout=1.0), d, spec

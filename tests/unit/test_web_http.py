@@ -13,7 +13,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nooks.drivers.static import StaticFiles
-from nooks.shadow.web import WebShadow
 from nooks.web.adapter import INLINE, WsgiAdapter, environ
 from nooks.web.http import (
     HttpLimits,
@@ -23,6 +22,7 @@ from nooks.web.http import (
     error_response,
     render_head,
 )
+from nooks.web.spec import WebShadow
 
 
 def parse(data: bytes, **limits: Any) -> list[Any]:

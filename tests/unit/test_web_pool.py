@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from nooks.shadow.web import ServiceBusy
 from nooks.web.pool import Worker, WorkerPool
+from nooks.web.spec import ServiceBusy
 
 
 def _pool(n: int = 2, timeout: float = 0.3) -> tuple[WorkerPool, list[Worker]]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nooks.shadow.writes import MAX_SAMPLES, WrittenFiles
+from nooks.fs.writes import MAX_SAMPLES, WrittenFiles
 
 ops = st.lists(st.one_of(
     st.tuples(st.just("write"), st.integers(0, 3000), st.binary(min_size=1, max_size=1200)),

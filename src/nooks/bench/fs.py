@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from nooks.control import request, socket_path
-from nooks.fs.process import fail_and_wait, start_mount, stop_mount
+from nooks.tools.fsprocess import fail_and_wait, start_mount, stop_mount
 
 OPTIONS = "attr_timeout=0,entry_timeout=0,negative_timeout=0,direct_io"
 CHUNK = 128 << 10

@@ -28,7 +28,7 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
-from nooks.web.process import start_server, stop_server, wait_listening
+from nooks.tools.webprocess import start_server, stop_server, wait_listening
 
 PAGE = 4096
 HOWS = ("nooks", "native", "gunicorn")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import ctypes
+import fcntl
 import gc
 import importlib
 import itertools
@@ -452,7 +453,7 @@ def _enter(cfg: ChildConfig) -> None:
         _wait_for_cgroup(cfg.cgroup)
     global _host_fd
     if cfg.host_pid:
-        _host_fd = harden.open_host(cfg.host_pid)
+        _host_fd = _above(harden.open_host(cfg.host_pid), cfg.fd_floor)
     if cfg.harden:
         harden.not_dumpable()
         keep = harden.KEEP_CAPABILITIES
@@ -471,6 +472,18 @@ def _built(cfg: ChildConfig) -> None:
         harden.watch_host(_host_fd)
 
 
+def _above(fd: int, floor: int) -> int:
+    """``fd`` moved to ``floor`` or above (closed where it was), or as it is."""
+    if fd < 0 or floor <= fd:
+        return fd
+    try:
+        high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor)
+    except OSError:
+        return fd  # no room up there: it stays where it is
+    os.close(fd)
+    return high
+
+
 def _wait_for_cgroup(relative: str) -> None:
     """The host moves a new domain into its cgroup (``relative`` to the cgroup2 root)
     as it starts; wait (briefly) until that has happened, so that nothing the driver
@@ -487,6 +500,8 @@ def _wait_for_cgroup(relative: str) -> None:
 def main(argv: list[str]) -> NoReturn:
     global _runtime
     cfg = msgspec.json.decode(argv[1], type=ChildConfig)
+    # the channel first, out of the way of the descriptors the driver will open
+    cfg = msgspec.structs.replace(cfg, sock_fd=_above(cfg.sock_fd, cfg.fd_floor))
     try:
         _enter(cfg)
         if cfg.fault is not None:

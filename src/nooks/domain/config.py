@@ -41,6 +41,10 @@ class ChildConfig(msgspec.Struct, frozen=True, kw_only=True):
     harden: bool = False  # drop capabilities and deny syscalls (nooks.domain.harden)
     cgroup: str | None = None  # the domain waits to be in it before loading the driver
     hide: list[str] = []  # mounts the driver is built without (its own mountpoint)
+    # the domain's own descriptors (its channel, the host's pidfd) are moved to this
+    # number or above, away from the driver's: a driver that uses a wrong descriptor
+    # number hits one of its own, or none (EBADF), never the channel
+    fd_floor: int = 0
 
 
 def apply_seccomp(extra: list[str]) -> None:

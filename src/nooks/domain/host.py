@@ -305,8 +305,14 @@ class Domain:
     def incarnation(self) -> Incarnation:
         inc = self._inc
         if inc is None:
-            raise Closed(f"domain {self.name} is {self.state}")
+            raise self._gone()
         return inc
+
+    def _gone(self) -> Closed | Restarting:
+        """Why there is no driver to call: closed by its owner, or being replaced."""
+        if self._closed:
+            return Closed(f"domain {self.name} is closed")
+        return Restarting(f"domain {self.name} is being restarted")
 
     def __repr__(self) -> str:
         return (f"<Domain {self.name} pid={self.pid} {self.state} calls={self.calls} "
@@ -326,9 +332,7 @@ class Domain:
         """
         inc = self._inc
         if inc is None:
-            if self._closed:
-                raise Closed(f"domain {self.name} is closed")
-            raise Restarting(f"domain {self.name} is being restarted")
+            raise self._gone()
         if inc.report is not None:
             raise DomainDown(inc.report)
         try:
@@ -435,7 +439,7 @@ class Domain:
         *resource*); it is killed like any failed driver."""
         inc = self._inc
         if inc is None:
-            raise Closed(f"domain {self.name} is {self.state}")
+            raise self._gone()
         exc = self._misbehaved(inc, detail, call, kind)
         self._note(exc)
         return exc.report
@@ -488,7 +492,7 @@ class Domain:
     def _flush(self, batch: list[tuple[MethodSpec, tuple[Any, ...], Deferred]]) -> None:
         inc = self._inc
         if inc is None:
-            raise Closed(f"domain {self.name} is {self.state}")
+            raise self._gone()
         cid = next(self._ids)
         w = inc.channel.register(cid, time.monotonic() + self.spec.deadline, "batch")
         inc.channel.send(m.encode((m.TAG_BATCH, cid, [(s.index, v) for s, v, _ in batch])))

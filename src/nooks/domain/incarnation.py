@@ -102,7 +102,7 @@ class Incarnation:
                 fault=spec.fault if with_fault else None,
                 host_pid=os.getpid(), harden=spec.limits.harden,
                 cgroup=self.cgroup.relative if self.cgroup is not None else None,
-                hide=list(spec.hide),
+                hide=list(spec.hide), fd_floor=fd_floor(spec.limits.open_files),
             )
             lim = spec.limits
             self.proc = subprocess.Popen(
@@ -523,3 +523,13 @@ def _grow_buffers(s: socket.socket) -> None:
             s.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)  # SO_*BUFFORCE
         except PermissionError:
             s.setsockopt(socket.SOL_SOCKET, fallback, SOCKET_BUFFER)
+
+
+def fd_floor(open_files: int | None) -> int:
+    """Where a domain's own descriptors go: near the top of what it may open (the
+    driver's come from the bottom; without a limit, as if it were 1024)."""
+    limit = open_files if open_files is not None else 1024
+    return max(3, limit - RESERVED_FDS)
+
+
+RESERVED_FDS = 8  # the domain's own descriptors, kept at the top of its range

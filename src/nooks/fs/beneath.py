@@ -19,7 +19,7 @@ import os
 from typing import Any
 
 from nooks.fs.interface import os_error
-from nooks.shadow.engine import NotInLog
+from nooks.shadow.spec import NOT_IN_LOG
 
 _INTS = ("st_mode", "st_ino", "st_dev", "st_nlink", "st_uid", "st_gid", "st_rdev", "st_size",
          "st_blksize", "st_blocks")
@@ -48,7 +48,7 @@ class Beneath:
             return {f"f_{k}": getattr(v, f"f_{k}") for k in (
                 "bsize", "frsize", "blocks", "bfree", "bavail", "files", "ffree", "favail",
                 "fsid", "flag", "namemax")}
-        raise NotInLog(op)
+        return NOT_IN_LOG
 
     def _stat(self, rel: str) -> os.stat_result:
         try:

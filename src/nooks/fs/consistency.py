@@ -16,7 +16,7 @@ commit points) and Membrane (checkpoint, log, roll back and replay):
   grows past ``max_bytes``, and before the unmount; requests wait while it runs
   (a few milliseconds);
 * a check is the checker's verdict, then every written file's size and sampled
-  bytes read back through the driver (``nooks.shadow.writes``);
+  bytes read back through the driver (``nooks.fs.writes``);
 * a consistent image becomes the new checkpoint (journal and undo log cleared);
 * an inconsistent one condemns the driver: the image is put back as it was at
   the last checkpoint, a fresh driver is started on it, the handles open then
@@ -46,10 +46,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nooks.domain.host import Domain
-from nooks.errors import Closed, DomainDown, DomainFailed
+from nooks.errors import CheckerError, Closed, DomainDown, DomainFailed, Restarting
 from nooks.fs.blockdev import UndoLog
+from nooks.fs.spec import ROOT_CTX, FsShadow
 from nooks.shadow.engine import Shadow
-from nooks.shadow.fs import ROOT_CTX, FsShadow
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +62,6 @@ class CheckStats:
     kept: int = 0  # of those, inconsistent again after the replay
     last_finding: str = ""
     check_ms: list[float] = field(default_factory=list)  # the last 100
-
-
-class CheckerError(Exception):
-    """The checker could not be run, or gave no verdict: the image is not judged."""
 
 
 def run_checker(command: tuple[str, ...], image: str, timeout: float = 60.0) -> tuple[bool, str]:
@@ -104,7 +100,8 @@ class Checkpoints:
     the undo log start empty, so the image as mounted is the first checkpoint.
     """
 
-    def __init__(self, *, image: str, command: tuple[str, ...], shadow: Shadow, fs: FsShadow,
+    def __init__(self, *, image: str, command: tuple[str, ...], shadow: Shadow[FsShadow],
+                 fs: FsShadow,
                  domain: Domain, undo: UndoLog, name: str, interval: float = 1.0,
                  max_bytes: int = 64 << 20,
                  invalidate: Callable[[list[str]], int] | None = None) -> None:
@@ -210,7 +207,7 @@ class Checkpoints:
                 return True
             self._readback_failures = 0
             ok, said = False, f"the driver failed twice while its writes were read back: {e}"
-        except Closed:
+        except (Closed, Restarting):
             return True
         if ok:
             self.fs.checkpoint()
@@ -229,7 +226,7 @@ class Checkpoints:
             report = self.domain.condemn(
                 f"the image is inconsistent after {requests} requests: {_summary(said)}",
                 "checkpoint")
-        except Closed:
+        except (Closed, Restarting):
             return False  # the driver is down already: its recovery comes first
         self.fs.rolled_back = True
         try:
@@ -245,7 +242,7 @@ class Checkpoints:
             threading.Thread(target=self.invalidate, args=(touched,), daemon=True).start()
         try:
             ok, said = self._check()
-        except (CheckerError, DomainFailed, DomainDown, Closed) as e:
+        except (CheckerError, DomainFailed, DomainDown, Closed, Restarting) as e:
             ok, said = False, f"the check after the rollback did not finish: {e}"
         if ok:
             self.stats.rolled_back += 1

@@ -1,5 +1,6 @@
-"""Shadow drivers: a class-generic engine and one spec per driver class."""
+"""Shadow drivers: a class-generic engine, and the base of every class's spec."""
 
-from nooks.shadow.engine import Answered, ClassSpec, NotInLog, Recovery, Shadow, Strategy
+from nooks.shadow.engine import Recovery, Shadow
+from nooks.shadow.spec import NOT_IN_LOG, Answer, Busy, ClassSpec, Strategy
 
-__all__ = ["Answered", "ClassSpec", "NotInLog", "Recovery", "Shadow", "Strategy"]
+__all__ = ["NOT_IN_LOG", "Answer", "Busy", "ClassSpec", "Recovery", "Shadow", "Strategy"]

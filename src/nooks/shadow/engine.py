@@ -1,9 +1,10 @@
 """The shadow-driver engine: class-generic logging, spoofing and recovery.
 
 A ``Shadow`` stands between the host and a ``Domain``. Every request goes
-through ``Shadow.call``. The engine itself knows no driver class: a small
-``ClassSpec`` per class says what to log, how to answer while the driver is
-down, how to replay and which re-issued requests count as done.
+through ``Shadow.call``. The engine itself knows no driver class: a
+``ClassSpec`` per class (``nooks.shadow.spec``) says what to log, how to answer
+while the driver is down, how to replay and which re-issued requests count as
+done.
 
 Modes and rules:
 
@@ -11,11 +12,18 @@ Modes and rules:
   ones in its log (compacted: a release cancels its open) and may rewrite the
   result (e.g. hand out stable virtual handles).
 * *active* (recovering): each request is answered by the strategy its kind
-  has in the spec — answer from the log, act busy, block the caller (bounded),
-  queue (block, then run), or drop.
+  has in the spec: *answer from the log* (else block), *act busy* (the class's
+  busy error at once), *block* (wait for the driver, at most
+  ``block_timeout``), *queue* (held in arrival order, at most ``max_held`` of
+  them, the caller released at once if the class gives a ``queued`` answer;
+  after the recovery the held requests run in order before any new one; a
+  request that finds the queue full is dropped), *drop* (answered as dropped,
+  counted).
 * *recovery*: one thread recovers; the failed domain is released and replaced
   from the warm spare, the spec re-initialises the driver and replays its log,
-  then the generation advances and blocked callers go on.
+  then the generation advances, held requests run and blocked callers go on.
+  A driver that dies while idle is recovered at once by the engine's own
+  recovery thread (``idle_guard`` is held meanwhile, if given).
 * *in-flight requests* that failed with the driver are re-issued after
   recovery if the spec says they may be (else they are answered "busy"); the
   spec decides if an error on a re-issue means "already done".
@@ -29,19 +37,19 @@ Modes and rules:
   re-issued, and only if the fresh driver gives the same answer does the
   caller see it (that answer is then trusted, without restarts, for
   ``trust_seconds``).
-* every recovery is recorded (``Recovery``).
+* every recovery is recorded (``Recovery``, JSON-able with ``as_dict``).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
-import enum
 import errno
 import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Generic, TypeVar
 
 import msgspec
 
@@ -56,16 +64,11 @@ from nooks.errors import (
     RecoveryFailed,
     Restarting,
 )
+from nooks.shadow.spec import NOT_IN_LOG, Answer, ClassSpec, Strategy
 
 log = logging.getLogger(__name__)
 
-
-class Strategy(enum.Enum):
-    FROM_LOG = "answer from log"
-    BUSY = "act busy"
-    BLOCK = "block caller"
-    QUEUE = "queue request"
-    DROP = "drop request"
+S = TypeVar("S", bound=ClassSpec)
 
 
 class Recovery(msgspec.Struct, frozen=True, kw_only=True):
@@ -79,33 +82,11 @@ class Recovery(msgspec.Struct, frozen=True, kw_only=True):
     replayed: int
     restart_ms: float
     ok: bool = True
+    held: int = 0  # requests held meanwhile (Strategy.QUEUE) and run after it
 
-
-class Answered(Exception):
-    """Raised by ``ClassSpec.translate``: the request needs no driver, ``value`` answers it."""
-
-    def __init__(self, value: Any) -> None:
-        super().__init__(value)
-        self.value = value
-
-
-class _Doubt(Exception):
-    def __init__(self, reason: str, key: tuple[str, str]) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.key = key
-
-
-class NotInLog(Exception):
-    """The log cannot answer this request; fall back to blocking."""
-
-
-class _Violation(Exception):
-    def __init__(self, reason: str, driver: str, op: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.report = FailureReport(kind=FailureKind.MISBEHAVED, detail=reason, driver=driver,
-                                    call=op)
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = msgspec.to_builtins(self)
+        return out
 
 
 # errors that say the driver ran out of what its domain may hold: a *resource* failure
@@ -113,97 +94,52 @@ OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
 MAX_LENIENT = 16  # exception types remembered per request kind
 REVIVE_FIRST = 1.0  # seconds before a driver that could not be brought back is tried again
 REVIVE_MAX = 60.0
+MAX_HELD = 1024  # requests held at once (Strategy.QUEUE)
+CLOSE_WAIT = 60.0  # seconds ``close`` waits for a recovery under way
+_UNSET = object()
+
+# what ``_check`` finds wrong with a result
+_VIOLATION, _DOUBT = "violation", "doubt"
 
 
-class ClassSpec(Protocol):
-    """What the engine needs to know about one driver class."""
+class _Held:
+    """One request held while the driver recovers: run by the recovery (``turn`` is
+    None: its caller was released) or by its caller, woken in turn."""
 
-    def strategy(self, op: str) -> Strategy: ...
+    __slots__ = ("args", "op", "turn")
 
-    def translate(self, op: str, args: tuple[Any, ...], reissue: bool) -> tuple[Any, ...]:
-        """Arguments as the current driver must see them (virtual → real handles);
-        ``reissue`` when the request already failed the driver once."""
-
-    def record(self, op: str, args: tuple[Any, ...], result: Any) -> Any:
-        """Log the effect of a completed request; the result to give the caller."""
-
-    def reinit(self, domain: Domain) -> None:
-        """Bring a freshly constructed driver to its load-time state."""
-
-    def replay(self, domain: Domain) -> int:
-        """Re-establish the logged state in a fresh driver; how many requests it took."""
-
-    def reissuable(self, op: str, args: tuple[Any, ...]) -> bool:
-        """Whether a request that failed with the driver may be sent again; if not,
-        it is answered by ``busy`` once the driver is back."""
-
-    def reissued(self, op: str, args: tuple[Any, ...], error: BaseException) -> tuple[bool, Any]:
-        """A re-issued request raised ``error``: (True, result) if it was already done."""
-
-    def suspect(self, op: str, args: tuple[Any, ...], error: BaseException,
-                domain: Domain) -> bool:
-        """Whether an error the driver returned may be a sign that it is broken (an
-        answer a correct driver gives rarely or never here): then a fresh driver is
-        asked again before the caller sees it. May ask the driver (``domain``)."""
-
-    def doubt(self, op: str, args: tuple[Any, ...], result: Any, domain: Domain) -> str | None:
-        """Why a result the driver gave cannot be right (a postcondition that does not
-        hold), or None; then a fresh driver is asked again. May ask the driver."""
-
-    def answer(self, op: str, args: tuple[Any, ...]) -> Any:
-        """Answer from the log while the driver is down, or raise NotInLog."""
-
-    def busy(self, op: str) -> BaseException: ...
-
-    def poison(self, op: str, report: FailureReport) -> BaseException: ...
-
-    def dropped(self, op: str) -> Any: ...
-
-    def handle_result(self, op: str) -> bool:
-        """Whether the result of ``op`` names driver state (stale after a recovery)."""
-
-    # -- hooks with defaults (a spec that subclasses ClassSpec inherits them) ------------
-
-    def violation(self, op: str, args: tuple[Any, ...], result: Any) -> str | None:
-        """Why ``result`` must not be passed on (it would harm the host, the kernel or
-        an application: e.g. more bytes than asked), or None. Such a driver has
-        misbehaved: it is recovered, the request re-issued, and after ``max_tries``
-        the request fails alone."""
-        return None
-
-    def requester(self, op: str, args: tuple[Any, ...]) -> int | None:
-        """The process (or thread) id that made the request, if the class knows it."""
-        return None
-
-    def answer_own(self, op: str, args: tuple[Any, ...]) -> Any:
-        """Answer a request made by the driver being recovered (it must not wait for its
-        own recovery), or raise NotInLog (then it gets ``busy``)."""
-        raise NotInLog(op)
-
-    def prepare_restart(self) -> None:
-        """Called before each attempt to build a new driver (e.g. put stored state
-        back as the replay expects it)."""
-        return None
+    def __init__(self, op: str, args: tuple[Any, ...], turn: threading.Event | None) -> None:
+        self.op = op
+        self.args = args
+        self.turn = turn
 
 
-class Shadow:
-    def __init__(self, domain: Domain, spec: ClassSpec, *, max_tries: int = 3,
+class Shadow(Generic[S]):
+    def __init__(self, domain: Domain, spec: S, *, max_tries: int = 3,
                  block_timeout: float = 60.0, recovery_attempts: int = 3,
-                 on_recovery: Callable[[Recovery], None] | None = None) -> None:
+                 max_held: int = MAX_HELD, revive_first: float = REVIVE_FIRST,
+                 on_recovery: Callable[[Recovery], None] | None = None,
+                 idle_guard: contextlib.AbstractContextManager[Any] | None = None) -> None:
         self.domain = domain
-        self.spec = spec
+        self.spec: S = spec
         self.max_tries = max_tries
         self.block_timeout = block_timeout
         self.recovery_attempts = recovery_attempts
+        self.max_held = max_held
         self.on_recovery = on_recovery
+        # held while the engine recovers on its own (an idle driver died; an inject)
+        self.idle_guard = idle_guard
         self.recoveries: list[Recovery] = []
         self.poisoned = 0
+        self.dropped = 0  # requests answered as dropped (Strategy.DROP, a full queue)
+        self.held_failed = 0  # held requests that failed when they ran after a recovery
         self.generation = 0
         self.dead: RecoveryFailed | None = None
         self._recover_lock = threading.Lock()
         self._suspects = threading.Lock()
         self._state = threading.Condition(threading.Lock())
         self._recovering = False
+        self._held: collections.deque[_Held] = collections.deque()
         # answers a fresh driver was asked about again (see ClassSpec.suspect, doubt)
         self.second_opinions_asked = 0
         self.trust_seconds = 10.0
@@ -212,7 +148,11 @@ class Shadow:
         # class's framework answers them from then on (see Interface.unexpected)
         self._lenient: dict[str, frozenset[str]] = {}
         self._revive_at = 0.0
-        self._revive_pause = REVIVE_FIRST
+        self._revive_first = revive_first  # seconds before the first revival
+        self._revive_pause = revive_first
+        self._idle: threading.Thread | None = None
+        self._closed = False
+        domain.on_idle_failure = self._idle_failure
 
     @property
     def mode(self) -> str:
@@ -222,7 +162,18 @@ class Shadow:
 
     def __repr__(self) -> str:
         return (f"<Shadow {self.domain.name} {self.mode} gen={self.generation} "
-                f"recoveries={len(self.recoveries)} poisoned={self.poisoned}>")
+                f"recoveries={len(self.recoveries)} poisoned={self.poisoned} "
+                f"dropped={self.dropped} held={len(self._held)} {self.spec!r}>")
+
+    def status(self) -> dict[str, Any]:
+        """The engine's side of ``nooks status``: mode, recoveries, what it answered."""
+        return {
+            "mode": self.mode, "generation": self.generation, "poisoned": self.poisoned,
+            "second_opinions": self.second_opinions_asked, "dropped": self.dropped,
+            "held": len(self._held), "held_failed": self.held_failed,
+            "recoveries": [r.as_dict() for r in self.recoveries],
+            **self.spec.status(),
+        }
 
     # -- requests ------------------------------------------------------------------------
 
@@ -234,13 +185,14 @@ class Shadow:
         lenient = self._lenient.get(op, frozenset()) if self._lenient else frozenset()
         raised: str | None = None  # what the driver raised, re-issued leniently
         waited_until = 0.0  # set when it first has to wait for a recovery to begin or end
+        spec = self.spec
         while True:
             if self._recovering:
                 # first: a request of the driver being rebuilt must never wait for it
                 if self._from_recovering(op, args):
                     return self._answer_own(op, args)
-                answered, value = self._spoof(op, args)
-                if answered:
+                value = self._spoof(op, args)
+                if value is not _UNSET:
                     return value
             if self.dead is not None:
                 if self._revive(last):
@@ -251,28 +203,20 @@ class Shadow:
                 if report is None:
                     report = FailureReport(kind=FailureKind.CRASHED, detail=str(self.dead),
                                            driver=self.domain.name, call=op)
-                raise self.spec.poison(op, report)
+                raise spec.poison(op, report)
             gen = self.generation
+            # what the spec raises here (a lost handle: EIO) is the caller's answer, and
+            # never the driver's fault
+            sent = spec.translate(op, args, tries > 0)
+            if isinstance(sent, Answer):
+                return sent.value
             suspect = self._suspects if tries else None
             if suspect is not None:
                 suspect.acquire()
             try:
-                result = self.domain.call(op, *self.spec.translate(op, args, tries > 0),
+                result = self.domain.call(op, *sent,
                                           lenient=lenient | {raised} if raised else lenient)
-                self._check(op, args, result, tries, second_opinion)
-            except Answered as a:
-                return a.value
-            except _Doubt as d:
-                second_opinion = d.key
-                tries += 1
-                self._condemn(gen, f"{op}: {d.reason}; asking a fresh driver", op)
-                continue
-            except _Violation as v:
-                tries += 1
-                self._condemn(gen, f"{op}: {v.reason}", op)
-                if tries >= self.max_tries:
-                    raise self._poisoned(op, v.report) from None
-                continue
+                wrong = self._check(op, args, result, tries, second_opinion)
             except DomainDown as e:
                 # the driver had failed before this request was sent: not its fault
                 self._recover(gen, e.report)
@@ -289,8 +233,8 @@ class Shadow:
                 last = e.report
                 tries += 1
                 self._recover(gen, e.report)
-                if not self.spec.reissuable(op, args):
-                    raise self.spec.busy(op) from e
+                if not spec.reissuable(op, args):
+                    raise spec.busy(op) from e
                 if tries >= self.max_tries:
                     raise self._poisoned(op, e.report) from e
                 if e.report.exception is not None and self.domain.iface.unexpected is not None:
@@ -300,7 +244,7 @@ class Shadow:
                 continue
             except Exception as e:
                 if tries:
-                    done, value = self.spec.reissued(op, args, e)
+                    done, value = spec.reissued(op, args, e)
                     if done:
                         return value
                     if second_opinion is not None:
@@ -330,11 +274,24 @@ class Shadow:
             finally:
                 if suspect is not None:
                     suspect.release()
-            if not self.spec.handle_result(op):
-                return self.spec.record(op, args, result)
+            if wrong is not None:
+                what, reason, key = wrong
+                tries += 1
+                if what is _DOUBT:
+                    second_opinion = key
+                    self._condemn(gen, f"{op}: {reason}; asking a fresh driver", op)
+                    continue
+                self._condemn(gen, f"{op}: {reason}", op)
+                if tries >= self.max_tries:
+                    raise self._poisoned(op, FailureReport(
+                        kind=FailureKind.MISBEHAVED, detail=reason, driver=self.domain.name,
+                        call=op))
+                continue
+            if not spec.handle_result(op):
+                return spec.record(op, args, result)
             with self._state:
                 if gen == self.generation:
-                    return self.spec.record(op, args, result)
+                    return spec.record(op, args, result)
             # a recovery happened while this request ran: its handle died with the
             # old driver, so ask the new one
 
@@ -359,10 +316,10 @@ class Shadow:
         return pid is not None and self.domain.owns(pid)
 
     def _answer_own(self, op: str, args: tuple[Any, ...]) -> Any:
-        try:
-            return self.spec.answer_own(op, args)
-        except NotInLog:
-            raise self.spec.busy(op) from None
+        value = self.spec.answer_own(op, args)
+        if value is NOT_IN_LOG:
+            raise self.spec.busy(op)
+        return value
 
     def _revive(self, last: FailureReport | None) -> bool:
         """A driver that could not be brought back is tried again, after a pause that
@@ -388,7 +345,7 @@ class Shadow:
                 return
             try:
                 report = self.domain.condemn(detail, op, kind)
-            except Closed:
+            except (Closed, Restarting):
                 return  # between drivers already: the recovery is under way
         self._recover(gen, report)
 
@@ -406,49 +363,102 @@ class Shadow:
         return key
 
     def _check(self, op: str, args: tuple[Any, ...], result: Any, tries: int,
-               asked: tuple[str, str] | None) -> None:
-        """Raise _Violation if ``result`` would harm the host, the kernel or an
-        application (never passed on); _Doubt if it cannot be right and a fresh driver
-        should be asked (a fresh driver's answer that is doubted too is trusted for a
-        while)."""
+               asked: tuple[str, str] | None) -> tuple[str, str, tuple[str, str]] | None:
+        """What is wrong with ``result``, or None: a *violation* (it would harm the
+        host, the kernel or an application: never passed on) or a *doubt* (it cannot
+        be right: a fresh driver is asked; a fresh driver's answer that is doubted
+        too is trusted for a while)."""
         bad = self.spec.violation(op, args, result)
         if bad is not None:
-            raise _Violation(bad, self.domain.name, op)
+            return _VIOLATION, bad, (op, "violation")
         key = (op, "result")
         if self._trusted.get(key, 0.0) > time.monotonic():
-            return
+            return None
         if tries and asked != key:
-            return
+            return None
         if not self.spec.reissuable(op, args):
-            return
+            return None
         reason = self.spec.doubt(op, args, result, self.domain)
         if reason is None:
-            return
+            return None
         if tries:
             self._trusted[key] = time.monotonic() + self.trust_seconds
-            return
+            return None
         self.second_opinions_asked += 1
-        raise _Doubt(reason, key)
+        return _DOUBT, reason, key
 
-    def _spoof(self, op: str, args: tuple[Any, ...]) -> tuple[bool, Any]:
+    def _spoof(self, op: str, args: tuple[Any, ...]) -> Any:
+        """Answer a request while the driver recovers, by its kind's strategy; _UNSET if
+        the request is to go to the driver after all (the recovery is over, or its
+        turn has come)."""
         strategy = self.spec.strategy(op)
         if strategy is Strategy.FROM_LOG:
-            try:
-                return True, self.spec.answer(op, args)
-            except NotInLog:
-                strategy = Strategy.BLOCK
+            value = self.spec.answer(op, args)
+            if value is not NOT_IN_LOG:
+                return value
+            strategy = Strategy.BLOCK
         if strategy is Strategy.BUSY:
             raise self.spec.busy(op)
         if strategy is Strategy.DROP:
-            return True, self.spec.dropped(op)
-        # BLOCK and QUEUE: wait for the driver, bounded
+            self.dropped += 1
+            return self.spec.dropped(op)
+        if strategy is Strategy.QUEUE:
+            return self._hold(op, args)
+        # BLOCK: wait for the driver, bounded
         deadline = time.monotonic() + self.block_timeout
         with self._state:
             while self._recovering:
                 left = deadline - time.monotonic()
                 if left <= 0 or not self._state.wait(left):
                     raise self.spec.busy(op)
-        return False, None
+        return _UNSET
+
+    def _hold(self, op: str, args: tuple[Any, ...]) -> Any:
+        """Strategy.QUEUE: hold the request, in order, until the recovery runs it (its
+        caller released with the class's ``queued`` answer) or wakes its caller."""
+        with self._state:
+            if not self._recovering:
+                return _UNSET
+            if len(self._held) >= self.max_held:
+                self.dropped += 1
+                return self.spec.dropped(op)
+            value = self.spec.queued(op, args)
+            if value is not NOT_IN_LOG:
+                self._held.append(_Held(op, args, None))
+                return value
+            entry = _Held(op, args, threading.Event())
+            self._held.append(entry)
+        assert entry.turn is not None
+        if entry.turn.wait(self.block_timeout):
+            return _UNSET
+        with self._state:
+            if entry not in self._held:
+                return _UNSET  # its turn came as it gave up
+            self._held.remove(entry)
+        raise self.spec.busy(op)  # gave up waiting, never run
+
+    def _run_held(self) -> int:
+        """After a recovery, in arrival order: run each released request, wake each
+        waiting caller. How many there were."""
+        count = 0
+        while True:
+            with self._state:
+                if not self._held:
+                    return count
+                entry = self._held.popleft()
+            count += 1
+            if entry.turn is not None:
+                entry.turn.set()
+                continue
+            try:
+                sent = self.spec.translate(entry.op, entry.args, False)
+                if not isinstance(sent, Answer):
+                    self.spec.record(entry.op, entry.args,
+                                     self.domain.call(entry.op, *sent))
+            except Exception as e:
+                self.held_failed += 1
+                log.warning("%s: %s held during a recovery failed when it ran: %s",
+                            self.domain.name, entry.op, e)
 
     # -- recovery ------------------------------------------------------------------------
 
@@ -470,25 +480,31 @@ class Shadow:
             with self._state:
                 self._recovering = True
             t0 = time.monotonic()
+            held = 0
             try:
                 restart_ms, replayed = self._restart()
                 ok = True
                 self.dead = None
-                self._revive_pause = REVIVE_FIRST
-            except (DomainFailed, RecoveryFailed) as e:
+                self._revive_pause = self._revive_first
+            except RecoveryFailed as e:
                 restart_ms, replayed, ok = 0.0, 0, False
-                self.dead = e if isinstance(e, RecoveryFailed) else \
-                    RecoveryFailed(str(e), e.report)
+                self.dead = e
                 self._revive_at = time.monotonic() + self._revive_pause
-                self._revive_pause = min(self._revive_pause * 2, REVIVE_MAX)
+                self._revive_pause = min(max(self._revive_pause * 2, self._revive_first),
+                                         REVIVE_MAX)
                 log.error("%s: recovery failed: %s (trying again in %.0f s)",
                           self.domain.name, e, self._revive_at - time.monotonic())
-            rec = Recovery(kind=report.kind.value, detail=report.detail, call=report.call,
-                           at=time.time(), duration_ms=(time.monotonic() - t0) * 1e3,
-                           replayed=replayed, restart_ms=restart_ms, ok=ok)
-            self.recoveries.append(rec)
             with self._state:
                 self.generation += 1
+            if ok:
+                held = self._run_held()
+            else:
+                self._drop_held()
+            rec = Recovery(kind=report.kind.value, detail=report.detail, call=report.call,
+                           at=time.time(), duration_ms=(time.monotonic() - t0) * 1e3,
+                           replayed=replayed, restart_ms=restart_ms, ok=ok, held=held)
+            self.recoveries.append(rec)
+            with self._state:
                 self._recovering = False
                 self._state.notify_all()
             if self.on_recovery is not None:
@@ -496,8 +512,19 @@ class Shadow:
         finally:
             self._recover_lock.release()
 
+    def _drop_held(self) -> None:
+        """The driver could not be brought back: released held requests are lost
+        (counted as dropped); waiting callers are woken to get the poison answer."""
+        with self._state:
+            held, self._held = self._held, collections.deque()
+        for entry in held:
+            if entry.turn is None:
+                self.dropped += 1
+            else:
+                entry.turn.set()
+
     def _restart(self) -> tuple[float, int]:
-        err: BaseException | None = None
+        err: Exception | None = None
         for _ in range(self.recovery_attempts):
             try:
                 self.spec.prepare_restart()  # before the new driver is built
@@ -507,17 +534,37 @@ class Shadow:
                 return r.constructed_ms, replayed
             except DomainFailed as e:
                 err = e
-                continue
+            except Closed:
+                raise RecoveryFailed(f"{self.domain.name} was closed while it was being "
+                                     "recovered") from None
+            except Exception as e:  # the fresh driver refused its re-initialisation
+                err = e
+        report = err.report if isinstance(err, DomainFailed) else None
         raise RecoveryFailed(f"{self.domain.name} could not be restarted: {err}",
-                             err.report if isinstance(err, DomainFailed) else None)
+                             report) from err
 
-    def inject(self, fault: str, *, wait: bool = True,
-               recover: Callable[[FailureReport, int], None] | None = None) -> dict[str, Any]:
+    # -- supervision ---------------------------------------------------------------------
+
+    def _idle_failure(self, report: FailureReport) -> None:
+        """The driver died with nothing in flight (the domain's monitor saw it): recover
+        now, on the engine's recovery thread, not at the next request."""
+        gen = self.generation
+        with self._state:
+            if self._closed or (self._idle is not None and self._idle.is_alive()):
+                return  # one at a time; a request that comes meanwhile recovers it too
+            self._idle = threading.Thread(target=self._recover_guarded, args=(report, gen),
+                                          name=f"nooks-recover-{self.domain.name}",
+                                          daemon=True)
+            self._idle.start()
+
+    def _recover_guarded(self, report: FailureReport, generation: int) -> None:
+        with self.idle_guard if self.idle_guard is not None else contextlib.nullcontext():
+            self._recover(generation, report)
+
+    def inject(self, fault: str, *, wait: bool = True) -> dict[str, Any]:
         """Make the driver fail now, in the named way, and recover it at once; what
         happened (``failure``, ``recovered``, ``recovery_ms``). NotTaken if nothing did.
-        Without ``wait``, the fault is sent and meets whatever request comes next.
-        ``recover(report, generation)`` recovers instead of ``recover_now`` (a host
-        that must hold a lock of its own meanwhile)."""
+        Without ``wait``, the fault is sent and meets whatever request comes next."""
         if not wait:
             with contextlib.suppress(DomainFailed, DomainDown, Closed, Restarting):
                 self.domain.inject_later(fault)
@@ -527,13 +574,23 @@ class Shadow:
             report = self.domain.inject(fault)
         except (Closed, Restarting, DomainDown) as e:
             raise NotTaken(f"the driver is not running ({e})") from None
-        (recover or self.recover_now)(report, gen)  # at once, whoever else noticed
+        self._recover_guarded(report, gen)  # at once, whoever else noticed
         rec = self.recoveries[before] if len(self.recoveries) > before else None
         return {"failure": {"kind": report.kind.value, "detail": report.detail},
                 "recovered": None if rec is None else rec.ok,
                 "recovery_ms": None if rec is None else rec.duration_ms}
 
     def recover_now(self, report: FailureReport, generation: int | None = None) -> None:
-        """Recover proactively (e.g. the driver died while idle); ``generation`` is the
-        one the failure was seen in (a later driver is left alone)."""
+        """Recover proactively (e.g. a check found the driver's work wrong);
+        ``generation`` is the one the failure was seen in (a later driver is left
+        alone). The caller holds ``idle_guard`` if it needs to."""
         self._recover(self.generation if generation is None else generation, report)
+
+    def close(self) -> None:
+        """No more recoveries of its own; waits for one under way (bounded)."""
+        with self._state:
+            self._closed = True
+            idle = self._idle
+        if idle is not None and idle is not threading.current_thread():
+            idle.join(timeout=CLOSE_WAIT)
+        self.spec.close()

@@ -19,30 +19,22 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import itertools
 import logging
-import os
 import resource
 import signal
 import socket
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
-from nooks.control import ControlServer
-from nooks.domain.config import FAULTS, FaultPlan
-from nooks.domain.host import Domain
-from nooks.domain.native import NativeDomain
+from nooks.domain.config import FaultPlan
 from nooks.domain.spec import Limits
 from nooks.errors import (
+    BadAnswer,
     Closed,
-    DomainFailed,
-    FailureReport,
     InterfaceError,
 )
-from nooks.shadow.engine import Recovery, Shadow
-from nooks.shadow.web import RETRY_AFTER, ExtensionFailed, ServiceBusy, WebShadow
+from nooks.shadow.supervised import Supervised, SupervisedHost
 from nooks.web import http
 from nooks.web.apps import WebApp
 from nooks.web.conn import Reply
@@ -50,6 +42,7 @@ from nooks.web.http import HttpLimits, Request
 from nooks.web.interface import Head
 from nooks.web.loop import ConnectionLoop
 from nooks.web.pool import Worker, WorkerPool
+from nooks.web.spec import RETRY_AFTER, ExtensionFailed, ServiceBusy, WebShadow
 from nooks.web.streaming import BodyStream
 
 log = logging.getLogger(__name__)
@@ -62,11 +55,14 @@ class _Stop(Exception):
     pass
 
 
-class BadResponse(Exception):
+class BadResponse(BadAnswer):
     """The extension's response cannot be sent (502)."""
 
 
-class WebHost:
+class WebHost(SupervisedHost):
+    kind = "web"
+    numbered = True
+
     def __init__(self, app: WebApp, bind: tuple[str, int], *, workers: int = 2,
                  native: bool = False, name: str | None = None, deadline: float = 30.0,
                  queue_timeout: float = 10.0, max_queue: int = 1024,
@@ -83,20 +79,16 @@ class WebHost:
         self.max_queue = max_queue
         self.max_tries = max_tries
         self.on_ready = on_ready
-        self.started = time.time()
         _enough_descriptors(max_connections + FDS_BESIDES_CONNECTIONS)
         self._listener = socket.create_server(bind, backlog=1024)
         self.address: tuple[str, int] = self._listener.getsockname()[:2]
-        self.name = name or f"{self.address[0]}:{self.address[1]}"
+        super().__init__(name or f"{self.address[0]}:{self.address[1]}")
         self._lock = threading.Lock()
-        self._inject_next = itertools.count()
         self.requests = 0
         self.events: collections.Counter[str] = collections.Counter()  # resumed, truncated...
         self.rejected = 0  # requests refused for breaking the protocol or a limit
         self.bad_responses = 0
         self.statuses: collections.Counter[int] = collections.Counter()
-        self.start_failures: list[FailureReport] = []
-        self.web_shadows: list[WebShadow] = []
         self.workers: list[Worker] = []
         self._stopping = False
         try:
@@ -108,73 +100,35 @@ class WebHost:
             raise
         try:
             for i in range(workers):
-                w = self._native_worker(i, retry_safe) if native else \
-                    self._domain_worker(i, deadline, domain_limits or Limits(), retry_safe,
-                                        max_tries, fault if i == 0 else None)
-                self.workers.append(w)
+                sup = self._worker(i, deadline, domain_limits or Limits(), retry_safe,
+                                   fault if i == 0 else None)
+                self.supervised.append(sup)
+                self.workers.append(Worker(i, sup.call, sup))
             self.pool = WorkerPool(self.workers, queue_timeout=queue_timeout,
                                    max_queue=max_queue, name=self.name)
-            marked = self.workers[0].call("retry_safe")
-            for s in self.web_shadows:
-                s.mark_retry_safe(marked)
-            self._marked = list(marked)
+            for sup in self.supervised:
+                # each worker's shadow logs what its application marks safe to re-issue
+                sup.spec.mark_retry_safe(sup.call("retry_safe"))
         except BaseException:
             self.close()
             raise
 
     # -- workers -------------------------------------------------------------------------
 
-    def _native_worker(self, index: int, retry_safe: tuple[str, ...]) -> Worker:
-        nat = NativeDomain(self.app.native_spec(name=f"{self._label}-{index}",
-                                                retry_safe=retry_safe))
-        w = Worker(index, lambda op, *a: self._native_call(w, op, *a), native=nat)
-        return w
-
     @property
     def _label(self) -> str:
         return self.app.target.rpartition(":")[2].rstrip("()").lower() or "web"
 
-    def _native_call(self, w: Worker, op: str, *args: Any) -> Any:
-        fault, w.pending_fault = w.pending_fault, None
-        if fault is not None:
-            from nooks.domain.child import inject
-
-            inject(fault)
-        assert w.native is not None
-        return w.native.call(op, *args)
-
-    def _domain_worker(self, index: int, deadline: float, limits: Limits,  # noqa: PLR0917
-                       retry_safe: tuple[str, ...], max_tries: int,
-                       fault: FaultPlan | None) -> Worker:
-        spec = self.app.spec(name=f"{self._label}-{index}", deadline=deadline, limits=limits,
-                             max_body=self.limits.max_body, retry_safe=retry_safe, fault=fault)
-        domain = Domain(spec, start=False)
-        for attempt in range(max_tries):
-            try:
-                domain.start()
-                break
-            except DomainFailed as e:
-                self.start_failures.append(e.report)
-                log.warning("%s: worker %d failed while starting (%s)", self.name, index,
-                            e.report)
-                if attempt == max_tries - 1:
-                    domain.close()
-                    raise
-        spec_web = WebShadow(retry_safe)
-        self.web_shadows.append(spec_web)
-        shadow = Shadow(domain, spec_web, max_tries=max_tries,
-                        block_timeout=self.queue_timeout, on_recovery=self._recovered)
-
-        def idle_failure(report: FailureReport) -> None:
-            threading.Thread(target=shadow.recover_now, args=(report, shadow.generation),
-                             daemon=True).start()
-
-        domain.on_idle_failure = idle_failure
-        return Worker(index, shadow.call, domain=domain, shadow=shadow)
-
-    def _recovered(self, rec: Recovery) -> None:
-        log.warning("%s: extension %s (%s) during %s; recovered in %.1f ms", self.name,
-                    rec.kind, rec.detail, rec.call, rec.duration_ms)
+    def _worker(self, index: int, deadline: float, limits: Limits,
+                retry_safe: tuple[str, ...], fault: FaultPlan | None) -> Supervised[WebShadow]:
+        name = f"{self._label}-{index}"
+        spec = self.app.native_spec(name=name, retry_safe=retry_safe) if self.native else \
+            self.app.spec(name=name, deadline=deadline, limits=limits,
+                          max_body=self.limits.max_body, retry_safe=retry_safe, fault=fault)
+        return Supervised(spec, WebShadow(retry_safe), native=self.native,
+                          fault=fault if self.native else None, start_tries=self.max_tries,
+                          max_tries=self.max_tries, block_timeout=self.queue_timeout,
+                          max_held=self.max_queue, what=f"worker {index}", host=self.name)
 
     # -- requests ------------------------------------------------------------------------
 
@@ -261,82 +215,36 @@ class WebHost:
         return head, stream
 
     def _retry_safe(self, w: Worker, req: Request) -> bool:
-        if w.shadow is None:
+        if w.sup is None or w.sup.native:
             return False
-        return w.shadow.spec.safe_to_retry(req.method, req.target)  # type: ignore[attr-defined,no-any-return]
+        spec: WebShadow = w.sup.spec
+        return spec.safe_to_retry(req.method, req.target)
 
     # -- control -------------------------------------------------------------------------
 
+    def info(self) -> dict[str, Any]:
+        return {"driver": self.app.label, "bind": f"{self.address[0]}:{self.address[1]}"}
+
     def status(self) -> dict[str, Any]:
-        workers = [w.status() for w in self.workers]
-        recoveries = sorted((r for w in workers for r in w["recoveries"]),
-                            key=lambda r: r["at"])
-        states = {w["state"] for w in workers}
+        out = self.base_status()
         return {
-            "name": self.name, "class": "web", "driver": self.app.label,
-            "bind": f"{self.address[0]}:{self.address[1]}", "native": self.native,
-            "host_pid": os.getpid(), "started": self.started,
-            "state": states.pop() if len(states) == 1 else "mixed",
-            "mode": "native" if self.native else
-            ("passive" if all(w["mode"] == "passive" for w in workers) else "active"),
-            "domain_pid": workers[0]["domain_pid"],
-            "calls": sum(w["calls"] for w in workers),
-            "poisoned": sum(w["poisoned"] for w in workers),
-            "recoveries": recoveries, "workers": workers,
+            **out, "driver": self.app.label,
+            "bind": f"{self.address[0]}:{self.address[1]}",
             "requests": self.requests,
             "rejected": self.rejected, "bad_responses": self.bad_responses,
             **self.loop.counts(),
             "resumed": self.events["resumed"], "truncated": self.events["truncated"],
             "send_timeouts": self.events["send_timeout"], "evicted": self.events["evicted"],
             "responses": {str(k): v for k, v in sorted(self.statuses.items())},
-            "retry_safe": [f"{m} {p}" for s in self.web_shadows[:1] for m, p in s.retry_safe],
-            "start_failures": [{"kind": r.kind.value, "detail": r.detail}
-                               for r in self.start_failures],
+            "retry_safe": out["workers"][0].get("retry_safe", []) if out["workers"] else [],
         }
-
-    def inject(self, fault: str, worker: int | None = None,
-               wait: bool = True) -> dict[str, Any]:
-        """Make a worker fail now (round robin unless ``worker`` is given); what happened
-        (its failure and recovery), or NotTaken. Without ``wait``, the fault is sent and
-        meets whatever request comes next."""
-        if fault not in FAULTS:
-            raise ValueError(f"unknown fault {fault!r}; known: {', '.join(FAULTS)}")
-        if worker is None:
-            worker = next(self._inject_next) % len(self.workers)
-        if not 0 <= worker < len(self.workers):
-            raise ValueError(f"no worker {worker}: there are {len(self.workers)}")
-        w = self.workers[worker]
-        out: dict[str, Any] = {"injected": fault, "worker": worker}
-        if w.native is not None:
-            w.pending_fault = fault
-            return {**out, "armed": True}
-        assert w.shadow is not None
-        return {**out, **w.shadow.inject(fault, wait=wait)}
-
-    def _control(self, req: dict[str, Any]) -> Any:
-        cmd = req["cmd"]
-        if cmd == "status":
-            return self.status()
-        if cmd == "settle":
-            for w in self.workers:
-                if w.domain is not None:
-                    w.domain.wait_spare()
-            return {"settled": True}
-        if cmd == "inject":
-            fault, worker = req.get("fault"), req.get("worker")
-            if not isinstance(fault, str) or not (worker is None or isinstance(worker, int)):
-                raise ValueError("inject needs a string 'fault' (and an integer 'worker')")
-            return self.inject(fault, worker, wait=req.get("wait", True) is not False)
-        raise ValueError(f"unknown command {cmd!r}")
 
     # -- running -------------------------------------------------------------------------
 
     def run(self) -> None:
         """Serve until SIGINT or SIGTERM."""
         try:
-            control = ControlServer(self.name, self._control,
-                                    info={"class": "web", "driver": self.app.label,
-                                          "bind": f"{self.address[0]}:{self.address[1]}"})
+            self.open_control()
         except BaseException:
             self.close()
             raise
@@ -351,7 +259,6 @@ class WebHost:
             pass
         finally:
             self._stopping = True
-            control.close()
             self.close()
 
     def close(self) -> None:
@@ -359,11 +266,7 @@ class WebHost:
         self.loop.close()
         with contextlib.suppress(OSError):
             self._listener.close()
-        for w in self.workers:
-            if w.domain is not None:
-                w.domain.close()
-            if w.native is not None:
-                w.native.close()
+        self.close_supervised()
 
 
 def _raise_stop(signum: int, frame: object) -> None:

@@ -19,7 +19,7 @@ from typing import Annotated
 
 import msgspec
 
-from nooks.wrappers import Interface
+from nooks.wrappers import Handle, Interface, closes, once
 
 Text = Annotated[str, msgspec.Meta(max_length=8192)]
 Header = tuple[Annotated[str, msgspec.Meta(max_length=1024)], Text]
@@ -40,7 +40,8 @@ class Head(msgspec.Struct, array_like=True, frozen=True):
     stream: Annotated[int, msgspec.Meta(ge=0)] = 0  # where the rest of the body is
 
 
-StreamId = Annotated[int, msgspec.Meta(ge=1)]
+# a stream the extension holds (it dies with the incarnation: never re-opened)
+StreamId = Annotated[int, msgspec.Meta(ge=1), Handle("stream")]
 
 
 class WebInterface(Interface):
@@ -52,9 +53,12 @@ class WebInterface(Interface):
                target: Text, headers: Headers, body: Body, client: Address,
                server: Address) -> Head: ...
 
+    @once
     def more(self, stream: StreamId, offset: Annotated[int, msgspec.Meta(ge=0)]) -> Body:
         """The body of a streamed response from ``offset`` on (up to one arena slot);
         ``b""`` if that stream is gone."""
 
+    @once
+    @closes("stream")
     def drop(self, stream: StreamId) -> None:
         """Close a streamed response the host will not read to its end."""

@@ -26,10 +26,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from nooks.domain.host import Domain
-from nooks.domain.native import NativeDomain
-from nooks.shadow.engine import Shadow
-from nooks.shadow.web import ServiceBusy
+from nooks.shadow.supervised import Supervised
+from nooks.web.spec import ServiceBusy
 
 log = logging.getLogger(__name__)
 
@@ -37,42 +35,28 @@ HANDOFF_LOOK = 0.05  # seconds between looks for an idle worker a streamed body 
 
 
 class Worker:
-    """One copy of the extension: a domain behind its shadow, or native."""
+    """One copy of the extension as the pool lends it: a supervised driver (a domain
+    behind its shadow, or native), or any callable (tests)."""
 
-    def __init__(self, index: int, call: Callable[..., Any], domain: Domain | None = None,
-                 shadow: Shadow | None = None, native: NativeDomain | None = None) -> None:
+    def __init__(self, index: int, call: Callable[..., Any],
+                 sup: Supervised[Any] | None = None) -> None:
         self.index = index
         self.call = call
-        self.domain = domain
-        self.shadow = shadow
-        self.native = native
-        self.pending_fault: str | None = None
+        self.sup = sup
         self.wanted = 0  # streamed bodies waiting for this worker (the pool's lock)
         self.handoff: queue.SimpleQueue[Worker] = queue.SimpleQueue()
 
     @property
     def usable(self) -> bool:
-        return self.shadow is None or self.shadow.dead is None
+        return self.sup is None or self.sup.usable
 
     @property
     def generation(self) -> int:
         """Which incarnation of the extension answers now (streams die with theirs)."""
-        return self.shadow.generation if self.shadow is not None else 0
+        return self.sup.generation if self.sup is not None else 0
 
-    def status(self) -> dict[str, Any]:
-        if self.native is not None:
-            return {"worker": self.index, "state": "live", "mode": "native", "domain_pid": None,
-                    "calls": self.native.calls, "recoveries": [], "poisoned": 0}
-        assert self.domain is not None and self.shadow is not None
-        return {
-            "worker": self.index, "state": self.domain.state, "mode": self.shadow.mode,
-            "domain_pid": self.domain.pid, "calls": self.domain.calls,
-            "poisoned": self.shadow.poisoned, "generation": self.shadow.generation,
-            "recoveries": [{"worker": self.index, "kind": r.kind, "detail": r.detail,
-                            "call": r.call, "at": r.at, "duration_ms": r.duration_ms,
-                            "restart_ms": r.restart_ms, "replayed": r.replayed, "ok": r.ok}
-                           for r in self.shadow.recoveries],
-        }
+    def __repr__(self) -> str:
+        return f"<Worker {self.index} wanted={self.wanted} {self.sup!r}>"
 
 
 class WorkerPool:

@@ -30,9 +30,9 @@ from collections.abc import Callable
 from typing import Any
 
 from nooks.errors import Closed
-from nooks.shadow.web import ExtensionFailed, ServiceBusy
 from nooks.web.interface import Head
 from nooks.web.pool import Worker, WorkerPool
+from nooks.web.spec import ExtensionFailed, ServiceBusy
 
 log = logging.getLogger(__name__)
 

@@ -11,15 +11,22 @@ from nooks.wrappers.declare import (
     load,
     posted,
 )
+from nooks.wrappers.meaning import Handle, Meaning, changes, closes, once, opens
 
 __all__ = [
     "Errno",
+    "Handle",
     "Interface",
     "InterfaceSpec",
+    "Meaning",
     "MethodSpec",
     "Ordinary",
     "Tracked",
+    "changes",
+    "closes",
     "declare",
     "load",
+    "once",
+    "opens",
     "posted",
 ]

@@ -24,12 +24,18 @@ hand-written per call. Rules:
   None): the domain sends posted calls in one message before the next thing it
   sends, and the host runs them in order as it reads them; one that fails
   fails the driver.
+* what a call means to a shadow (opens or closes a handle, changes stored
+  state, may not be sent twice, which errors show a re-issue's own earlier
+  effect; ``Annotated[T, Handle(kind)]`` on an argument that names a handle) is
+  declared with ``nooks.wrappers.meaning`` and lands in ``MethodSpec.meaning``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
+import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,6 +45,7 @@ import msgspec
 import msgspec.inspect
 
 from nooks.errors import InterfaceError
+from nooks.wrappers.meaning import Handle, Meaning, meaning_of
 from nooks.xpc.messages import ArenaRef
 
 Errno = Annotated[int, msgspec.Meta(ge=1, le=4095)]
@@ -117,6 +124,7 @@ class MethodSpec:
     tracked_args: tuple[tuple[int, Tracked], ...]
     tracked_result: Tracked | None
     posted: bool = False
+    meaning: Meaning = field(default_factory=Meaning)
 
     def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
         """Positional arguments for a call, or InterfaceError if they do not fit."""
@@ -166,9 +174,38 @@ def _split(tp: Any) -> tuple[Any, tuple[Any, ...]]:
     return tp, ()
 
 
+def _metadata(tp: Any) -> tuple[Any, ...]:
+    """The Annotated metadata of ``tp``, or of the member of an ``X | None`` that has it."""
+    base, meta = _split(tp)
+    if meta:
+        return meta
+    if typing.get_origin(base) in (typing.Union, types.UnionType):
+        return tuple(m for arg in typing.get_args(base) for m in _split(arg)[1])
+    return ()
+
+
 def _tracked(meta: tuple[Any, ...]) -> Tracked | None:
     found = [m for m in meta if isinstance(m, Tracked)]
     return found[0] if found else None
+
+
+def _meaning(func: Callable[..., Any], hints: dict[str, Any], names: list[str],
+             where: str) -> Meaning:
+    """The call's declared meaning, with the argument that names a handle found."""
+    meaning = meaning_of(func)
+    marked = [(i, m) for i, name in enumerate(names)
+              for m in _metadata(hints[name]) if isinstance(m, Handle)]
+    if len(marked) > 1:
+        raise InterfaceError(f"{where}: more than one argument names a handle")
+    if marked:
+        i, m = marked[0]
+        meaning = dataclasses.replace(meaning, handle_at=i, handle_kind=m.kind)
+    if meaning.opens is not None and meaning.closes is not None:
+        raise InterfaceError(f"{where}: a call cannot both open and close a handle")
+    if meaning.closes is not None and meaning.handle_at is None:
+        raise InterfaceError(f"{where}: closes a handle, but no argument names one "
+                             "(Annotated[..., Handle(kind)])")
+    return meaning
 
 
 def _wire(tp: Any, where: str) -> tuple[Any, bool, Tracked | None]:
@@ -269,6 +306,7 @@ def _declare(cls: type[Interface]) -> InterfaceSpec:
             tracked_args=tuple((i, p.tracked) for i, p in enumerate(params) if p.tracked),
             tracked_result=tracked_result,
             posted=is_posted,
+            meaning=_meaning(func, hints, [p.name for p in params], where),
         ))
     ordinary = tuple(cls.ordinary)
     return InterfaceSpec(

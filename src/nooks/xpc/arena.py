@@ -120,5 +120,12 @@ def map_readonly(fd: int, size: int) -> tuple[int, memoryview]:
     return addr, memoryview(array).cast("B").toreadonly()
 
 
-def map_writable(fd: int, size: int) -> mmap.mmap:
-    return mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+def map_writable(fd: int, size: int) -> memoryview:
+    """Map ``fd`` read-write in this process. With libc's mmap, not the mmap module's,
+    which keeps a duplicate of ``fd`` open for as long as the mapping lives."""
+    addr = _libc.mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, fd, 0)
+    if addr is None or addr == _MAP_FAILED:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mmap of the domain arena failed: {os.strerror(err)}")
+    array = (ctypes.c_char * size).from_address(addr)
+    return memoryview(array).cast("B")

@@ -5,8 +5,14 @@ start-up built (the application, its configuration), and a restarted domain
 builds it again from the same module and arguments — that is the log this
 class keeps. The rules for requests:
 
-* while an extension recovers, its requests queue (bounded by the engine's
-  ``block_timeout``, then 503);
+* while an extension recovers, its requests queue in arrival order (at most
+  the engine's ``max_held`` of them, the host's ``--max-queue``: past that a
+  request is dropped, 503; each waits at most ``block_timeout``, then 503) and
+  run in that order once it is back; the next piece of a streamed body is busy
+  at once (503 inside: the host resumes the body elsewhere if it may); a
+  stream the host drops meanwhile is dropped (it died with the incarnation);
+  ``retry_safe`` is answered from the log (what the application said at
+  start-up);
 * a request that was in flight when the extension failed is re-issued once the
   extension is back if its method is idempotent (GET, HEAD, PUT, DELETE,
   OPTIONS, TRACE) or the application marked its route safe to retry
@@ -22,29 +28,31 @@ from __future__ import annotations
 
 import fnmatch
 
-from nooks.domain.host import Domain
-from nooks.errors import FailureReport
-from nooks.shadow.engine import ClassSpec, NotInLog, Strategy
+from nooks.errors import FailureReport, Poisoned, Unavailable
+from nooks.shadow.spec import NOT_IN_LOG, ClassSpec, Strategy
 from nooks.web.http import IDEMPOTENT
+from nooks.web.interface import WebInterface
 
 RETRY_AFTER = 1  # seconds, for 503 answers
 
 
-class ServiceBusy(Exception):
+class ServiceBusy(Unavailable):
     """Answer 503 with Retry-After: the request did not (or may not have) run."""
 
     status = 503
 
 
-class ExtensionFailed(Exception):
+class ExtensionFailed(Poisoned):
     """Answer 500: the request fails the extension every time it is tried."""
 
     status = 500
 
 
 class WebShadow(ClassSpec):
+    interface = WebInterface
     def __init__(self, retry_safe: list[str] | tuple[str, ...] = ()) -> None:
         self.retry_safe: list[tuple[str, str]] = []
+        self._marked: list[str] | None = None  # what the application said at start-up
         self.mark_retry_safe(retry_safe)
 
     def mark_retry_safe(self, routes: list[str] | tuple[str, ...]) -> None:
@@ -61,50 +69,42 @@ class WebShadow(ClassSpec):
         return any(m in (method, "*") and fnmatch.fnmatchcase(path, p)
                    for m, p in self.retry_safe)
 
-    def strategy(self, op: str) -> Strategy:
-        return Strategy.QUEUE
-
-    def translate(self, op: str, args: tuple[object, ...], reissue: bool) -> tuple[object, ...]:
-        return args
+    # while an extension recovers: requests wait in order (bounded: ``max_held`` of
+    # them, ``block_timeout`` each); a piece of a streamed body is busy at once (the
+    # stream died with the incarnation: the host resumes the body elsewhere, if it
+    # may); dropping such a stream is done already; the routes marked safe are the
+    # ones the application gave at start-up
+    default_strategy = Strategy.QUEUE
+    strategies = {"more": Strategy.BUSY, "drop": Strategy.DROP,
+                  "retry_safe": Strategy.FROM_LOG}
 
     def record(self, op: str, args: tuple[object, ...], result: object) -> object:
+        if op == "retry_safe" and isinstance(result, list):
+            self._marked = list(result)
         return result
 
-    def reinit(self, domain: Domain) -> None:
-        pass  # the application's start-up runs again as the domain constructs it
-
-    def replay(self, domain: Domain) -> int:
-        return 0
+    def answer(self, op: str, args: tuple[object, ...]) -> object:
+        if op == "retry_safe" and self._marked is not None:
+            return list(self._marked)
+        return NOT_IN_LOG
 
     def reissuable(self, op: str, args: tuple[object, ...]) -> bool:
         if op == "handle":
             return self.safe_to_retry(str(args[0]), str(args[1]))
-        return op not in ("more", "drop")
-
-    def suspect(self, op: str, args: tuple[object, ...], error: BaseException,
-                domain: Domain) -> bool:
-        return False  # a web extension's errors are its responses: 500s are answers
-
-    def doubt(self, op: str, args: tuple[object, ...], result: object,
-              domain: Domain) -> str | None:
-        return None
-
-    def reissued(self, op: str, args: tuple[object, ...],
-                 error: BaseException) -> tuple[bool, object]:
-        return False, None
-
-    def answer(self, op: str, args: tuple[object, ...]) -> object:
-        raise NotInLog
+        return super().reissuable(op, args)  # not ``more`` or ``drop``: @once
 
     def busy(self, op: str) -> BaseException:
         return ServiceBusy("the application is restarting; try again")
 
-    def poison(self, op: str, report: FailureReport | None) -> BaseException:
+    def dropped(self, op: str) -> object:
+        if op == "handle":
+            raise ServiceBusy("too many requests are waiting for the application to "
+                              "restart; try again")
+        return None
+
+    def poison(self, op: str, report: FailureReport) -> BaseException:
         kind = getattr(getattr(report, "kind", None), "value", "failed")
         return ExtensionFailed(f"the application {kind} on this request every time it ran")
 
-    def dropped(self, op: str) -> object:
-        return None
-
-    def handle_result(self, op: str) -> bool:
-        return False
+    def status(self) -> dict[str, object]:
+        return {"retry_safe": [f"{m} {p}" for m, p in self.retry_safe]}

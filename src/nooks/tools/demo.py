@@ -27,7 +27,7 @@ from rich.table import Table
 
 from nooks.control import request, socket_path
 from nooks.fs.mkfs import mkfs_vfat
-from nooks.fs.process import start_mount, stop_mount
+from nooks.tools.fsprocess import start_mount, stop_mount
 
 FAULTS = ("segv", "abort", "exception", "hang", "sigkill")
 SEED = 1

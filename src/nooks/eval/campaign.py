@@ -48,12 +48,12 @@ import msgspec
 
 from nooks.control import request, socket_path
 from nooks.domain.config import FaultPlan
+from nooks.eval.registry import Interrupted, Registry
+from nooks.eval.results import RunResult, append_result, key, load_results, pairs
+from nooks.eval.workload import recheck, workload
 from nooks.faults.mutate import FAULT_TYPES, Fault, NoSite, mutate
-from nooks.faults.registry import Interrupted, Registry
-from nooks.faults.results import RunResult, append_result, key, load_results, pairs
-from nooks.faults.workload import recheck, workload
 from nooks.fs.mkfs import mkfs_vfat
-from nooks.fs.process import is_mounted, stop_mount, wait_mounted
+from nooks.tools.fsprocess import is_mounted, stop_mount, wait_mounted
 
 __all__ = ["DRIVERS", "Done", "Planned", "RunResult", "campaign", "load_results", "pairs",
            "plan", "run_one"]

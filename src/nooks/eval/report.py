@@ -25,7 +25,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from nooks.faults.results import RunResult, pairs
+from nooks.eval.results import RunResult, pairs
 
 NO_MATPLOTLIB = "no chart: matplotlib is not installed (pip install 'nooks[plot]')"
 

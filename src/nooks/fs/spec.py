@@ -9,7 +9,8 @@ Rules:
   the handles under it. A handle that cannot be re-opened (its file is gone) is
   *lost*: every use of it fails with EIO, and its release succeeds.
 * While the driver recovers, callers block (bounded by the engine's
-  ``block_timeout``, then EIO); they never see the failure.
+  ``block_timeout``, then EIO); they never see the failure. A statfs is
+  answered from the log meanwhile: the driver's last answer to one.
 * Re-issued requests are idempotent, or made so: writes and truncates at
   offsets are; a re-issued mkdir/mknod/symlink/link that meets EEXIST, an
   unlink/rmdir/rename that meets ENOENT, a release that meets EBADF, found
@@ -48,28 +49,25 @@ from typing import Any
 
 from nooks.domain.host import Domain
 from nooks.errors import FailureReport
-from nooks.fs.interface import os_error
+from nooks.fs.interface import FsInterface, os_error
 from nooks.fs.spill import Spill
-from nooks.shadow.engine import Answered, ClassSpec, NotInLog, Strategy
-from nooks.shadow.writes import Written, WrittenFiles
+from nooks.fs.writes import Written, WrittenFiles
+from nooks.shadow.handles import Handle, HandleTable
+from nooks.shadow.spec import NOT_IN_LOG, Answer, ClassSpec, Meanings, Strategy
 
 log = logging.getLogger(__name__)
 
 ROOT_CTX = (0, 0, 0)
 
-# position of the file handle in each call's arguments (ctx, path, ...)
-FH_AT = {"read": 4, "write": 4, "flush": 2, "release": 2, "fsync": 3, "getattr": 2,
-         "truncate": 3, "readdir": 2, "releasedir": 2, "fsyncdir": 3}
-OPENERS = frozenset({"open", "create", "opendir"})
-CLOSERS = frozenset({"release", "releasedir"})
+# what each call means, as FsInterface declares it (nooks.wrappers.meaning): which
+# argument is a handle, which calls open and close one, which change what is stored
+# (the journal keeps those), which errors on a re-issue show its own earlier effect
+MEANINGS = Meanings.read(FsInterface)
+FH_AT = MEANINGS.handle_at
+OPENERS = MEANINGS.openers
+CLOSERS = MEANINGS.closers
+LOGGED = MEANINGS.logged
 REPLAY_STRIP = os.O_CREAT | os.O_EXCL | os.O_TRUNC
-
-# errors that, on a re-issued request, mean the first attempt had done its work
-ALREADY_DONE = {
-    "mkdir": errno.EEXIST, "mknod": errno.EEXIST, "symlink": errno.EEXIST,
-    "link": errno.EEXIST, "unlink": errno.ENOENT, "rmdir": errno.ENOENT,
-    "rename": errno.ENOENT, "release": errno.EBADF, "releasedir": errno.EBADF,
-}
 # errors a driver gives when it is broken more often than when the world is: a
 # fresh driver is asked again before the application sees one
 SUSPECT = frozenset({errno.EIO, errno.EFAULT, errno.ENOSPC,
@@ -81,10 +79,6 @@ LOOKUPS = frozenset({"getattr", "access", "statfs", "init", "destroy"})
 MADE = frozenset({"mkdir", "mknod", "symlink", "link"})
 GONE = frozenset({"unlink", "rmdir"})
 MADE_KIND = {"mkdir": (stat.S_IFDIR, "directory"), "symlink": (stat.S_IFLNK, "symbolic link")}
-# what the volatile log keeps: requests that change stored state
-LOGGED = frozenset({"mknod", "mkdir", "unlink", "rmdir", "symlink", "rename", "link", "chmod",
-                    "chown", "truncate", "write", "create", "utimens", "setxattr",
-                    "removexattr", "open", "opendir", "release", "releasedir"})
 
 
 def _attrs(domain: Domain, ctx: Any, path: str) -> dict[str, Any] | None:
@@ -109,22 +103,14 @@ class Spilled:
     length: int
 
 
-@dataclass
-class Handle:
-    kind: str  # "file" or "dir"
-    path: str
-    flags: int
-    real: int
-    lost: bool = False
-
-
 class FsShadow(ClassSpec):
+    interface = FsInterface
+
     def __init__(self, *, volatile: bool = False, journaled: bool = False) -> None:
         self.volatile = volatile
         self.journaled = journaled and not volatile
         self._lock = threading.Lock()
-        self.handles: dict[int, Handle] = {}
-        self._next = 1
+        self.handles = HandleTable()
         self.journal: list[tuple[str, tuple[Any, ...], Any]] = []
         self.journal_bytes = 0  # data of the journaled writes
         self.rolled_back = False
@@ -139,16 +125,17 @@ class FsShadow(ClassSpec):
         self._unjournaled: set[int] = set()  # open handles whose open was not journaled
         # answers requests of a driver being recovered (see answer_own)
         self.beneath: Callable[[str, tuple[Any, ...]], Any] | None = None
+        self._statfs: Any = None  # the driver's last statfs answer
+        self._domain: Domain | None = None
         self._logs = volatile or self.journaled
         self._recorded = OPENERS | CLOSERS | {"rename", "unlink"} | (LOGGED if self._logs
                                                                      else set())
 
+    strategies = {"statfs": Strategy.FROM_LOG}
+
     # -- passive mode --------------------------------------------------------------------
 
-    def strategy(self, op: str) -> Strategy:
-        return Strategy.BLOCK
-
-    def translate(self, op: str, args: tuple[Any, ...], reissue: bool) -> tuple[Any, ...]:
+    def translate(self, op: str, args: tuple[Any, ...], reissue: bool) -> tuple[Any, ...] | Answer:
         if reissue and op == "create":
             # the first attempt may have created the file: O_EXCL would now refuse it
             return (*args[:3], args[3] & ~os.O_EXCL)
@@ -162,7 +149,7 @@ class FsShadow(ClassSpec):
             return args
         if h.lost:
             if op in CLOSERS:
-                raise Answered(0)
+                return Answer(0)
             raise os_error(errno.EIO)
         out = list(args)
         out[at] = h.real
@@ -239,12 +226,14 @@ class FsShadow(ClassSpec):
             return f"{args[2]} is not there after rename"
         return None
 
-    def reissuable(self, op: str, args: tuple[Any, ...]) -> bool:
-        return True  # every filesystem request is idempotent, or made so (see translate)
+    # every filesystem request may be re-issued: each is idempotent, or made so (see
+    # translate); ``reissuable`` keeps its default
 
     def record(self, op: str, args: tuple[Any, ...], result: Any) -> Any:
         if op not in self._recorded:
-            return result  # getattr, read, write, statfs...: nothing to remember
+            if op == "statfs":
+                self._statfs = result  # what answers a statfs while the driver recovers
+            return result  # getattr, read, write...: nothing to remember
         with self._lock:
             # a read-only open changes nothing: it is not journaled (a recovery re-opens
             # it if it is still open), nor its release -- a journal of reads stays empty
@@ -263,18 +252,16 @@ class FsShadow(ClassSpec):
                 if self.journaled:
                     self._note_written(op, args)
             if op in OPENERS:
-                vfh = self._next
-                self._next += 1
                 flags = args[2] if op == "open" else args[3] if op == "create" else 0
-                self.handles[vfh] = Handle("dir" if op == "opendir" else "file", args[1],
-                                           flags, int(result))
+                vfh = self.handles.open(MEANINGS.of[op].opens or "file", args[1], flags,
+                                        int(result))
                 if quiet:
                     self._unjournaled.add(vfh)
                 elif self._logs:
                     self.journal[-1] = (op, args, vfh)
                 return vfh
             if op in CLOSERS:
-                self.handles.pop(args[2], None)
+                self.handles.pop(args[2])
                 self._unjournaled.discard(args[2])
             elif op == "rename":
                 self._moved(args[1], args[2])
@@ -309,7 +296,7 @@ class FsShadow(ClassSpec):
     def forget_handle(self, vfh: int) -> None:
         """The kernel released ``vfh`` and the driver has no release: it is closed."""
         with self._lock:
-            self.handles.pop(vfh, None)
+            self.handles.pop(vfh)
             self._unjournaled.discard(vfh)
 
     def stop_journal(self) -> None:
@@ -327,6 +314,10 @@ class FsShadow(ClassSpec):
     def close(self) -> None:
         if self._spill is not None:
             self._spill.close()
+
+    def status(self) -> dict[str, Any]:
+        return {"open_handles": len(self.handles), "lost_handles": self.handles.lost,
+                "journal": len(self.journal), "journal_bytes": self.journal_bytes}
 
     def journal_paths(self) -> list[str]:
         """Every path the journal names, their parent directories, and the root."""
@@ -350,11 +341,7 @@ class FsShadow(ClassSpec):
             return any(h.path == path for h in self.handles.values())
 
     def _moved(self, old: str, new: str) -> None:
-        for h in self.handles.values():
-            if h.path == old:
-                h.path = new
-            elif h.path.startswith(old + "/"):
-                h.path = new + h.path[len(old):]
+        self.handles.moved(old, new)
 
     def _compact(self, path: str) -> None:
         """Drop logged requests that only concerned an unlinked file (no renames seen)."""
@@ -382,7 +369,7 @@ class FsShadow(ClassSpec):
         mountpoint): answered as it would be answered before the mount, from what lies
         beneath the mountpoint (``beneath``, set by the host)."""
         if self.beneath is None:
-            raise NotInLog(op)
+            return NOT_IN_LOG
         return self.beneath(op, args)
 
     def handle_result(self, op: str) -> bool:
@@ -403,27 +390,38 @@ class FsShadow(ClassSpec):
     # -- active mode ---------------------------------------------------------------------
 
     def answer(self, op: str, args: tuple[Any, ...]) -> Any:
-        raise NotInLog(op)
+        if op == "statfs" and self._statfs is not None:
+            return self._statfs  # sizes move little in a recovery's milliseconds
+        return NOT_IN_LOG
 
     def busy(self, op: str) -> BaseException:
         return os_error(errno.EIO)
 
-    def poison(self, op: str, report: FailureReport | None) -> BaseException:
+    def poison(self, op: str, report: FailureReport) -> BaseException:
         return os_error(errno.EIO)
 
-    def dropped(self, op: str) -> Any:
-        return 0
-
     def reissued(self, op: str, args: tuple[Any, ...], error: BaseException) -> tuple[bool, Any]:
-        if isinstance(error, OSError) and ALREADY_DONE.get(op) == error.errno:
-            if op in CLOSERS or (self._logs and op in LOGGED):
+        done, _ = super().reissued(op, args, error)  # an error its declaration lists
+        if done:
+            if op in self._recorded:
                 self.record(op, args, 0)  # it was done: a journal must redo it too
+            if op == "rename" and self._domain is not None:
+                # done before the failure: the handles open on the file were re-opened
+                # by its old name, in vain; they are open under the new one
+                self._reopen_lost(self._domain, args[2])
             return True, 0
         return False, None
+
+    def _reopen_lost(self, domain: Domain, path: str) -> None:
+        with self._lock:
+            for h in self.handles.values():
+                if h.lost and (h.path == path or h.path.startswith(path + "/")):
+                    self.handles.reopen(h, _opener(domain))
 
     # -- recovery ------------------------------------------------------------------------
 
     def reinit(self, domain: Domain) -> None:
+        self._domain = domain  # the driver a re-issued request may need to ask again
         domain.call("init", ROOT_CTX, "/")
 
     def prepare_restart(self) -> None:
@@ -447,25 +445,8 @@ class FsShadow(ClassSpec):
                     real[vfh] = int(domain.call("opendir", ROOT_CTX, path) if kind == "dir"
                                     else domain.call("open", ROOT_CTX, path, flags))
             return len(base) + self._replay_journal(domain, real)
-        count = 0
         with self._lock:
-            for h in self.handles.values():
-                if h.lost:
-                    continue
-                count += 1
-                self._reopen(domain, h)
-        return count
-
-    @staticmethod
-    def _reopen(domain: Domain, h: Handle) -> None:
-        """Open ``h`` again in a fresh driver, by path and flags; lost if it cannot be."""
-        try:
-            if h.kind == "dir":
-                h.real = int(domain.call("opendir", ROOT_CTX, h.path))
-            else:
-                h.real = int(domain.call("open", ROOT_CTX, h.path, h.flags & ~REPLAY_STRIP))
-        except OSError:
-            h.lost = True
+            return self.handles.reopen_all(_opener(domain))
 
     def _replay_journal(self, domain: Domain, real: dict[int, int]) -> int:
         with self._lock:
@@ -497,10 +478,20 @@ class FsShadow(ClassSpec):
                     h.real = real[vfh]
                 elif vfh in self._unjournaled and not h.lost:
                     reopened += 1
-                    self._reopen(domain, h)
+                    self.handles.reopen(h, _opener(domain))
                 else:
                     h.lost = True
             return len(self.journal) + reopened
+
+
+def _opener(domain: Domain) -> Callable[[Handle], int]:
+    """How a fresh driver opens a handle again: by path and flags (without O_CREAT,
+    O_EXCL, O_TRUNC: it exists, and its data stays)."""
+    def reopen(h: Handle) -> int:
+        if h.kind == "dir":
+            return int(domain.call("opendir", ROOT_CTX, h.path))
+        return int(domain.call("open", ROOT_CTX, h.path, h.flags & ~REPLAY_STRIP))
+    return reopen
 
 
 def _reads_only(op: str, args: tuple[Any, ...]) -> bool:

@@ -30,7 +30,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 
-from nooks.faults.registry import Scope
+from nooks.eval.registry import Scope
 
 STEP_TIMEOUT = 10.0
 

@@ -46,7 +46,7 @@ from types import FrameType
 from typing import Any
 
 from nooks.control import remove_stale
-from nooks.fs.process import is_mounted
+from nooks.tools.fsprocess import is_mounted
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The fault-injection campaign (``nooks eval reliability``) and its report."""

@@ -1,0 +1,1 @@
+"""Tools built on nooks: the demo, the crash matrix, processes that run hosts."""
