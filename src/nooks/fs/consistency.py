@@ -303,6 +303,12 @@ class Checkpoints:
                     self.domain.call("release", ROOT_CTX, path, fh)
         return True, ""
 
+    def __repr__(self) -> str:
+        state = f"off ({self.off})" if self.off else "on"
+        return (f"<Checkpoints {self.name} {state} checks={self.stats.checks} "
+                f"inconsistent={self.stats.inconsistent} rolled_back={self.stats.rolled_back} "
+                f"journal={len(self.fs.journal)} undo={self.undo.bytes}B>")
+
     def status(self) -> dict[str, Any]:
         times = sorted(self.stats.check_ms)
         return {

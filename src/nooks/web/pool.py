@@ -77,6 +77,10 @@ class WorkerPool:
     def usable(self) -> int:
         return len(self._usable)
 
+    def __repr__(self) -> str:
+        return (f"<WorkerPool {self.name} idle={self._idle.qsize()} usable={self.usable} "
+                f"waiting={self._waiting}>")
+
     def acquire(self, want: Worker | None = None) -> Worker:
         """An idle worker (``want`` itself if given); ServiceBusy if none comes in time."""
         if want is not None:
