@@ -218,3 +218,30 @@ def test_a_dead_driver_is_tried_again_after_a_pause(monkeypatch: pytest.MonkeyPa
     assert s.call("getattr", 0) == "back"
     assert s.dead is None and d.restarts == 1
     assert [r.ok for r in s.recoveries] == [False, True]
+
+
+def test_a_handle_answered_by_a_driver_gone_since_is_asked_again_as_a_reissue() -> None:
+    """The driver created the file, answered, and died before the answer was recorded:
+    the new driver is asked again, without O_EXCL (the file is there: its own)."""
+    import os
+
+    from nooks.fs.kit import Disk, MemoryFs
+    from nooks.fs.spec import ROOT_CTX, FsShadow
+    from nooks.testing import FakeDomain
+
+    holder: list[Shadow[FsShadow]] = []
+
+    class DiesAfterCreating(MemoryFs):
+        def create(self, ctx: Any, path: str, mode: int, flags: int) -> int:
+            fd = super().create(ctx, path, mode, flags)
+            if fake.restarts == 0:  # the first driver dies once its answer is on its way
+                holder[0].recover_now(fake.report("crash"), holder[0].generation)
+            return fd
+
+    fake = FakeDomain(DiesAfterCreating, Disk())
+    s = Shadow(cast(Domain, fake), FsShadow())
+    holder.append(s)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    assert s.call("create", ROOT_CTX, "/a", 0o644, flags) == 1
+    creates = [a for _, op, a in fake.log if op == "create"]
+    assert len(creates) == 2 and creates[1][3] == flags & ~os.O_EXCL

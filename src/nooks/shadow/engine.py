@@ -185,6 +185,7 @@ class Shadow(Generic[S]):
         lenient = self._lenient.get(op, frozenset()) if self._lenient else frozenset()
         raised: str | None = None  # what the driver raised, re-issued leniently
         waited_until = 0.0  # set when it first has to wait for a recovery to begin or end
+        again = False  # sent again because its answer named a driver now gone
         spec = self.spec
         while True:
             if self._recovering:
@@ -207,7 +208,7 @@ class Shadow(Generic[S]):
             gen = self.generation
             # what the spec raises here (a lost handle: EIO) is the caller's answer, and
             # never the driver's fault
-            sent = spec.translate(op, args, tries > 0)
+            sent = spec.translate(op, args, tries > 0 or again)
             if isinstance(sent, Answer):
                 return sent.value
             suspect = self._suspects if tries else None
@@ -293,7 +294,9 @@ class Shadow(Generic[S]):
                 if gen == self.generation:
                     return spec.record(op, args, result)
             # a recovery happened while this request ran: its handle died with the
-            # old driver, so ask the new one
+            # old driver, so ask the new one -- as a re-issue (the old one did the work:
+            # a create must not meet its own file with O_EXCL)
+            again = True
 
     def _poisoned(self, op: str, report: FailureReport) -> BaseException:
         self.poisoned += 1
