@@ -201,8 +201,10 @@ class FsShadow(ClassSpec):
             h = self.handles.get(args[2]) if len(args) > 2 and args[2] is not None else None
             mode = result.get("st_mode") if isinstance(result, dict) else None
             if h is not None and h.kind == "file" and isinstance(mode, int) \
-                    and (stat.S_ISDIR(mode) or stat.S_ISSOCK(mode)):
-                # an open file cannot be a directory or a socket (open() refuses both)
+                    and (stat.S_ISDIR(mode) or stat.S_ISSOCK(mode)
+                         or (h.flags & os.O_CREAT and not stat.S_ISREG(mode))):
+                # an open file cannot be a directory or a socket (open() refuses both),
+                # and one that create made is a regular file
                 return f"the open file {h.path} is described as mode {mode:o}"
             return None
         if op == "write":
