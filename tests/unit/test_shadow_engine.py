@@ -245,3 +245,18 @@ def test_a_handle_answered_by_a_driver_gone_since_is_asked_again_as_a_reissue() 
     assert s.call("create", ROOT_CTX, "/a", 0o644, flags) == 1
     creates = [a for _, op, a in fake.log if op == "create"]
     assert len(creates) == 2 and creates[1][3] == flags & ~os.O_EXCL
+
+
+def test_an_answer_whose_check_meets_a_dead_driver_stands() -> None:
+    """mkdir worked; the driver died before its postcondition could be checked: the
+    application is told it worked, not EEXIST from sending it again."""
+    from nooks.errors import DomainDown
+    from nooks.fs.kit import Disk, MemoryFs
+    from nooks.fs.spec import ROOT_CTX, FsShadow
+    from nooks.testing import FakeDomain
+
+    fake = FakeDomain(MemoryFs, Disk())
+    s = Shadow(cast(Domain, fake), FsShadow())
+    fake.fail("passive", DomainDown(fake.report("crash", "getattr")), op="getattr")
+    assert s.call("mkdir", ROOT_CTX, "/d", 0o755) == 0
+    assert [op for _, op, _ in fake.log].count("mkdir") == 1

@@ -157,3 +157,21 @@ def test_in_passive_mode_every_strategy_goes_to_the_driver(op: str) -> None:
     h = Held()
     assert h.shadow.call(op, 1) == f"{op}(1,)"
     assert h.store == [(op, (1,))]
+
+
+def test_a_request_that_comes_as_a_recovery_ends_is_not_stranded() -> None:
+    """While the recovery is being recorded (its hook runs), held requests are all run
+    and new ones go straight to the driver: none is held with nobody to run it."""
+    store: list[tuple[str, Any]] = []
+    fake = FakeDomain(Echo, store)
+    seen: list[Any] = []
+
+    def hook(rec: object) -> None:
+        t = threading.Thread(target=lambda: seen.append(shadow.call("send", 9)))
+        t.start()
+        t.join(5)
+
+    shadow = Shadow(cast(Domain, fake), Toy(), on_recovery=hook)
+    shadow.recover_now(fake.report("crash"), 0)
+    assert seen == ["send(9,)"] and ("send", (9,)) in store  # sent, not "queued"
+    assert shadow.mode == "passive" and shadow.status()["held"] == 0

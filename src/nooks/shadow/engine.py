@@ -15,10 +15,10 @@ Modes and rules:
   has in the spec: *answer from the log* (else block), *act busy* (the class's
   busy error at once), *block* (wait for the driver, at most
   ``block_timeout``), *queue* (held in arrival order, at most ``max_held`` of
-  them, the caller released at once if the class gives a ``queued`` answer;
-  after the recovery the held requests run in order before any new one; a
-  request that finds the queue full is dropped), *drop* (answered as dropped,
-  counted).
+  them: a request that finds the queue full is dropped; a caller the class
+  releases at once with a ``queued`` answer has its request run by the
+  recovery, in order, before any new request reaches the driver; a caller that
+  waits is woken in its turn), *drop* (answered as dropped, counted).
 * *recovery*: one thread recovers; the failed domain is released and replaced
   from the warm spare, the spec re-initialises the driver and replays its log,
   then the generation advances, held requests run and blocked callers go on.
@@ -150,7 +150,7 @@ class Shadow(Generic[S]):
         self._revive_at = 0.0
         self._revive_first = revive_first  # seconds before the first revival
         self._revive_pause = revive_first
-        self._idle: threading.Thread | None = None
+        self._idle: list[threading.Thread] = []  # recoveries of drivers that died idle
         self._closed = False
         domain.on_idle_failure = self._idle_failure
 
@@ -168,11 +168,11 @@ class Shadow(Generic[S]):
     def status(self) -> dict[str, Any]:
         """The engine's side of ``nooks status``: mode, recoveries, what it answered."""
         return {
+            **self.spec.status(),
             "mode": self.mode, "generation": self.generation, "poisoned": self.poisoned,
             "second_opinions": self.second_opinions_asked, "dropped": self.dropped,
             "held": len(self._held), "held_failed": self.held_failed,
             "recoveries": [r.as_dict() for r in self.recoveries],
-            **self.spec.status(),
         }
 
     # -- requests ------------------------------------------------------------------------
@@ -381,7 +381,13 @@ class Shadow(Generic[S]):
             return None
         if not self.spec.reissuable(op, args):
             return None
-        reason = self.spec.doubt(op, args, result, self.domain)
+        try:
+            reason = self.spec.doubt(op, args, result, self.domain)
+        except (DomainFailed, DomainDown, Restarting):
+            # the driver failed after it answered, before its answer could be checked:
+            # the answer stands (the request was done; sent again it would meet its own
+            # effect), and the failure is the next request's to recover from
+            return None
         if reason is None:
             return None
         if tries:
@@ -403,7 +409,8 @@ class Shadow(Generic[S]):
         if strategy is Strategy.BUSY:
             raise self.spec.busy(op)
         if strategy is Strategy.DROP:
-            self.dropped += 1
+            with self._state:
+                self.dropped += 1
             return self.spec.dropped(op)
         if strategy is Strategy.QUEUE:
             return self._hold(op, args)
@@ -447,6 +454,10 @@ class Shadow(Generic[S]):
         while True:
             with self._state:
                 if not self._held:
+                    # the recovery ends here, in the same breath: nothing can be held
+                    # after the last look and before requests go to the driver again
+                    self._recovering = False
+                    self._state.notify_all()
                     return count
                 entry = self._held.popleft()
             count += 1
@@ -482,49 +493,62 @@ class Shadow(Generic[S]):
                 return
             with self._state:
                 self._recovering = True
-            t0 = time.monotonic()
-            held = 0
             try:
-                restart_ms, replayed = self._restart()
-                ok = True
-                self.dead = None
-                self._revive_pause = self._revive_first
-            except RecoveryFailed as e:
-                restart_ms, replayed, ok = 0.0, 0, False
-                self.dead = e
-                self._revive_at = time.monotonic() + self._revive_pause
-                self._revive_pause = min(max(self._revive_pause * 2, self._revive_first),
-                                         REVIVE_MAX)
-                log.error("%s: recovery failed: %s (trying again in %.0f s)",
-                          self.domain.name, e, self._revive_at - time.monotonic())
-            with self._state:
-                self.generation += 1
-            if ok:
-                held = self._run_held()
-            else:
-                self._drop_held()
-            rec = Recovery(kind=report.kind.value, detail=report.detail, call=report.call,
-                           at=time.time(), duration_ms=(time.monotonic() - t0) * 1e3,
-                           replayed=replayed, restart_ms=restart_ms, ok=ok, held=held)
-            self.recoveries.append(rec)
-            with self._state:
-                self._recovering = False
-                self._state.notify_all()
-            if self.on_recovery is not None:
-                self.on_recovery(rec)
+                self._recover_now(report, t0=time.monotonic())
+            finally:
+                with self._state:
+                    if self._recovering:  # ended early by an error of the class's spec
+                        self._drop_held_locked()
         finally:
             self._recover_lock.release()
 
-    def _drop_held(self) -> None:
-        """The driver could not be brought back: released held requests are lost
-        (counted as dropped); waiting callers are woken to get the poison answer."""
+    def _recover_now(self, report: FailureReport, t0: float) -> None:
+        """Restart, re-initialise, replay; held requests run; the recovery recorded."""
+        held = 0
+        try:
+            restart_ms, replayed = self._restart()
+            ok = True
+            self.dead = None
+            self._revive_pause = self._revive_first
+        except RecoveryFailed as e:
+            restart_ms, replayed, ok = 0.0, 0, False
+            self.dead = e
+            self._revive_at = time.monotonic() + self._revive_pause
+            self._revive_pause = min(max(self._revive_pause * 2, self._revive_first),
+                                     REVIVE_MAX)
+            log.error("%s: recovery failed: %s (trying again in %.0f s)",
+                      self.domain.name, e, self._revive_at - time.monotonic())
         with self._state:
-            held, self._held = self._held, collections.deque()
+            self.generation += 1
+        if ok:
+            held = self._run_held()
+        else:
+            self._drop_held()
+        rec = Recovery(kind=report.kind.value, detail=report.detail, call=report.call,
+                       at=time.time(), duration_ms=(time.monotonic() - t0) * 1e3,
+                       replayed=replayed, restart_ms=restart_ms, ok=ok, held=held)
+        self.recoveries.append(rec)
+        if self.on_recovery is not None:
+            self.on_recovery(rec)
+
+    def _drop_held_locked(self) -> None:
+        """``_drop_held`` for a caller that holds ``_state``: released held requests are
+        lost (counted as dropped), waiting callers woken, the recovery over."""
+        held, self._held = self._held, collections.deque()
+        self._recovering = False
+        self._state.notify_all()
         for entry in held:
             if entry.turn is None:
                 self.dropped += 1
             else:
                 entry.turn.set()
+
+    def _drop_held(self) -> None:
+        """The driver could not be brought back: released held requests are lost
+        (counted as dropped); waiting callers are woken to get the poison answer; the
+        recovery is over."""
+        with self._state:
+            self._drop_held_locked()
 
     def _restart(self) -> tuple[float, int]:
         err: Exception | None = None
@@ -553,12 +577,16 @@ class Shadow(Generic[S]):
         now, on the engine's recovery thread, not at the next request."""
         gen = self.generation
         with self._state:
-            if self._closed or (self._idle is not None and self._idle.is_alive()):
-                return  # one at a time; a request that comes meanwhile recovers it too
-            self._idle = threading.Thread(target=self._recover_guarded, args=(report, gen),
-                                          name=f"nooks-recover-{self.domain.name}",
-                                          daemon=True)
-            self._idle.start()
+            if self._closed:
+                return
+            # one thread per failure (``_recover`` skips one already recovered): a
+            # second driver that dies while the first recovery's thread still runs
+            # (waiting for ``idle_guard``, say) is not left dead until a request comes
+            self._idle = [t for t in self._idle if t.is_alive()]
+            t = threading.Thread(target=self._recover_guarded, args=(report, gen),
+                                 name=f"nooks-recover-{self.domain.name}", daemon=True)
+            self._idle.append(t)
+            t.start()
 
     def _recover_guarded(self, report: FailureReport, generation: int) -> None:
         with self.idle_guard if self.idle_guard is not None else contextlib.nullcontext():
@@ -589,11 +617,19 @@ class Shadow(Generic[S]):
         alone). The caller holds ``idle_guard`` if it needs to."""
         self._recover(self.generation if generation is None else generation, report)
 
-    def close(self) -> None:
-        """No more recoveries of its own; waits for one under way (bounded)."""
+    def stop(self) -> None:
+        """No more recoveries of its own (before the domain is closed: a recovery under
+        way then fails at once)."""
         with self._state:
             self._closed = True
-            idle = self._idle
-        if idle is not None and idle is not threading.current_thread():
-            idle.join(timeout=CLOSE_WAIT)
+
+    def close(self) -> None:
+        """Stop; wait for a recovery under way (bounded: its domain should be closed
+        first); release what the spec holds."""
+        self.stop()
+        with self._state:
+            idle = list(self._idle)
+        for t in idle:
+            if t is not threading.current_thread():
+                t.join(timeout=CLOSE_WAIT)
         self.spec.close()

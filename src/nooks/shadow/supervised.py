@@ -183,14 +183,18 @@ class Supervised(Generic[S]):
                 **self.shadow.status()}
 
     def close(self) -> None:
-        if self.shadow is not None:
-            self.shadow.close()  # and its spec
-        else:
-            self.spec.close()
-        if self.domain is not None:
-            self.domain.close()
-        if self.nat is not None:
-            self.nat.close()
+        try:
+            if self.shadow is not None:
+                self.shadow.stop()  # then a recovery under way fails at once
+            if self.domain is not None:
+                self.domain.close()
+        finally:
+            if self.shadow is not None:
+                self.shadow.close()  # and its spec
+            else:
+                self.spec.close()
+            if self.nat is not None:
+                self.nat.close()
 
     def __repr__(self) -> str:
         inner = self.shadow if self.shadow is not None else self.nat
@@ -298,7 +302,10 @@ class SupervisedHost:
                 self._control.close()
             self._control = None
         for s in self.supervised:
-            s.close()
+            try:
+                s.close()
+            except Exception:
+                log.exception("%s: closing %s", self.name, s.what)
 
     def __repr__(self) -> str:
         states = ",".join(s.status()["mode"] for s in self.supervised)

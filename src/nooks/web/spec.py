@@ -5,10 +5,11 @@ start-up built (the application, its configuration), and a restarted domain
 builds it again from the same module and arguments — that is the log this
 class keeps. The rules for requests:
 
-* while an extension recovers, its requests queue in arrival order (at most
-  the engine's ``max_held`` of them, the host's ``--max-queue``: past that a
-  request is dropped, 503; each waits at most ``block_timeout``, then 503) and
-  run in that order once it is back; the next piece of a streamed body is busy
+* while an extension recovers, its requests are held in arrival order (each
+  waits at most ``block_timeout``, then 503; past ``max_held`` of them, 503 at
+  once) and woken in that order once it is back (the worker pool lends a worker
+  to one request at a time, and bounds those waiting for one with
+  ``--max-queue``); the next piece of a streamed body is busy
   at once (503 inside: the host resumes the body elsewhere if it may); a
   stream the host drops meanwhile is dropped (it died with the incarnation);
   ``retry_safe`` is answered from the log (what the application said at
