@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import pytest
 
+from nooks.domain.incarnation import wait_cgroups_ended
+
 
 def child_pids() -> set[int]:
     me = str(os.getpid())
@@ -58,5 +60,6 @@ def no_leaks() -> Iterator[Snapshot]:
     """Fails the test if it leaves a child process, socket, pidfd or arena open."""
     snap = Snapshot.take()
     yield snap
+    wait_cgroups_ended()  # ended on threads of their own as domains exit
     leaks = snap.leaks()
     assert not leaks, f"leaked: {leaks}"

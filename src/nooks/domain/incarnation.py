@@ -243,8 +243,11 @@ class Incarnation:
         # what it started dies with it, and its cgroup goes (off this thread: the last
         # of them may take a moment to be reaped)
         if self.cgroup is not None:
-            threading.Thread(target=self._end_cgroup, name=f"nooks-cgroup-{self.name}",
-                             daemon=True).start()
+            t = threading.Thread(target=self._end_cgroup, name=f"nooks-cgroup-{self.name}",
+                                 daemon=True)
+            with _ending_lock:
+                _ending.add(t)
+            t.start()
         hook = self.idle_hook
         if before is None and self.report is not None and hook is not None and not self.closed:
             hook(self.report)
@@ -449,12 +452,17 @@ class Incarnation:
         self._end_cgroup()
 
     def _end_cgroup(self) -> None:
-        with self._exit_lock:
-            cg, self.cgroup = self.cgroup, None
-        if cg is not None:
-            cg.kill()
-            if not cg.remove():
-                log.warning("the cgroup of domain %s is still busy: %s", self.name, cg.path)
+        try:
+            with self._exit_lock:
+                cg, self.cgroup = self.cgroup, None
+            if cg is not None:
+                cg.kill()
+                if not cg.remove():
+                    log.warning("the cgroup of domain %s is still busy: %s", self.name,
+                                cg.path)
+        finally:
+            with _ending_lock:
+                _ending.discard(threading.current_thread())
 
     def _release_pidfd(self) -> None:
         with self._exit_lock:
@@ -533,3 +541,23 @@ def fd_floor(open_files: int | None) -> int:
 
 
 RESERVED_FDS = 8  # the domain's own descriptors, kept at the top of its range
+
+
+# cgroups of domains that exited, being ended off the exit's thread
+_ending: set[threading.Thread] = set()
+_ending_lock = threading.Lock()
+
+
+def wait_cgroups_ended(timeout: float = 5.0) -> None:
+    """Wait until the cgroups of the domains that have exited are ended (each is
+    killed and removed on a thread of its own, off the exit's path)."""
+    end = time.monotonic() + timeout
+    while True:
+        with _ending_lock:
+            left = list(_ending)
+        if not left:
+            return
+        for t in left:
+            t.join(max(0.0, end - time.monotonic()))
+        if time.monotonic() >= end:
+            return
