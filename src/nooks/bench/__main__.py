@@ -10,9 +10,8 @@ from nooks.bench import command
 
 def main(argv: list[str] | None = None) -> int:
     p = Parser(prog="python -m nooks.bench", description="run a nooks benchmark")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
-    command.add_parser(sub)
-    args = p.parse_args(["bench", *(sys.argv[1:] if argv is None else argv)])
+    command.add_arguments(p)
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
     return int(args.func(args))
 
 

@@ -22,7 +22,11 @@ console = Console() if sys.stdout.isatty() else Console(width=200)
 
 def add_parser(sub: Any) -> None:
     """Register ``bench`` with a subparsers object."""
-    b = sub.add_parser("bench", help="run a benchmark")
+    add_arguments(sub.add_parser("bench", help="run a benchmark"))
+
+
+def add_arguments(b: argparse.ArgumentParser) -> None:
+    """The bench command's arguments, on its own parser or as a subcommand."""
     b.add_argument("what", choices=["xpc", "fs", "web"], help="what to measure")
     b.add_argument("--workers", type=argcheck.count(1, 64), default=2,
                    help="web benchmark: workers per server")
