@@ -32,6 +32,8 @@ from typing import Any
 
 import msgspec
 
+from nooks.domain.cgroup import process_alive
+
 log = logging.getLogger(__name__)
 
 MAX_REQUEST = 64 << 10
@@ -189,21 +191,9 @@ def stale() -> list[tuple[str, dict[str, Any]]]:
         if not isinstance(rec, dict):
             continue
         sock = path.removesuffix(".json") + ".sock"
-        if not _alive(sock) and not _process_alive(rec.get("pid")):
+        if not _alive(sock) and not process_alive(rec.get("pid")):
             out.append((sock, rec))
     return out
-
-
-def _process_alive(pid: object) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def hosts() -> Iterator[tuple[str, Any]]:

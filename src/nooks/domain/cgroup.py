@@ -164,12 +164,15 @@ def _sweep(base: str) -> None:
             path = os.path.join(base, entry)
             if os.path.isdir(path):
                 pid = entry.rsplit("-", 2)[-2] if entry.count("-") >= 2 else ""
-                if pid.isdigit() and not _alive(int(pid)):
+                if pid.isdigit() and not process_alive(int(pid)):
                     with contextlib.suppress(OSError):
                         os.rmdir(path)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: object) -> bool:
+    """Whether ``pid`` names a process that exists (one we may not signal counts)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
