@@ -4,6 +4,7 @@ BLOCK: every test here fails if its strategy is replaced by blocking the caller.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, ClassVar, cast
 
@@ -81,10 +82,18 @@ class Held:
             except Exception as e:
                 self.answers[key] = e
 
+        held = self.shadow.status()["held"]
         t = threading.Thread(target=run)
         t.start()
         self.threads.append(t)
-        t.join(WAIT)
+        end = time.monotonic() + WAIT
+        # done, or held in the queue (then the next request queues behind it), or still
+        # waiting when WAIT runs out
+        while t.is_alive() and self.shadow.status()["held"] == held:
+            left = end - time.monotonic()
+            if left <= 0:
+                break
+            t.join(min(left, 0.005))
         return not t.is_alive()
 
     def release(self) -> None:
@@ -142,6 +151,15 @@ def test_queue_without_release_keeps_arrival_order_and_drops_past_its_bound() ->
     assert h.answers["p2"] == "dropped" and h.shadow.dropped == 1
     assert h.answers["p0"] == "play(0,)" and h.answers["p1"] == "play(1,)"
     assert h.store == [("play", (0,)), ("play", (1,))]
+
+
+def test_queued_callers_reach_the_driver_one_after_another_in_arrival_order() -> None:
+    with Held() as h:
+        for i in range(6):
+            assert not h.ask(f"p{i}", "play", i)  # each waits for its turn
+    assert [h.answers[f"p{i}"] for i in range(6)] == [f"play({i},)" for i in range(6)]
+    assert h.store == [("play", (i,)) for i in range(6)]
+    assert h.shadow.recoveries[-1].held == 6
 
 
 def test_drop_completes_at_once_as_dropped_and_is_counted() -> None:

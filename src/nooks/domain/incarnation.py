@@ -245,9 +245,9 @@ class Incarnation:
         if self.cgroup is not None:
             t = threading.Thread(target=self._end_cgroup, name=f"nooks-cgroup-{self.name}",
                                  daemon=True)
-            with _ending_lock:
+            with _ending_lock:  # started under the lock: no one joins it unstarted
                 _ending.add(t)
-            t.start()
+                t.start()
         hook = self.idle_hook
         if before is None and self.report is not None and hook is not None and not self.closed:
             hook(self.report)

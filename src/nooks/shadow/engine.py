@@ -104,14 +104,20 @@ _VIOLATION, _DOUBT = "violation", "doubt"
 
 class _Held:
     """One request held while the driver recovers: run by the recovery (``turn`` is
-    None: its caller was released) or by its caller, woken in turn."""
+    None: its caller was released) or by its caller, woken in turn; the next is woken
+    when the driver has answered it (``sent``), so they reach the driver in order."""
 
-    __slots__ = ("args", "op", "turn")
+    __slots__ = ("args", "op", "sent", "turn")
 
     def __init__(self, op: str, args: tuple[Any, ...], turn: threading.Event | None) -> None:
         self.op = op
         self.args = args
         self.turn = turn
+        self.sent = threading.Event() if turn is not None else None
+
+    def answered(self) -> None:
+        if self.sent is not None:
+            self.sent.set()
 
 
 class Shadow(Generic[S]):
@@ -179,6 +185,14 @@ class Shadow(Generic[S]):
 
     def call(self, op: str, *args: Any) -> Any:
         """Serve one request: from the driver, or by the class's strategy while it is down."""
+        turn: list[_Held] = []  # a held request whose turn came: the next waits for it
+        try:
+            return self._serve(op, args, turn)
+        finally:
+            if turn:
+                turn[0].answered()
+
+    def _serve(self, op: str, args: tuple[Any, ...], turn: list[_Held]) -> Any:
         tries = 0
         last: FailureReport | None = None
         second_opinion: tuple[str, str] | None = None
@@ -193,7 +207,9 @@ class Shadow(Generic[S]):
                 if self._from_recovering(op, args):
                     return self._answer_own(op, args)
                 value = self._spoof(op, args)
-                if value is not _UNSET:
+                if isinstance(value, _Held):
+                    turn.append(value)
+                elif value is not _UNSET:
                     return value
             if self.dead is not None:
                 if self._revive(last):
@@ -215,8 +231,12 @@ class Shadow(Generic[S]):
             if suspect is not None:
                 suspect.acquire()
             try:
-                result = self.domain.call(op, *sent,
-                                          lenient=lenient | {raised} if raised else lenient)
+                try:
+                    result = self.domain.call(op, *sent,
+                                              lenient=lenient | {raised} if raised else lenient)
+                finally:
+                    if turn:  # answered (or failed): the next held request may go
+                        turn.pop().answered()
                 wrong = self._check(op, args, result, tries, second_opinion)
             except DomainDown as e:
                 # the driver had failed before this request was sent: not its fault
@@ -398,8 +418,8 @@ class Shadow(Generic[S]):
 
     def _spoof(self, op: str, args: tuple[Any, ...]) -> Any:
         """Answer a request while the driver recovers, by its kind's strategy; _UNSET if
-        the request is to go to the driver after all (the recovery is over, or its
-        turn has come)."""
+        the request is to go to the driver after all (the recovery is over), its
+        ``_Held`` if its turn in the queue has come."""
         strategy = self.spec.strategy(op)
         if strategy is Strategy.FROM_LOG:
             value = self.spec.answer(op, args)
@@ -440,10 +460,10 @@ class Shadow(Generic[S]):
             self._held.append(entry)
         assert entry.turn is not None
         if entry.turn.wait(self.block_timeout):
-            return _UNSET
+            return entry
         with self._state:
             if entry not in self._held:
-                return _UNSET  # its turn came as it gave up
+                return entry  # its turn came as it gave up
             self._held.remove(entry)
         raise self.spec.busy(op)  # gave up waiting, never run
 
@@ -463,6 +483,10 @@ class Shadow(Generic[S]):
             count += 1
             if entry.turn is not None:
                 entry.turn.set()
+                assert entry.sent is not None
+                if not entry.sent.wait(self.block_timeout):
+                    log.warning("%s: %s held during a recovery was not answered in %.0f s",
+                                self.domain.name, entry.op, self.block_timeout)
                 continue
             try:
                 sent = self.spec.translate(entry.op, entry.args, False)
