@@ -150,7 +150,7 @@ def _serve(args: argparse.Namespace) -> int:
                                          idle_timeout=args.idle_timeout,
                                          send_timeout=args.send_timeout),
                        retry_safe=tuple(args.retry_safe), fault=fault, on_ready=ready,
-                       domain_limits=limitflags.limits(args))
+                       domain_limits=limitflags.limits(args), record_lines=args.record_lines)
     except OSError as e:
         _error(f"nooks serve: cannot listen on {args.bind[0]}:{args.bind[1]}: {e.strerror}")
         return 1
@@ -393,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "is not idempotent (repeatable; default: none)")
     limitflags.add(sv)
     sv.add_argument("--fault-plan", help=argparse.SUPPRESS)
+    sv.add_argument("--record-lines", help=argparse.SUPPRESS)
     sv.set_defaults(func=_serve)
 
     stp = sub.add_parser("status", help="running nooks hosts, their drivers and recoveries")
@@ -413,8 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "started and writes a partial report; it then exits 130 or 143, and "
                         "the same command resumes it.")
     ev.add_argument("what", choices=["reliability"])
-    ev.add_argument("--driver", action="append", help="vfat, passthrough (repeatable; "
-                    "default: all)")
+    ev.add_argument("--driver", action="append", help="vfat, passthrough, static, flask "
+                    "(repeatable; default: all)")
     ev.add_argument("--faults", type=int, default=400, help="faults per driver")
     ev.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ev.add_argument("--seed", type=int, default=1)

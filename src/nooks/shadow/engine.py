@@ -303,6 +303,8 @@ class Shadow(Generic[S]):
                     self._condemn(gen, f"{op}: {reason}; asking a fresh driver", op)
                     continue
                 self._condemn(gen, f"{op}: {reason}", op)
+                if not spec.reissuable(op, args):
+                    raise spec.busy(op)  # it may have done its work: not sent again
                 if tries >= self.max_tries:
                     raise self._poisoned(op, FailureReport(
                         kind=FailureKind.MISBEHAVED, detail=reason, driver=self.domain.name,

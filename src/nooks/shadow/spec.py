@@ -132,8 +132,8 @@ class ClassSpec:
     def violation(self, op: str, args: tuple[Any, ...], result: Any) -> str | None:
         """Why ``result`` must not be passed on (it would harm the host, the kernel or
         an application: e.g. more bytes than asked), or None. Such a driver has
-        misbehaved: it is recovered, the request re-issued, and after ``max_tries``
-        the request fails alone."""
+        misbehaved: it is recovered, the request re-issued (if ``reissuable``; if not,
+        answered ``busy``), and after ``max_tries`` the request fails alone."""
         return None
 
     def doubt(self, op: str, args: tuple[Any, ...], result: Any, domain: Domain) -> str | None:

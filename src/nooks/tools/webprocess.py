@@ -45,6 +45,15 @@ def start_server(cmd: list[str], *, timeout: float = 60.0, env: dict[str, str] |
     the process, the address and its drained output."""
     proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
+    address, output = wait_serving(proc, cmd, timeout=timeout)
+    return proc, address, output
+
+
+def wait_serving(proc: subprocess.Popen[bytes], cmd: list[str], *, timeout: float = 60.0
+                 ) -> tuple[tuple[str, int], Output]:
+    """Wait for the "serving ... on http://HOST:PORT" line of ``proc`` (started with its
+    stdout a pipe); the address and the drained output. RuntimeError if it exits or
+    does not say it within ``timeout`` (it is then stopped)."""
     assert proc.stdout is not None
     end = time.monotonic() + timeout
     seen = b""
@@ -66,7 +75,7 @@ def start_server(cmd: list[str], *, timeout: float = 60.0, env: dict[str, str] |
         found = _SERVING.search(seen)
         if found:
             host = found.group(1).decode().strip("[]")
-            return proc, (host, int(found.group(2))), Output(proc.stdout, seen)
+            return (host, int(found.group(2))), Output(proc.stdout, seen)
 
 
 def wait_listening(address: tuple[str, int], proc: subprocess.Popen[bytes],

@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import importlib.util
+import json
 import logging
+import os
 import resource
 import signal
 import socket
@@ -34,6 +37,7 @@ from nooks.errors import (
     Closed,
     InterfaceError,
 )
+from nooks.faults import LineRecorder
 from nooks.shadow.supervised import Supervised, SupervisedHost
 from nooks.web import http
 from nooks.web.apps import WebApp
@@ -42,7 +46,7 @@ from nooks.web.http import HttpLimits, Request
 from nooks.web.interface import Head
 from nooks.web.loop import ConnectionLoop
 from nooks.web.pool import Worker, WorkerPool
-from nooks.web.spec import RETRY_AFTER, ExtensionFailed, ServiceBusy, WebShadow
+from nooks.web.spec import RETRY_AFTER, ExtensionFailed, ServiceBusy, WebShadow, head_problem
 from nooks.web.streaming import BodyStream
 
 log = logging.getLogger(__name__)
@@ -69,9 +73,14 @@ class WebHost(SupervisedHost):
                  max_connections: int = 512, limits: HttpLimits | None = None,
                  domain_limits: Limits | None = None, retry_safe: tuple[str, ...] = (),
                  max_tries: int = 3, fault: FaultPlan | None = None,
-                 on_ready: Callable[[], None] | None = None) -> None:
+                 on_ready: Callable[[], None] | None = None,
+                 record_lines: str | None = None) -> None:
         if workers < 1:
             raise ValueError("a web host needs at least one worker")
+        if record_lines is not None and not native:
+            raise ValueError("lines are recorded natively only")
+        self._record_lines = record_lines
+        self._recorder = LineRecorder(_source(app.module)) if record_lines else None
         self.app = app
         self.native = native
         self.limits = limits or HttpLimits()
@@ -197,12 +206,9 @@ class WebHost(SupervisedHost):
             generation = w.generation
         finally:
             self.pool.release(w)
-        problem = http.check_head(head.status, head.reason, head.headers)
-        if problem is None and len(head.body) > head.length:
-            problem = f"a body of {len(head.body)} bytes said to be {head.length} long"
-        if problem is None and len(head.body) < head.length and not head.stream:
-            problem = (f"a body of {head.length} bytes came with {len(head.body)} of them "
-                       "and no stream for the rest")
+        # under nooks the shadow has checked it (and recovered an extension that sent
+        # what cannot be sent); natively it is checked here
+        problem = head_problem(head) if w.sup is None or w.sup.native else None
         stream = None
         if head.stream and len(head.body) < head.length:
             stream = BodyStream(self.pool, w, generation, head, request=args,
@@ -251,6 +257,8 @@ class WebHost(SupervisedHost):
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, _raise_stop)
             signal.signal(signal.SIGINT, _raise_stop)
+        if self._recorder is not None:
+            self._recorder.start()  # before the loop's threads: they are traced too
         try:
             if self.on_ready is not None:
                 self.on_ready()
@@ -260,6 +268,10 @@ class WebHost(SupervisedHost):
         finally:
             self._stopping = True
             self.close()
+            if self._recorder is not None:
+                self._recorder.stop()
+                with open(self._record_lines or os.devnull, "w") as f:
+                    json.dump(sorted(self._recorder.lines), f)
 
     def close(self) -> None:
         self._stopping = True
@@ -267,6 +279,13 @@ class WebHost(SupervisedHost):
         with contextlib.suppress(OSError):
             self._listener.close()
         self.close_supervised()
+
+
+def _source(module: str) -> str:
+    found = importlib.util.find_spec(module)
+    if found is None or found.origin is None:
+        raise ValueError(f"cannot find the source of {module}")
+    return found.origin
 
 
 def _raise_stop(signum: int, frame: object) -> None:

@@ -43,7 +43,8 @@ class Ledger:
                body: bytes, client: tuple[str, int], server: tuple[str, int]) -> Head:
         if method == "POST" and target == "/ledger":
             self.books.ledger.append(body)
-            return Head(201, "Created", [], str(len(self.books.ledger)).encode(), 0)
+            count = str(len(self.books.ledger)).encode()
+            return Head(201, "Created", [], count, len(count))
         if method == "POST" and target.startswith("/keyed/"):
             self.books.keyed[target] = body
             return Head(200, "OK", [], b"kept", 4)

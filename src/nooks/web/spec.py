@@ -19,6 +19,14 @@ class keeps. The rules for requests:
   OPTIONS, TRACE) or the application marked its route safe to retry
   (``"POST /api/*"``, shell-style patterns); any other is answered 503 with
   ``Retry-After``: it may have run, and running it twice could do harm;
+* a response that cannot be sent (a bad status or header, a body longer or
+  shorter than it says) is never passed on: the extension misbehaved, and is
+  recovered like one that crashed (the request re-issued as above);
+* some answers to a request that may be re-issued are doubted, and a fresh
+  extension is asked (the first may be broken; an application that means its
+  answer gives it again, and is then trusted for a while, as in every class): a
+  ``500``, and a 4xx to a GET or HEAD of a target the extension answered with a
+  2xx before (the last ``MAX_SERVED`` such targets are remembered);
 * a request that fails the extension ``max_tries`` times fails alone with 500;
 * the pieces of a streamed body (``more``, ``drop``) are never re-issued: the
   stream died with the incarnation, and the host resumes the body by running
@@ -27,14 +35,20 @@ class keeps. The rules for requests:
 
 from __future__ import annotations
 
+import collections
 import fnmatch
+from typing import Any
 
+from nooks.domain.host import Domain
 from nooks.errors import FailureReport, Poisoned, Unavailable
 from nooks.shadow.spec import NOT_IN_LOG, ClassSpec, Strategy
-from nooks.web.http import IDEMPOTENT
-from nooks.web.interface import WebInterface
+from nooks.web.http import IDEMPOTENT, check_head
+from nooks.web.interface import Head, WebInterface
 
 RETRY_AFTER = 1  # seconds, for 503 answers
+MAX_SERVED = 4096  # targets remembered as answered with a 2xx
+SAFE_READS = frozenset({"GET", "HEAD"})
+REFUSALS = frozenset({400, 403, 404, 405, 410})
 
 
 class ServiceBusy(Unavailable):
@@ -54,6 +68,8 @@ class WebShadow(ClassSpec):
     def __init__(self, retry_safe: list[str] | tuple[str, ...] = ()) -> None:
         self.retry_safe: list[tuple[str, str]] = []
         self._marked: list[str] | None = None  # what the application said at start-up
+        # (method, target) of GETs and HEADs answered with a 2xx, oldest first
+        self._served: collections.OrderedDict[tuple[str, str], int] = collections.OrderedDict()
         self.mark_retry_safe(retry_safe)
 
     def mark_retry_safe(self, routes: list[str] | tuple[str, ...]) -> None:
@@ -79,8 +95,31 @@ class WebShadow(ClassSpec):
     strategies = {"more": Strategy.BUSY, "drop": Strategy.DROP,
                   "retry_safe": Strategy.FROM_LOG}
 
+    def violation(self, op: str, args: tuple[Any, ...], result: Any) -> str | None:
+        if op == "handle" and isinstance(result, Head):
+            return head_problem(result)
+        return None
+
+    def doubt(self, op: str, args: tuple[Any, ...], result: Any, domain: Domain) -> str | None:
+        if op != "handle" or not isinstance(result, Head):
+            return None
+        if result.status == 500:
+            return "answered 500"
+        if result.status in REFUSALS:
+            before = self._served.get((str(args[0]), str(args[1])))
+            if before is not None:
+                return f"answered {result.status} to {args[0]} of what it answered {before} before"
+        return None
+
     def record(self, op: str, args: tuple[object, ...], result: object) -> object:
-        if op == "retry_safe" and isinstance(result, list):
+        if op == "handle" and isinstance(result, Head):
+            if 200 <= result.status < 300 and args[0] in SAFE_READS:
+                key = (str(args[0]), str(args[1]))
+                self._served[key] = result.status
+                self._served.move_to_end(key)
+                if len(self._served) > MAX_SERVED:
+                    self._served.popitem(last=False)
+        elif op == "retry_safe" and isinstance(result, list):
             self._marked = list(result)
         return result
 
@@ -109,3 +148,14 @@ class WebShadow(ClassSpec):
 
     def status(self) -> dict[str, object]:
         return {"retry_safe": [f"{m} {p}" for m, p in self.retry_safe]}
+
+
+def head_problem(head: Head) -> str | None:
+    """Why a response from the extension cannot be sent, or None."""
+    problem = check_head(head.status, head.reason, head.headers)
+    if problem is None and len(head.body) > head.length:
+        problem = f"a body of {len(head.body)} bytes said to be {head.length} long"
+    if problem is None and len(head.body) < head.length and not head.stream:
+        problem = (f"a body of {head.length} bytes came with {len(head.body)} of them "
+                   "and no stream for the rest")
+    return problem

@@ -1,4 +1,4 @@
-"""The campaign's workload: real programs on a mount, each with a time limit.
+"""The filesystem campaign's workload: real programs on a mount, each with a time limit.
 
 ``cp -a`` of a source tree and ``sha256sum -c``, ``tar`` out and back with
 checksums, a Python writer (write, seek, fsync, rename, read back) and
@@ -30,9 +30,8 @@ import subprocess
 import sys
 from collections.abc import Callable
 
+from nooks.eval.programs import step
 from nooks.eval.registry import Scope
-
-STEP_TIMEOUT = 10.0
 
 WRITER = """
 import os, sys, hashlib, random
@@ -66,26 +65,6 @@ def tree_sums() -> str:
     return subprocess.run("find . -type f -print0 | sort -z | xargs -0 sha256sum", shell=True,
                           cwd=tree_source(), capture_output=True, text=True, check=True,
                           start_new_session=True).stdout
-
-
-def step(scope: Scope, cmd: list[str] | str, on_hang: Callable[[], None],
-         stdin: str | None = None, timeout: float = STEP_TIMEOUT) -> tuple[int, str]:
-    """Run one program; (exit status, the end of what it said). -1: it hung."""
-    try:
-        proc = scope.popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True, shell=isinstance(cmd, str))
-    except OSError as e:
-        return -2, f"could not start: {e}"
-    try:
-        out, err = proc.communicate(stdin, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        on_hang()
-        scope.kill(proc)
-        proc.communicate()
-        scope.reaped(proc)
-        return -1, "hung"
-    scope.reaped(proc)
-    return proc.returncode, (err or out).strip()[-300:]
 
 
 def workload(scope: Scope, mnt: str, seed: int,
