@@ -60,7 +60,8 @@ class _Stop(Exception):
 
 
 class BadResponse(BadAnswer):
-    """The extension's response cannot be sent (502)."""
+    """The extension's response cannot be sent (502; natively only: under nooks the
+    shadow never passes such a response on)."""
 
 
 class WebHost(SupervisedHost):

@@ -98,7 +98,8 @@ KITS = (
             # runs the request again, if it may, for the rest of the body)
             gone={"more": b""},
             # an extension's start-up is its whole state: nothing to re-initialise or
-            # replay; its errors are its answers: nothing suspect
+            # replay; what it raises is answered 500, never suspect (its doubted
+            # answers are tested in tests/unit/test_web_spec.py)
             phases=frozenset({"passive", "restart", "reissue", "checkpoint", "active"})),
 )
 
