@@ -38,7 +38,7 @@ class FakeDriver:
 def journaled() -> tuple[FsShadow, list[str]]:
     fs = FsShadow(journaled=True)
     rewinds: list[str] = []
-    fs.rewind = lambda: rewinds.append("rewind")
+    fs.rewinds_with(lambda: rewinds.append("rewind"))
     return fs, rewinds
 
 
@@ -52,10 +52,10 @@ def test_a_rollback_reopens_the_checkpoints_handles_and_redoes_everything_since(
     fs.record("release", (ROOT_CTX, "/new", new), 0)
     fs.record("rename", (ROOT_CTX, "/new", "/renamed"), 0)
     driver = FakeDriver()
-    fs.rolled_back = True
-    fs.prepare_restart()  # as the engine does before it builds the new driver
-    assert rewinds == ["rewind"]
-    fs.replay(driver)  # type: ignore[arg-type]
+    with fs.rolling_back():
+        fs.prepare_restart()  # as the engine does before it builds the new driver
+        assert rewinds == ["rewind"]
+        fs.replay(driver)  # type: ignore[arg-type]
     assert rewinds == ["rewind"]  # the replay itself does not touch the image
     assert driver.calls == [
         ("open", ROOT_CTX, "/kept", os.O_RDWR),  # as at the checkpoint, no O_TRUNC
@@ -77,13 +77,13 @@ def test_a_replay_cut_short_starts_again_from_the_checkpoint() -> None:
         fh = fs.record("create", (ROOT_CTX, name, 0o644, os.O_WRONLY), 1)
         fs.record("write", (ROOT_CTX, name, name.encode(), 0, fh), 2)
         fs.record("release", (ROOT_CTX, name, fh), 0)
-    fs.rolled_back = True
-    fs.prepare_restart()
-    with pytest.raises(DomainFailed):
-        fs.replay(FakeDriver(fail_at=5))  # type: ignore[arg-type]
-    fs.prepare_restart()  # the engine's next attempt: back to the checkpoint first
-    driver = FakeDriver()
-    fs.replay(driver)  # type: ignore[arg-type]
+    with fs.rolling_back():
+        fs.prepare_restart()
+        with pytest.raises(DomainFailed):
+            fs.replay(FakeDriver(fail_at=5))  # type: ignore[arg-type]
+        fs.prepare_restart()  # the engine's next attempt: back to the checkpoint first
+        driver = FakeDriver()
+        fs.replay(driver)  # type: ignore[arg-type]
     assert rewinds == ["rewind", "rewind"]
     assert [c[2] for c in driver.calls if c[0] == "write"] == ["/a", "/b", "/c"]
     fs.close()

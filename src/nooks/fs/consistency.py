@@ -125,7 +125,7 @@ class Checkpoints:
         self._readback_failures = 0  # driver failures while reading back, in a row
         # every replay of a rollback (a fresh driver may fail in it) starts from the
         # checkpoint's image
-        fs.rewind = undo.rollback
+        fs.rewinds_with(undo.rollback)
 
     def start(self) -> None:
         if self.off is None and self.interval > 0:
@@ -228,11 +228,8 @@ class Checkpoints:
                 "checkpoint")
         except (Closed, Restarting):
             return False  # the driver is down already: its recovery comes first
-        self.fs.rolled_back = True
-        try:
+        with self.fs.rolling_back():
             self.shadow.recover_now(report, gen)
-        finally:
-            self.fs.rolled_back = False
         if self.shadow.dead is not None:
             return False
         if self.invalidate is not None and why != "unmount":

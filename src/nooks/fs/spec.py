@@ -32,7 +32,7 @@ Rules:
   ``nooks.fs.consistency``) the shadow keeps every state-changing request since
   the last ``checkpoint()``. An ordinary recovery replays open handles only;
   one after the host has put the image back as it was at the checkpoint
-  (``rolled_back``) re-opens the handles open then and replays the requests since.
+  (``rolling_back``) re-opens the handles open then and replays the requests since.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ import logging
 import os
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,14 +113,14 @@ class FsShadow(ClassSpec):
         self.handles = HandleTable()
         self.journal: list[tuple[str, tuple[Any, ...], Any]] = []
         self.journal_bytes = 0  # data of the journaled writes
-        self.rolled_back = False
+        self._rolling_back = False  # the recovery under way is a checkpoint's rollback
         # the handles open at the last checkpoint: (kind, path, flags) by virtual handle
         self._base: dict[int, tuple[str, str, int]] = {}
         self.written = WrittenFiles()  # journaled: what to read back at the checkpoint
         self._spill = Spill("nooks-journal") if self.journaled else None
-        # journaled: puts the stored state back as it was at the checkpoint (set by
-        # the host); called before each driver of a rollback is built
-        self.rewind: Callable[[], object] | None = None
+        # journaled: puts the stored state back as it was at the checkpoint (given by
+        # the host, ``rewinds_with``); called before each driver of a rollback is built
+        self._rewind: Callable[[], object] | None = None
         self.replay_errors = 0  # journaled requests a fresh driver failed to redo
         self._unjournaled: set[int] = set()  # open handles whose open was not journaled
         # answers requests of a driver being recovered (see answer_own)
@@ -426,17 +426,31 @@ class FsShadow(ClassSpec):
         self._domain = domain  # the driver a re-issued request may need to ask again
         domain.call("init", ROOT_CTX, "/")
 
+    def rewinds_with(self, rewind: Callable[[], object]) -> None:
+        """How a rollback puts the stored state back as it was at the checkpoint."""
+        self._rewind = rewind
+
+    @contextlib.contextmanager
+    def rolling_back(self) -> Iterator[None]:
+        """The recovery made inside is a rollback to the last checkpoint: each new driver
+        starts from the checkpoint's image and redoes everything since."""
+        self._rolling_back = True
+        try:
+            yield
+        finally:
+            self._rolling_back = False
+
     def prepare_restart(self) -> None:
         """Before each new driver of a rollback is built (it reads the image when it
         starts): put the image back as it was at the checkpoint -- again, if an
         earlier attempt failed half-way through its replay."""
-        if self.rolled_back and self.rewind is not None:
-            self.rewind()
+        if self._rolling_back and self._rewind is not None:
+            self._rewind()
 
     def replay(self, domain: Domain) -> int:
         if self.volatile:
             return self._replay_journal(domain, {})
-        if self.rolled_back:
+        if self._rolling_back:
             # the image is as it was at the checkpoint (prepare_restart): re-open what
             # was open then, redo everything since
             real: dict[int, int] = {}
