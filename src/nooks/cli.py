@@ -306,14 +306,15 @@ def _eval(args: argparse.Namespace) -> int:
                                report.Progress(done.done, done.planned, done.stopped_by))
     t = Table(title="Reliability: faults injected into drivers")
     for col in ("driver", "faults", "native failures", "prevented", "non-fatal (native)",
-                "app-visible errors (nooks)", "data-check failures (nooks)"):
+                "app-visible errors (nooks)", "data-check failures (nooks)",
+                "worse than native (nooks)"):
         t.add_column(col, justify="right")
     for d, s in sorted(written.summary.items()):
         pct = f" ({100 * s['prevented'] / s['native_failures']:.0f}%)" \
             if s["native_failures"] else ""
         t.add_row(d, str(s["faults"]), str(s["native_failures"]), f"{s['prevented']}{pct}",
                   str(s["non_fatal"]), str(s["app_visible_errors"]),
-                  str(s["data_check_failures"]))
+                  str(s["data_check_failures"]), str(s["worse_than_native"]))
     console.print(t)
     if written.chart_note is not None:
         console.print(written.chart_note, markup=False)

@@ -82,3 +82,22 @@ def test_campaign_without_matplotlib(tmp_path: Path) -> None:
     assert not (out / "chart.png").exists()
     assert report.NO_MATPLOTLIB in (out / "report.md").read_text()
     assert "| passthrough | 1 |" in (out / "report.md").read_text()
+
+
+def test_worse_than_native_counts_only_what_native_mode_got_right() -> None:
+    pairs = [("no effect", "app-visible error", True), ("app-visible error", "app-visible error",
+             True), ("no effect", "no effect", False), ("system failure", "app-visible error",
+             True), ("no effect", "recovered", True)]
+    results = []
+    for index, (native, nooks, ok) in enumerate(pairs):
+        results += [RunResult(driver="flask", index=index, mode="native", kind="source",
+                              seed=index, site=None, outcome=native, data_ok=True, detail="",
+                              recoveries=0, seconds=0.1),
+                    RunResult(driver="flask", index=index, mode="nooks", kind="source",
+                              seed=index, site=None, outcome=nooks, data_ok=ok, detail="",
+                              recoveries=0, seconds=0.1)]
+    s = report.summarize(results)["flask"]
+    assert s["worse_than_native"] == 2  # the first (an error) and the third (bad data)
+    assert s["app_visible_errors"] == 3 and s["data_check_failures"] == 1
+    text = report.markdown(report.summarize(results), "c", 1, "out")
+    assert "| flask | 5 | 1 | 1 (100.0%) | 1 | 3 (60.0%) | 1 | 1 | 2 |" in text

@@ -8,7 +8,11 @@ Definitions, per driver, over the faults run in both modes:
 * ``non_fatal``: native runs with an application-visible error but no crash;
 * ``app_visible_errors``: nooks runs where a program failed or saw wrong data;
 * ``data_check_failures``: nooks runs whose data checks (checksums, sqlite,
-  fsck) failed.
+  fsck, the ledger) failed;
+* ``worse_than_native``: nooks runs that failed in any of these ways although
+  the same fault had no effect natively (what isolation itself would have
+  cost; a fault that makes an application compute a wrong answer shows in both
+  modes, and is the application's).
 
 Rules: a campaign that stopped before its last run (interrupted) gets a report
 too, of the runs done, and the report says at its top that it is partial, with
@@ -64,7 +68,8 @@ def summarize(results: list[RunResult]) -> dict[str, dict[str, Any]]:
         s = out.setdefault(native.driver, {
             "faults": 0, "native_failures": 0, "prevented": 0, "non_fatal": 0,
             "app_visible_errors": 0, "data_check_failures": 0, "recovered": 0,
-            "nooks_system_failures": 0, "no_effect_either": 0, "by_kind": {}, "missed": []})
+            "nooks_system_failures": 0, "no_effect_either": 0, "worse_than_native": 0,
+            "by_kind": {}, "missed": []})
         s["faults"] += 1
         k = s["by_kind"].setdefault(native.kind, {"faults": 0, "native_failures": 0,
                                                   "prevented": 0})
@@ -87,7 +92,11 @@ def summarize(results: list[RunResult]) -> dict[str, dict[str, Any]]:
             s["data_check_failures"] += 1
         if native.outcome == nooks.outcome == "no effect":
             s["no_effect_either"] += 1
-        if nooks.outcome in ("system failure", "app-visible error") or not nooks.data_ok:
+        fell_short = nooks.outcome in ("system failure", "app-visible error") \
+            or not nooks.data_ok
+        if fell_short and native.outcome == "no effect" and native.data_ok:
+            s["worse_than_native"] += 1
+        if fell_short:
             s["missed"].append({"index": nooks.index, "kind": nooks.kind, "seed": nooks.seed,
                                 "site": nooks.site, "outcome": nooks.outcome,
                                 "data_ok": nooks.data_ok, "detail": nooks.detail})
@@ -110,14 +119,15 @@ def markdown(summary: dict[str, dict[str, Any]], command: str, seed: int, out_di
     if chart_note is not None:
         lines += [f"({chart_note}.)", ""]
     lines += ["| driver | faults | native failures | prevented by nooks | non-fatal (native) "
-              "| app-visible errors (nooks) | data-check failures (nooks) | recovered |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| app-visible errors (nooks) | data-check failures (nooks) | recovered "
+              "| worse than native (nooks) |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for driver, s in sorted(summary.items()):
         lines.append(
             f"| {driver} | {s['faults']} | {s['native_failures']} | {s['prevented']} "
             f"({_pct(s['prevented'], s['native_failures'])}) | {s['non_fatal']} | "
             f"{s['app_visible_errors']} ({_pct(s['app_visible_errors'], s['faults'])}) | "
-            f"{s['data_check_failures']} | {s['recovered']} |")
+            f"{s['data_check_failures']} | {s['recovered']} | {s['worse_than_native']} |")
     for driver, s in sorted(summary.items()):
         lines += ["", f"## {driver}: by fault type", "",
                   "| fault type | faults | native failures | prevented |", "|---|---|---|---|"]
