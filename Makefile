@@ -9,7 +9,8 @@ STAMP := $(VENV)/.installed
 LOCK := requirements.lock
 LOCK_VENV := .lock-venv
 PIP_TOOLS := 7.6.2
-APT_PACKAGES := python3-venv libseccomp2 fuse3 libfuse3-dev dosfstools iproute2 sqlite3 curl wrk
+APT_PACKAGES := python3-venv libseccomp2 fuse3 libfuse3-dev dosfstools iproute2 sqlite3 curl wrk \
+  iperf3 iputils-ping tcpdump ethtool netcat-openbsd
 PYTEST_ARGS ?=
 
 .PHONY: demo test lint typecheck pytest bench system clean lock

@@ -70,6 +70,23 @@ def set_native_kernel(k: Any) -> None:
     _native_kernel = k
 
 
+_native_regions: dict[str, memoryview] = {}
+
+
+def region(name: str) -> memoryview:
+    """The shared memory named ``name`` (a device's registers, its DMA memory), mapped
+    read-write in this domain; natively, the host's own mapping."""
+    found = _runtime.regions.get(name) if _runtime is not None else _native_regions.get(name)
+    if found is None:
+        raise KeyError(f"no shared region {name!r} in this domain")
+    return found
+
+
+def set_native_regions(regions: dict[str, memoryview]) -> None:
+    _native_regions.clear()
+    _native_regions.update(regions)
+
+
 def kernel_arena_address() -> int:
     """Address of the read-only kernel arena in this process."""
     if _runtime is None:
@@ -119,6 +136,10 @@ class Runtime:
         self.domain_arena = map_writable(cfg.domain_arena_fd, cfg.arena_size)
         os.close(cfg.kernel_arena_fd)
         os.close(cfg.domain_arena_fd)
+        self.regions: dict[str, memoryview] = {}
+        for name, fd, size in cfg.regions:
+            self.regions[name] = map_writable(fd, size)
+            os.close(fd)
         self.iface = declare(load(cfg.interface))
         self.kernel: KernelProxy | None = None
         if cfg.kernel:

@@ -45,6 +45,9 @@ class ChildConfig(msgspec.Struct, frozen=True, kw_only=True):
     # number or above, away from the driver's: a driver that uses a wrong descriptor
     # number hits one of its own, or none (EBADF), never the channel
     fd_floor: int = 0
+    # shared memory the driver reaches directly (a device's registers, its DMA
+    # memory): (name, descriptor, size), mapped read-write, then closed
+    regions: list[tuple[str, int, int]] = []
 
 
 def apply_seccomp(extra: list[str]) -> None:

@@ -103,11 +103,13 @@ class Incarnation:
                 host_pid=os.getpid(), harden=spec.limits.harden,
                 cgroup=self.cgroup.relative if self.cgroup is not None else None,
                 hide=list(spec.hide), fd_floor=fd_floor(spec.limits.open_files),
+                regions=[(r.name, r.fd, r.size) for r in spec.regions],
             )
             lim = spec.limits
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "nooks.domain", msgspec.json.encode(cfg).decode()],
-                pass_fds=(child_sock.fileno(), self.karena.fd, self.darena.fd),
+                pass_fds=(child_sock.fileno(), self.karena.fd, self.darena.fd,
+                          *(r.fd for r in spec.regions)),
                 stdin=subprocess.DEVNULL, env=domain_environment(spec),
                 user=lim.user, group=lim.group,
                 extra_groups=[] if lim.user is not None or lim.group is not None else None,

@@ -55,6 +55,16 @@ def import_path() -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
+class Region:
+    """Shared memory a driver maps (a device's registers, its DMA memory): the host
+    owns ``fd`` and keeps it across incarnations; each domain maps it read-write."""
+
+    name: str
+    fd: int
+    size: int
+
+
+@dataclass(frozen=True)
 class DriverSpec:
     """A driver to run in a domain.
 
@@ -97,6 +107,8 @@ class DriverSpec:
     # mounts the driver is built without (a filesystem's own mountpoint: it sees what
     # lies beneath, as when it was first built); see nooks.domain.harden.beneath
     hide: tuple[str, ...] = ()
+    # shared memory mapped into every domain of this spec (nooks.domain.child.region)
+    regions: tuple[Region, ...] = ()
 
     @property
     def label(self) -> str:

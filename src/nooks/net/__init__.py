@@ -1,0 +1,1 @@
+"""The network class: drivers for simulated NICs behind a real TAP device."""
