@@ -37,11 +37,11 @@ class Forwarder:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            ready, _, _ = select.select([self.tap, self.wire], [], [], 0.05)
-            if self.tap in ready:
+            ready, _, _ = select.select([self.tap.fileno(), self.wire.fileno()], [], [], 0.05)
+            if self.tap.fileno() in ready:
                 self.wire.send(self.tap.read())
                 self.counts["out"] += 1
-            if self.wire in ready:
+            if self.wire.fileno() in ready:
                 frame = self.wire.receive()
                 if frame is not None:
                     self.tap.write(frame)

@@ -15,6 +15,7 @@ from nooks.domain.incarnation import KernelContext
 from nooks.domain.spec import DriverSpec
 from nooks.domain.tracker import ObjectTracker
 from nooks.wrappers import declare, load
+from nooks.xpc.arena import map_writable
 
 
 class _DirectKernel:
@@ -44,6 +45,8 @@ class NativeDomain:
         if spec.kernel_impl is not None:
             impl = spec.kernel_impl(KernelContext(self.name, self.tracker))
             child.set_native_kernel(_DirectKernel(impl))
+        # the driver reaches the host's own mapping of each region
+        child.set_native_regions({r.name: map_writable(r.fd, r.size) for r in spec.regions})
         factory = load(spec.target)
         self.driver = factory(*spec.args, **spec.kwargs)
         self._methods: dict[str, Any] = {}

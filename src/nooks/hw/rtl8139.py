@@ -1,0 +1,258 @@
+"""An RTL8139-style card: four transmit slots and one contiguous receive ring.
+
+The programming model of the Realtek 8139 (its datasheet's register map, reduced
+to what a driver of it uses), on the host's side:
+
+* **Registers** (``REGS_SIZE`` bytes, shared memory the driver maps): ``IDR``
+  (the MAC address), ``MAR`` (the multicast hash filter), ``TSD0..3`` (transmit
+  status of each slot: size, ``OWN`` when the slot is the driver's again, ``TOK``
+  when it went out), ``TSAD0..3`` (each slot's buffer address), ``RBSTART`` (the
+  receive ring's address), ``CR`` (reset, receiver and transmitter enable, ``BUFE``
+  when the ring is empty), ``CAPR`` (where the driver has read the ring to, less
+  16, as on the chip), ``CBR`` (where the card writes next), ``IMR``/``ISR``
+  (interrupt mask and status), ``RCR`` (receive filter: all, own address,
+  multicast, broadcast), ``MSR`` (link).
+* **DMA memory** (another shared region): buffers at addresses the driver was
+  given (``nooks.hw.dma``), read by the card for transmits and written for
+  receives.
+* Writes with side effects reach the card as *doorbells* (``write``): ``TSD``
+  (send the slot), ``CR`` (reset, enable), ``ISR`` (write 1 to clear), ``CAPR``
+  (frees ring space). Other registers the driver writes in place, and the card
+  reads them when it acts.
+* Receive: a frame the filter accepts is written at ``CBR`` as the chip writes
+  it — a 4-byte header (status, length including a 4-byte CRC), the frame, the
+  CRC — contiguously (the driver's buffer has room past the ring's end, as with
+  the chip's ``WRAP`` bit), and ``CBR`` moves on, 4-aligned, modulo the ring's
+  length. No room: the frame is missed (``RXOVW``).
+
+What a driver tells the card is checked as hardware would check it, never
+trusted: a slot's address and size must lie inside DMA memory (else the slot
+ends aborted, ``TABT``), a ring must fit, a frame must be 14 to 1792 bytes.
+Nothing a driver writes can make the card raise or touch host memory.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+import zlib
+from collections.abc import Callable
+
+# register offsets
+IDR, MAR = 0x00, 0x08
+TSD, TSAD = 0x10, 0x20  # four of each, 4 bytes apart
+RBSTART, CR, CAPR, CBR = 0x30, 0x37, 0x38, 0x3A
+IMR, ISR, TCR, RCR, MSR = 0x3C, 0x3E, 0x40, 0x44, 0x58
+REGS_SIZE = 0x100
+
+# CR bits
+CR_RST, CR_RE, CR_TE, CR_BUFE = 0x10, 0x08, 0x04, 0x01
+# ISR/IMR bits
+INT_ROK, INT_RER, INT_TOK, INT_TER, INT_RXOVW = 0x01, 0x02, 0x04, 0x08, 0x10
+# TSD bits
+TSD_SIZE, TSD_OWN, TSD_TUN, TSD_TOK, TSD_TABT = 0x1FFF, 0x2000, 0x4000, 0x8000, 0x40000000
+# RCR bits
+RCR_AAP, RCR_APM, RCR_AM, RCR_AB = 0x01, 0x02, 0x04, 0x08
+# receive status bits in a packet's header
+RX_ROK, RX_BAR, RX_PAM, RX_MAR = 0x0001, 0x2000, 0x4000, 0x8000
+MSR_LINKB = 0x04  # set: link down
+
+RING = 8192  # the receive ring (RBLEN 0: 8 KiB); the buffer needs RING + 16 + 1536 bytes
+RING_BUFFER = RING + 16 + 1536
+MIN_FRAME, MAX_TX = 14, 1792
+DOORBELLS = frozenset({TSD, TSD + 4, TSD + 8, TSD + 12, CR, ISR, CAPR})
+
+
+def mc_hash(mac: bytes) -> int:
+    """The bit of ``MAR`` a multicast address selects (the CRC's top 6 bits)."""
+    return _ether_crc(mac) >> 26
+
+
+def _ether_crc(data: bytes) -> int:
+    """The big-endian Ethernet CRC the chip hashes multicast addresses with."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        for bit in range(8):
+            top = (crc >> 31) & 1
+            crc = (crc << 1) & 0xFFFFFFFF
+            if top ^ ((byte >> bit) & 1):
+                crc ^= 0x04C11DB7
+    return crc
+
+
+class Rtl8139:
+    """The card. ``send`` puts a frame on the wire; ``interrupt`` is called when
+    ``ISR & IMR`` becomes non-zero (the line rises; the host delivers it, and after
+    each handler looks at ``pending``: the line is level, not an edge)."""
+
+    def __init__(self, regs: memoryview, dma: memoryview, mac: bytes,
+                 send: Callable[[bytes], None], interrupt: Callable[[], None]) -> None:
+        if len(regs) < REGS_SIZE:
+            raise ValueError("the register region is too small")
+        if len(mac) != 6:
+            raise ValueError("a MAC address is 6 bytes")
+        self.regs = regs
+        self.dma = dma
+        self.mac = mac
+        self._send = send
+        self._interrupt = interrupt
+        self.lock = threading.Lock()
+        self.counts = {"tx": 0, "tx_aborted": 0, "rx": 0, "rx_missed": 0, "rx_filtered": 0}
+        self.reset()
+
+    def __repr__(self) -> str:
+        return f"<Rtl8139 {self.mac.hex(':')} {self.counts}>"
+
+    # -- registers -------------------------------------------------------------------
+
+    def _r8(self, off: int) -> int:
+        return self.regs[off]
+
+    def _r16(self, off: int) -> int:
+        return int(struct.unpack_from("<H", self.regs, off)[0])
+
+    def _r32(self, off: int) -> int:
+        return int(struct.unpack_from("<I", self.regs, off)[0])
+
+    def _w8(self, off: int, v: int) -> None:
+        self.regs[off] = v & 0xFF
+
+    def _w16(self, off: int, v: int) -> None:
+        struct.pack_into("<H", self.regs, off, v & 0xFFFF)
+
+    def _w32(self, off: int, v: int) -> None:
+        struct.pack_into("<I", self.regs, off, v & 0xFFFFFFFF)
+
+    def reset(self) -> None:
+        """Power-on state: registers cleared, the MAC address in ``IDR``, every slot the
+        driver's, receiver and transmitter off, link up."""
+        with self.lock:
+            self._reset()
+
+    def _reset(self) -> None:
+        self.regs[:REGS_SIZE] = bytes(REGS_SIZE)
+        self.regs[IDR:IDR + 6] = self.mac
+        for i in range(4):
+            self._w32(TSD + 4 * i, TSD_OWN)
+        self._w8(CR, CR_BUFE)
+        self._w8(MSR, 0)
+        self._rx_read = 0  # where the driver has read the ring to (CAPR + 16)
+
+    def write(self, off: int, value: int) -> None:
+        """A doorbell: the driver wrote ``value`` to register ``off``."""
+        raise_line = False
+        with self.lock:
+            if off in (TSD, TSD + 4, TSD + 8, TSD + 12):
+                raise_line = self._transmit((off - TSD) // 4, value)
+            elif off == CR:
+                if value & CR_RST:
+                    self._reset()
+                    return
+                self._w8(CR, (value & (CR_RE | CR_TE)) | (self._r8(CR) & CR_BUFE))
+            elif off == ISR:
+                self._w16(ISR, self._r16(ISR) & ~value)
+            elif off == CAPR:
+                self._w16(CAPR, value)
+                self._rx_read = (value + 16) % RING
+                self._update_bufe()
+            else:
+                raise ValueError(f"register {off:#x} has no doorbell")
+        if raise_line:
+            self._interrupt()
+
+    def pending(self) -> bool:
+        """Whether the interrupt line is up (``ISR & IMR``)."""
+        with self.lock:
+            return bool(self._r16(ISR) & self._r16(IMR))
+
+    def _signal(self, bits: int) -> bool:
+        """Set ``bits`` in ISR; whether that raised the line (it was down): the host
+        is told once per rise, and looks at ``pending`` after each handler."""
+        mask = self._r16(IMR)
+        before = self._r16(ISR)
+        self._w16(ISR, before | bits)
+        return not before & mask and bool((before | bits) & mask)
+
+    # -- transmit --------------------------------------------------------------------
+
+    def _transmit(self, slot: int, value: int) -> bool:
+        tsd = TSD + 4 * slot
+        if not self._r8(CR) & CR_TE:
+            self._w32(tsd, (value & TSD_SIZE) | TSD_OWN | TSD_TABT)
+            return self._signal(INT_TER)
+        size = value & TSD_SIZE
+        addr = self._r32(TSAD + 4 * slot)
+        if not MIN_FRAME <= size <= MAX_TX or addr + size > len(self.dma):
+            self.counts["tx_aborted"] += 1
+            self._w32(tsd, size | TSD_OWN | TSD_TABT)
+            return self._signal(INT_TER)
+        frame = bytes(self.dma[addr:addr + size])
+        try:
+            self._send(frame)
+        except (OSError, ValueError):
+            self.counts["tx_aborted"] += 1
+            self._w32(tsd, size | TSD_OWN | TSD_TABT)
+            return self._signal(INT_TER)
+        self.counts["tx"] += 1
+        self._w32(tsd, size | TSD_OWN | TSD_TOK)
+        return self._signal(INT_TOK)
+
+    # -- receive ---------------------------------------------------------------------
+
+    def _accepts(self, frame: bytes) -> int:
+        """The header's address bits if the filter takes ``frame``, else 0."""
+        rcr = self._r32(RCR)
+        dest = frame[:6]
+        if dest == b"\xff" * 6:
+            return RX_BAR if rcr & (RCR_AB | RCR_AAP) else 0
+        if dest[0] & 1:
+            bit = mc_hash(dest)
+            mar = int.from_bytes(self.regs[MAR:MAR + 8], "little")
+            if rcr & RCR_AAP or (rcr & RCR_AM and mar >> bit & 1):
+                return RX_MAR
+            return 0
+        if dest == bytes(self.regs[IDR:IDR + 6]):
+            return RX_PAM if rcr & (RCR_APM | RCR_AAP) else 0
+        return RX_PAM if rcr & RCR_AAP else 0
+
+    def _update_bufe(self) -> None:
+        empty = self._r16(CBR) == self._rx_read
+        self._w8(CR, (self._r8(CR) & ~CR_BUFE) | (CR_BUFE if empty else 0))
+
+    def receive(self, frame: bytes) -> bool:
+        """A frame arrived from the wire; whether it went into the ring."""
+        raise_line = False
+        with self.lock:
+            taken = self._receive(frame)
+            if taken is not None:
+                raise_line = self._signal(taken)
+        if raise_line:
+            self._interrupt()
+        return taken == INT_ROK
+
+    def _receive(self, frame: bytes) -> int | None:
+        if not self._r8(CR) & CR_RE or not MIN_FRAME <= len(frame) <= MAX_TX:
+            return None
+        bits = self._accepts(frame)
+        if not bits:
+            self.counts["rx_filtered"] += 1
+            return None
+        start = self._r32(RBSTART)
+        if start + RING_BUFFER > len(self.dma):
+            self.counts["rx_missed"] += 1
+            return INT_RXOVW  # no usable ring: as if it were full
+        length = len(frame) + 4  # with the CRC
+        need = (4 + length + 3) & ~3
+        head = self._r16(CBR)
+        used = (head - self._rx_read) % RING
+        if used + need >= RING:
+            self.counts["rx_missed"] += 1
+            return INT_RXOVW
+        crc = struct.pack("<I", zlib.crc32(frame))
+        packet = struct.pack("<HH", RX_ROK | bits, length) + frame + crc
+        at = start + head
+        self.dma[at:at + len(packet)] = packet  # contiguous: the buffer runs past the ring
+        self._w16(CBR, (head + need) % RING)
+        self._update_bufe()
+        self.counts["rx"] += 1
+        return INT_ROK

@@ -1,0 +1,145 @@
+"""A simulated NIC as the host holds it: its registers and DMA memory (shared memory
+the driver's domain maps), its model, and the class's checks on what the driver
+makes it do.
+
+The checks (the wrappers of this class):
+
+* every frame the driver puts on the wire is one the system gave it (``gave``),
+  byte for byte (a short one may be padded with zeros to 60 bytes, as drivers
+  do); anything else is refused and the driver has misbehaved;
+* every frame the driver passes up is one the wire delivered into the card's
+  ring and that was not passed up yet; anything else is refused likewise;
+* DMA memory is handed out from the card's region only (``dma_alloc``).
+
+The card remembers, bounded, the frames it was given and not yet sent and the
+frames it delivered and not yet passed up; after a recovery the second are
+*pending receives*, delivered again to the fresh driver (``reset`` returns them).
+"""
+
+from __future__ import annotations
+
+import collections
+import mmap
+import os
+import threading
+from collections.abc import Callable
+
+from nooks.domain.spec import Region
+from nooks.errors import LimitExceeded
+from nooks.hw.rtl8139 import REGS_SIZE, Rtl8139
+
+DMA_SIZE = 256 << 10
+MAX_GIVEN = 256  # frames given to the driver and not yet on the wire
+MAX_DELIVERED = 1024  # frames in the ring not yet passed up
+ETH_ZLEN = 60
+
+
+class Refused(Exception):
+    """The driver made the card do what it must not (the driver misbehaved)."""
+
+
+class Card:
+    def __init__(self, mac: bytes, send: Callable[[bytes], None],
+                 interrupt: Callable[[], None]) -> None:
+        self.mac = mac
+        self._send_wire = send
+        self._fds: list[int] = []
+        self._maps: list[mmap.mmap] = []
+        self.regs_fd, regs = self._region("nooks-card-regs", 4096)
+        self.dma_fd, dma = self._region("nooks-card-dma", DMA_SIZE)
+        self._lock = threading.Lock()
+        self._given: collections.deque[bytes] = collections.deque()
+        self._delivered: collections.deque[bytes] = collections.deque()
+        self._dma_next = 0
+        self.counts = collections.Counter[str]()
+        self.model = Rtl8139(memoryview(regs)[:REGS_SIZE], memoryview(dma), mac, self._send,
+                             interrupt)
+
+    def _region(self, name: str, size: int) -> tuple[int, mmap.mmap]:
+        fd = os.memfd_create(name, os.MFD_CLOEXEC)
+        os.ftruncate(fd, size)
+        m = mmap.mmap(fd, size)
+        self._fds.append(fd)
+        self._maps.append(m)
+        return fd, m
+
+    def regions(self) -> tuple[Region, ...]:
+        return (Region("regs", self.regs_fd, 4096), Region("dma", self.dma_fd, DMA_SIZE))
+
+    def __repr__(self) -> str:
+        return (f"<Card {self.mac.hex(':')} given={len(self._given)} "
+                f"delivered={len(self._delivered)} {dict(self.counts)}>")
+
+    # -- what the system gives and takes ---------------------------------------------
+
+    def gave(self, frame: bytes) -> None:
+        """The system asks the driver to send ``frame``."""
+        with self._lock:
+            if len(self._given) >= MAX_GIVEN:
+                self._given.popleft()
+                self.counts["given_forgotten"] += 1
+            self._given.append(frame)
+
+    def _send(self, frame: bytes) -> None:
+        with self._lock:
+            for i, f in enumerate(self._given):
+                if frame == f or (len(f) < ETH_ZLEN == len(frame)
+                                  and frame == f + bytes(ETH_ZLEN - len(f))):
+                    del self._given[i]
+                    break
+            else:
+                self.counts["tx_refused"] += 1
+                raise Refused(f"the driver sent a frame of {len(frame)} bytes the system "
+                              "never gave it")
+        self._send_wire(frame)
+        self.counts["tx"] += 1
+
+    def arrived(self, frame: bytes) -> None:
+        """A frame arrived from the wire."""
+        if self.model.receive(frame):
+            with self._lock:
+                if len(self._delivered) >= MAX_DELIVERED:
+                    self._delivered.popleft()
+                self._delivered.append(frame)
+
+    def passed_up(self, frame: bytes) -> None:
+        """The driver passes ``frame`` up; Refused unless the card delivered it."""
+        with self._lock:
+            for i, f in enumerate(self._delivered):
+                if f == frame:
+                    del self._delivered[i]
+                    self.counts["rx"] += 1
+                    return
+            self.counts["rx_refused"] += 1
+        raise Refused(f"the driver passed up a frame of {len(frame)} bytes the wire never "
+                      "delivered")
+
+    # -- the driver's memory -----------------------------------------------------------
+
+    def dma_alloc(self, size: int, align: int) -> int:
+        with self._lock:
+            at = (self._dma_next + align - 1) // align * align
+            if at + size > DMA_SIZE:
+                raise LimitExceeded(f"the card's DMA memory ({DMA_SIZE} bytes) is used up")
+            self._dma_next = at + size
+            return at
+
+    def reset(self) -> list[bytes]:
+        """Power the card off and on (before a fresh driver); the frames delivered and
+        not passed up, to deliver again once it is open."""
+        self.model.reset()
+        with self._lock:
+            # (what the system gave and was not sent is still to be sent: it stays)
+            pending, self._delivered = list(self._delivered), collections.deque()
+            self._dma_next = 0
+        self.model.dma[:] = bytes(len(self.model.dma))
+        return pending
+
+    def close(self) -> None:
+        self.model.regs.release()
+        self.model.dma.release()
+        for m in self._maps:
+            m.close()
+        for fd in self._fds:
+            os.close(fd)
+        self._maps, self._fds = [], []

@@ -1,0 +1,280 @@
+"""A running network host: the machines, the TAP, the card and its driver.
+
+The host makes the three machines (``nooks.net.topology``), holds the TAP device
+in this machine's namespace and the card's port on the wire, and runs the
+driver in a domain (or, natively, in this process). Three threads move frames:
+
+* **transmit**: a frame the kernel sends out of the TAP is given to the card's
+  checks, then to the driver (``xmit``); when the card has no room the thread
+  waits for ``tx_wake`` — at most ``WATCHDOG`` seconds, then the driver counts
+  as hung (Linux's ``tx_timeout``) and is recovered;
+* **receive**: a frame arriving on the wire goes into the card's ring (the card
+  raises its line);
+* **interrupt**: each time the line rises, the driver's ``interrupt`` is called,
+  again while the line stays up.
+
+The TAP's address is the card's (what ``probe`` read). Carrier stays up while a
+driver recovers: the system sees a link that paused, not one that went away;
+frames the kernel sends meanwhile wait in its queue and in the shadow's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import select
+import signal
+import threading
+import time
+from typing import Any
+
+from pyroute2 import NetNS
+
+from nooks.domain.config import FaultPlan
+from nooks.domain.spec import DriverSpec, Limits
+from nooks.errors import Closed, FailureKind, NooksError
+from nooks.hw.wire import Wire
+from nooks.net.card import Card, Refused
+from nooks.net.interface import Info, NetInterface, NetKernelInterface
+from nooks.net.kernel import NetKernel
+from nooks.net.spec import NetShadow
+from nooks.net.tap import Tap
+from nooks.net.topology import WIRE_IF, Plan, Topology
+from nooks.shadow.supervised import Supervised, SupervisedHost
+
+log = logging.getLogger(__name__)
+
+DRIVERS = {"rtl8139": "nooks.drivers.rtl8139:Rtl8139"}
+WATCHDOG = 2.0  # seconds the transmit queue may stay full before the driver is hung
+POLL = 0.1  # seconds the threads wait before looking whether the host is stopping
+DEFAULT_MAC = bytes.fromhex("525400000001")
+
+
+class _Stop(Exception):
+    pass
+
+
+class NetHost(SupervisedHost):
+    kind = "net"
+
+    def __init__(self, driver: str, plan: Plan, *, native: bool = False,
+                 deadline: float = 2.0, mac: bytes = DEFAULT_MAC,
+                 limits: Limits | None = None, fault: FaultPlan | None = None,
+                 max_tries: int = 3, on_ready: Any = None) -> None:
+        if driver not in DRIVERS:
+            raise ValueError(f"no network driver {driver!r} (known: {', '.join(DRIVERS)})")
+        super().__init__(plan.name)
+        self.driver = driver
+        self.native = native
+        self.on_ready = on_ready
+        self._stopping = threading.Event()
+        self._irq = threading.Event()
+        self._tx_room = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.counts = {"tx_frames": 0, "tx_dropped": 0, "rx_frames": 0, "watchdog": 0,
+                       "refused": 0}
+        self.topology = Topology(plan)
+        self.tap: Tap | None = None
+        self.wire: Wire | None = None
+        self.card: Card | None = None
+        self.sup: Supervised[NetShadow] | None = None
+        try:
+            self.tap = Tap(self.topology.this, plan.ifname)
+            self.wire = Wire(self.topology.wire, WIRE_IF)
+            card = self.card = Card(mac, self.wire.send, self._irq.set)
+            self._pending: list[bytes] = []
+            self.spec = NetShadow(reset=self._reset_card)
+            ds = DriverSpec(target=DRIVERS[driver], interface=NetInterface,
+                            kernel=NetKernelInterface,
+                            kernel_impl=lambda ctx: NetKernel(self, card, ctx),
+                            name=driver, deadline=deadline, limits=limits or Limits(),
+                            regions=self.card.regions(), fault=fault)
+            self.sup = Supervised(ds, self.spec, native=native,
+                                  fault=fault if native else None, start_tries=max_tries,
+                                  max_tries=max_tries, block_timeout=10.0, host=self.name,
+                                  on_recovery=self._recovered)
+            self.supervised = [self.sup]
+            info: Info = self.sup.call("probe")
+            self._address(info.mac)
+            self.topology.configure_tap(self.tap.ifname, self.tap.mtu)
+            # the system's receive mode: its own address, broadcast, and every multicast
+            # group (IPv6 neighbour discovery needs them)
+            self.sup.call("set_rx_mode", False, True, [])
+            self.sup.call("open")
+        except BaseException:
+            self.close()
+            raise
+
+    def __repr__(self) -> str:
+        return (f"<NetHost {self.name} {self.driver} {'native' if self.native else 'nooks'} "
+                f"{self.counts} {self.card!r}>")
+
+    def _address(self, mac: bytes) -> None:
+        assert self.tap is not None
+        with NetNS(self.topology.this) as ns:
+            ns.link("set", index=ns.link_lookup(ifname=self.tap.ifname)[0],
+                    address=mac.hex(":"))
+
+    # -- what the driver's kernel calls reach --------------------------------------------
+
+    def pass_up(self, frame: bytes) -> None:
+        assert self.tap is not None
+        self.tap.write(frame)
+        self.counts["rx_frames"] += 1
+
+    def wake_tx(self) -> None:
+        self._tx_room.set()
+
+    def set_carrier(self, on: bool) -> None:
+        if self.tap is not None:
+            self.tap.carrier(on)
+
+    # -- recovery ------------------------------------------------------------------------
+
+    def _reset_card(self) -> None:
+        """Before each fresh driver: the card powered off and on; what it had delivered
+        and the old driver had not passed up is delivered again once it is open."""
+        assert self.card is not None
+        self._pending += self.card.reset()
+
+    def _recovered(self, sup: Supervised[NetShadow], rec: Any) -> None:
+        pending, self._pending = self._pending, []
+        if rec.ok and self.card is not None:
+            for frame in pending:
+                self.card.arrived(frame)
+        self._tx_room.set()
+        self._irq.set()  # look at the line again
+
+    # -- the threads ---------------------------------------------------------------------
+
+    def _transmit(self) -> None:
+        assert self.tap is not None and self.card is not None and self.sup is not None
+        while not self._stopping.is_set():
+            ready, _, _ = select.select([self.tap.fileno()], [], [], POLL)
+            if not ready:
+                continue
+            try:
+                frame = self.tap.read()
+            except OSError:
+                return
+            self._send(frame)
+
+    def _send(self, frame: bytes) -> None:
+        assert self.card is not None and self.sup is not None
+        waited = 0.0
+        self.card.gave(frame)
+        while not self._stopping.is_set():
+            self._tx_room.clear()
+            try:
+                sent = self.sup.call("xmit", frame)
+            except (NooksError, OSError) as e:
+                self.counts["tx_dropped"] += 1
+                log.debug("%s: a frame dropped: %s", self.name, e)
+                return
+            if sent is None:  # dropped while the driver recovered
+                self.counts["tx_dropped"] += 1
+                return
+            if sent:
+                self.counts["tx_frames"] += 1
+                return
+            # the card is full: wait for room, at most the watchdog's time
+            t0 = time.monotonic()
+            self._tx_room.wait(POLL)
+            waited += time.monotonic() - t0
+            if waited >= WATCHDOG:
+                self.counts["watchdog"] += 1
+                waited = 0.0
+                self._hung(f"the transmit queue stayed full for {WATCHDOG:g} s")
+
+    def _hung(self, detail: str) -> None:
+        if self.sup is None or self.sup.domain is None or self.sup.shadow is None:
+            return
+        shadow = self.sup.shadow
+        with contextlib.suppress(NooksError):
+            report = self.sup.domain.condemn(detail, "xmit", FailureKind.HUNG)
+            shadow.recover_now(report, shadow.generation)
+
+    def _receive(self) -> None:
+        assert self.wire is not None and self.card is not None
+        while not self._stopping.is_set():
+            ready, _, _ = select.select([self.wire.fileno()], [], [], POLL)
+            if not ready:
+                continue
+            try:
+                frame = self.wire.receive()
+            except OSError:
+                return
+            if frame is not None:
+                self.card.arrived(frame)
+
+    def _interrupts(self) -> None:
+        assert self.card is not None and self.sup is not None
+        while not self._stopping.is_set():
+            if not self._irq.wait(POLL):
+                continue
+            self._irq.clear()
+            while self.card.model.pending() and not self._stopping.is_set():
+                try:
+                    self.sup.call("interrupt")
+                except Refused:
+                    self.counts["refused"] += 1
+                except (NooksError, OSError) as e:
+                    log.debug("%s: an interrupt was not handled: %s", self.name, e)
+                    break
+
+    # -- control -------------------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        return {"driver": self.driver, "netns": self.topology.this,
+                "peer_netns": self.topology.peer}
+
+    def status(self) -> dict[str, Any]:
+        out = self.base_status()
+        card = self.card
+        return {**out, "driver": self.driver, "netns": self.topology.this,
+                "wire_netns": self.topology.wire, "peer_netns": self.topology.peer,
+                "ifname": self.topology.plan.ifname, **self.counts,
+                "card": {**card.model.counts, **card.counts} if card is not None else {}}
+
+    # -- running -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for name, target in (("tx", self._transmit), ("rx", self._receive),
+                             ("irq", self._interrupts)):
+            t = threading.Thread(target=target, name=f"nooks-net-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def run(self) -> None:
+        """Serve until SIGINT or SIGTERM."""
+        try:
+            self.open_control()
+            self.start()
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, _raise_stop)
+                signal.signal(signal.SIGINT, _raise_stop)
+            if self.on_ready is not None:
+                self.on_ready()
+            while True:
+                time.sleep(3600)
+        except _Stop:
+            pass
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._stopping.set()
+        for t in self._threads:
+            t.join(5)
+        self._threads = []
+        with contextlib.suppress(Closed):
+            self.close_supervised()
+        for part in (self.wire, self.tap, self.card):
+            if part is not None:
+                part.close()
+        self.wire = self.tap = self.card = None
+        self.topology.close()
+
+
+def _raise_stop(signum: int, frame: object) -> None:
+    raise _Stop

@@ -1,0 +1,107 @@
+# mypy: disable-error-code="empty-body"
+"""The network class's interfaces: what the host asks a NIC driver, and what the
+driver asks the host (its kernel calls).
+
+The host → driver calls are a Linux ``net_device``'s operations: ``probe`` (find
+the card, read its address), ``open``/``stop``, ``xmit`` one frame, the
+configuration (``set_mac``, ``set_rx_mode``, ``change_mtu``), ``stats``, and
+``interrupt``: the card's line is up; the driver acknowledges, takes what the
+card received and reclaims what it sent (NAPI-style: one call handles all the
+work pending).
+
+The driver → host calls are the kernel's services to a driver: DMA memory
+(``dma_alloc``: an address in the card's DMA region), a write to a doorbell
+register (``mmio_write``, posted: batched with the next reply), a received frame
+passed up (``netif_rx``, posted), the transmit queue woken (``tx_wake``, posted),
+the link's carrier.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+from nooks.wrappers import Interface, changes, once, posted
+
+MAX_MTU = 9000
+ETH_HLEN = 14
+# a frame as it crosses: an Ethernet header and at most MAX_MTU bytes (and a VLAN tag)
+Frame = Annotated[bytes, msgspec.Meta(min_length=ETH_HLEN, max_length=MAX_MTU + ETH_HLEN + 4)]
+Mac = Annotated[bytes, msgspec.Meta(min_length=6, max_length=6)]
+Mtu = Annotated[int, msgspec.Meta(ge=68, le=MAX_MTU)]
+Stats = Annotated[dict[Annotated[str, msgspec.Meta(max_length=64)],
+                       Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]],
+                  msgspec.Meta(max_length=64)]
+Groups = Annotated[list[Mac], msgspec.Meta(max_length=4096)]
+
+
+class Info(msgspec.Struct, frozen=True, kw_only=True):
+    """What ``probe`` found: the card's permanent address and what it can do."""
+
+    mac: Mac
+    max_mtu: Mtu = 1500
+
+
+class NetInterface(Interface):
+    @changes()
+    def probe(self) -> Info:
+        """Find the card and reset it."""
+
+    @changes()
+    def open(self) -> None:
+        """Bring the interface up: rings allocated, receiver and transmitter on."""
+
+    @changes()
+    def stop(self) -> None:
+        """Bring it down."""
+
+    def xmit(self, frame: Frame) -> bool:
+        """Send one frame; False if the card has no room (the queue waits for
+        ``tx_wake``). Sent again after a failure: a frame twice on the wire is
+        harmless (networks duplicate frames; TCP and ICMP take it), one lost is not."""
+
+    @changes()
+    def set_mac(self, mac: Mac) -> None: ...
+
+    @changes()
+    def set_rx_mode(self, promisc: bool, allmulti: bool, groups: Groups) -> None: ...
+
+    @changes()
+    def change_mtu(self, mtu: Mtu) -> None: ...
+
+    def stats(self) -> Stats: ...
+
+    @once
+    def interrupt(self) -> None:
+        """The card's interrupt line is up."""
+
+
+Address = Annotated[int, msgspec.Meta(ge=0, lt=1 << 32)]
+Size = Annotated[int, msgspec.Meta(ge=1, le=1 << 20)]
+Word = Annotated[int, msgspec.Meta(ge=0, lt=1 << 32)]
+Register = Annotated[int, msgspec.Meta(ge=0, lt=1 << 16)]
+
+
+class NetKernelInterface(Interface):
+    def dma_alloc(self, size: Size, align: Annotated[int, msgspec.Meta(ge=1, le=4096)]
+                  ) -> Address:
+        """DMA memory for the card (an address in its DMA region)."""
+
+    @posted
+    def mmio_write(self, offset: Register, value: Word) -> None:
+        """A write to a register that makes the card act."""
+
+    @posted
+    def netif_rx(self, frame: Frame) -> None:
+        """A frame received: pass it up to the system."""
+
+    @posted
+    def tx_wake(self) -> None:
+        """The card has room again: transmits may go on."""
+
+    def mmio_sync(self) -> None:
+        """Returns once every doorbell written before it has reached the card (as a
+        driver reads a register back to flush its posted writes)."""
+
+    def carrier(self, on: bool) -> None: ...

@@ -1,0 +1,85 @@
+"""The RTL8139-style card and its driver under nooks, with real programs on real
+namespaces: ping and an HTTP download cross while the driver is made to fail, and
+natively the same failure takes the host down."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pyroute2 import netns
+
+from nooks.net.host import NetHost
+from nooks.net.topology import Plan
+
+pytestmark = [pytest.mark.timeout(180),
+              pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces)")]
+
+
+@pytest.fixture
+def host() -> Iterator[NetHost]:
+    h = NetHost("rtl8139", Plan(name=f"t8139-{os.getpid()}"), deadline=2.0)
+    try:
+        h.start()
+        yield h
+    finally:
+        h.close()
+    assert not [n for n in netns.listnetns() if n.startswith(f"nooks-t8139-{os.getpid()}")]
+
+
+def _in(ns: str, *cmd: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def test_ping_goes_through_the_driver(host: NetHost) -> None:
+    r = _in(host.topology.this, "ping", "-c", "10", "-i", "0.02", "-W", "2", "10.77.0.2")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert " 10 received" in r.stdout
+    st = host.status()
+    assert st["tx_frames"] >= 10 and st["rx_frames"] >= 10 and st["card"]["tx"] >= 10
+
+
+def test_a_download_survives_the_driver_failing(host: NetHost, tmp_path: Path) -> None:
+    data = os.urandom(8 << 20)
+    (tmp_path / "blob").write_bytes(data)
+    server = subprocess.Popen(["ip", "netns", "exec", host.topology.peer, sys.executable, "-m",
+                               "http.server", "--bind", "10.77.0.2", "8000"], cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        out = tmp_path / "got"
+        client = subprocess.Popen(["ip", "netns", "exec", host.topology.this, "curl", "-sS",
+                                   "--retry", "30", "--retry-connrefused", "--retry-delay", "0",
+                                   "--limit-rate", "2M", "--max-time", "60", "-o", str(out),
+                                   "http://10.77.0.2:8000/blob"], stderr=subprocess.PIPE,
+                                  text=True)
+        faults = ["segv", "exception", "hang"] * 2
+        for i, fault in enumerate(faults):
+            # each while the transfer runs: once the next megabyte has arrived
+            assert _grown_to(out, (i + 1) << 20, client), f"the transfer stalled before {i}"
+            assert host.sup is not None
+            host.sup.inject(fault)
+        _, err = client.communicate(timeout=90)
+        assert client.returncode == 0, err
+        assert hashlib.sha256(out.read_bytes()).digest() == hashlib.sha256(data).digest()
+        assert len(host.status()["recoveries"]) >= len(faults)
+    finally:
+        server.kill()
+        server.wait()
+
+
+def _grown_to(path: Path, size: int, proc: subprocess.Popen[str], limit: float = 30) -> bool:
+    """Wait until ``path`` holds ``size`` bytes (or ``proc`` ended, or ``limit`` s)."""
+    import time
+
+    end = time.monotonic() + limit
+    while time.monotonic() < end and proc.poll() is None:
+        if path.exists() and path.stat().st_size >= size:
+            return True
+        time.sleep(0.01)
+    return path.exists() and path.stat().st_size >= size
