@@ -30,6 +30,11 @@ def _error(text: str) -> None:
     errors.print(f"[red]{text}[/red]")
 
 
+def _say(text: str) -> None:
+    """One plain line on stdout, at once (tools read it)."""
+    print(text, flush=True)
+
+
 def _crash_matrix() -> bool:
     from nooks.domain.host import Domain
     from nooks.domain.spec import DriverSpec
@@ -337,12 +342,14 @@ def _version() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     from nooks.fs import command
+    from nooks.net import command as net_command
 
     p = Parser(prog="nooks", description="Driver isolation and recovery for user-space "
                 "drivers: filesystems behind FUSE, web applications behind HTTP.")
     p.add_argument("--version", action="version", version=f"nooks {_version()}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     command.add_parsers(sub, Formatter, _error, console.print)
+    net_command.add_parser(sub, Formatter, _error, _say)
     bench_command.add_parser(sub)
     d = sub.add_parser("demo", help="a FAT filesystem survives its driver failing "
                        "(or: demo xpc, the XPC benchmark and the crash matrix)")

@@ -17,7 +17,7 @@ import struct
 
 from nooks.domain.child import kernel, region
 from nooks.hw.mmio import Registers
-from nooks.net.interface import Info
+from nooks.hw.netdev import Info
 
 # the chip's registers
 IDR0, MAR0 = 0x00, 0x08

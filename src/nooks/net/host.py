@@ -33,9 +33,10 @@ from pyroute2 import NetNS
 from nooks.domain.config import FaultPlan
 from nooks.domain.spec import DriverSpec, Limits
 from nooks.errors import Closed, FailureKind, NooksError
+from nooks.hw.netdev import Info
 from nooks.hw.wire import Wire
 from nooks.net.card import Card, Refused
-from nooks.net.interface import Info, NetInterface, NetKernelInterface
+from nooks.net.interface import NetInterface, NetKernelInterface
 from nooks.net.kernel import NetKernel
 from nooks.net.spec import NetShadow
 from nooks.net.tap import Tap

@@ -22,25 +22,16 @@ from typing import Annotated
 
 import msgspec
 
+from nooks.hw.netdev import MAX_MTU, Info, Mac, Mtu
 from nooks.wrappers import Interface, changes, once, posted
 
-MAX_MTU = 9000
 ETH_HLEN = 14
 # a frame as it crosses: an Ethernet header and at most MAX_MTU bytes (and a VLAN tag)
 Frame = Annotated[bytes, msgspec.Meta(min_length=ETH_HLEN, max_length=MAX_MTU + ETH_HLEN + 4)]
-Mac = Annotated[bytes, msgspec.Meta(min_length=6, max_length=6)]
-Mtu = Annotated[int, msgspec.Meta(ge=68, le=MAX_MTU)]
 Stats = Annotated[dict[Annotated[str, msgspec.Meta(max_length=64)],
                        Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]],
                   msgspec.Meta(max_length=64)]
 Groups = Annotated[list[Mac], msgspec.Meta(max_length=4096)]
-
-
-class Info(msgspec.Struct, frozen=True, kw_only=True):
-    """What ``probe`` found: the card's permanent address and what it can do."""
-
-    mac: Mac
-    max_mtu: Mtu = 1500
 
 
 class NetInterface(Interface):

@@ -24,7 +24,8 @@ from typing import Any
 
 from nooks.domain.host import Domain
 from nooks.errors import FailureReport, Poisoned, Unavailable
-from nooks.net.interface import Info, NetInterface
+from nooks.hw.netdev import Info
+from nooks.net.interface import NetInterface
 from nooks.shadow.spec import NOT_IN_LOG, ClassSpec, Strategy
 
 
