@@ -28,7 +28,7 @@ def _start(name: str, env: dict[str, str], *extra: str) -> subprocess.Popen[str]
     proc = subprocess.Popen([sys.executable, "-m", "nooks", "net", "rtl8139", "--name", name,
                              *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)
-    assert proc.stdout is not None
+    assert proc.stdout is not None and proc.stderr is not None
     line = proc.stdout.readline()  # the host's first line says it serves
     assert line.startswith("serving rtl8139 as nooks0 in nooks-"), line + proc.stderr.read()
     return proc
