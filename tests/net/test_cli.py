@@ -56,7 +56,8 @@ def test_serve_status_inject_and_stop(env: dict[str, str]) -> None:
         assert r.returncode == 0 and "recovered" in r.stdout, r.stdout + r.stderr
         assert " 5 received" in _ping(f"nooks-{name}").stdout
         st = json.loads(_nooks("status", name, "--json", env=env).stdout)
-        assert len(st["recoveries"]) == 1 and st["up"] and st["allmulti"]
+        assert len(st["recoveries"]) == 1 and st["up"] and not st["promisc"]
+        assert "01:00:5e:00:00:01" in st["groups"]  # all-hosts, as the system joined it
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0

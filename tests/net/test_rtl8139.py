@@ -83,3 +83,48 @@ def _grown_to(path: Path, size: int, proc: subprocess.Popen[str], limit: float =
             return True
         time.sleep(0.01)
     return path.exists() and path.stat().st_size >= size
+
+
+def _until(check: object, limit: float = 10) -> bool:
+    import time
+
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        if callable(check) and check():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_what_the_system_sets_is_set_again_in_every_fresh_driver(host: NetHost) -> None:
+    from nooks.drivers.rtl8139 import ether_crc
+    from nooks.hw import rtl8139 as card
+
+    ns = host.topology.this
+    group = "01:00:5e:01:02:03"
+    for cmd in (["ip", "link", "set", "nooks0", "promisc", "on"],
+                ["ip", "maddr", "add", group, "dev", "nooks0"],
+                ["ip", "link", "set", "nooks0", "mtu", "1400"]):
+        assert _in(ns, *cmd).returncode == 0
+    assert _until(lambda: host.status()["promisc"] and host.status()["mtu"] == 1400
+                  and group in host.status()["groups"])
+    assert host.card is not None and host.sup is not None
+
+    def programmed() -> bool:
+        assert host.card is not None
+        regs = host.card.model.regs
+        rcr = int.from_bytes(regs[card.RCR:card.RCR + 4], "little")
+        return bool(rcr & card.RCR_AAP) and regs[card.MAR:card.MAR + 8] == b"\xff" * 8
+
+    assert programmed()
+    for fault in ("segv", "exception", "hang"):
+        host.sup.inject(fault)
+        assert programmed(), f"promiscuous mode lost after {fault}"
+        assert host.status()["mtu"] == 1400
+    _in(ns, "ip", "link", "set", "nooks0", "promisc", "off")
+    assert _until(lambda: not host.status()["promisc"])
+    host.sup.inject("segv")
+    mar = int.from_bytes(host.card.model.regs[card.MAR:card.MAR + 8], "little")
+    assert mar >> (ether_crc(bytes.fromhex(group.replace(":", ""))) >> 26) & 1  # the group
+    assert " 5 received" in _in(ns, "ping", "-c", "5", "-i", "0.05", "-W", "2",
+                                "10.77.0.2").stdout

@@ -36,6 +36,7 @@ from nooks.errors import Closed, FailureKind, NooksError
 from nooks.hw.netdev import Info
 from nooks.hw.wire import Wire
 from nooks.net.card import Card, Refused
+from nooks.net.follow import Follower, LinkConfig
 from nooks.net.interface import NetInterface, NetKernelInterface
 from nooks.net.kernel import NetKernel
 from nooks.net.spec import NetShadow
@@ -79,6 +80,7 @@ class NetHost(SupervisedHost):
         self.wire: Wire | None = None
         self.card: Card | None = None
         self.sup: Supervised[NetShadow] | None = None
+        self.follower: Follower | None = None
         try:
             self.tap = Tap(self.topology.this, plan.ifname)
             self.wire = Wire(self.topology.wire, WIRE_IF)
@@ -98,10 +100,13 @@ class NetHost(SupervisedHost):
             info: Info = self.sup.call("probe")
             self._address(info.mac)
             self.topology.configure_tap(self.tap.ifname, self.tap.mtu)
-            # the system's receive mode: its own address, broadcast, and every multicast
-            # group (IPv6 neighbour discovery needs them)
-            self.sup.call("set_rx_mode", False, True, [])
             self.sup.call("open")
+            # from now on what the system sets on its interface reaches the driver; the
+            # first look (address, MTU, receive mode, groups) before anything is served
+            self.follower = Follower(self.topology.this, plan.ifname, self._config)
+            self.follower.start()
+            if not self.follower.seen():
+                raise RuntimeError("the interface's configuration could not be read")
         except BaseException:
             self.close()
             raise
@@ -129,6 +134,35 @@ class NetHost(SupervisedHost):
     def set_carrier(self, on: bool) -> None:
         if self.tap is not None:
             self.tap.carrier(on)
+
+    def _config(self, cfg: LinkConfig) -> None:
+        """The system changed its interface: tell the driver (through the shadow, which
+        logs it for every fresh driver)."""
+        spec, sup, tap, wire = self.spec, self.sup, self.tap, self.wire
+        if sup is None or tap is None or wire is None:
+            return
+        try:
+            mac = spec.mac or (spec.info.mac if spec.info is not None else None)
+            if cfg.mac != mac:
+                sup.call("set_mac", cfg.mac)
+            if cfg.mtu != (spec.mtu or tap.mtu):
+                try:
+                    sup.call("change_mtu", cfg.mtu)
+                except OSError as e:
+                    log.warning("%s: the driver refused MTU %d (%s); it stays %d", self.name,
+                                cfg.mtu, e, tap.mtu)
+                    with NetNS(self.topology.this) as ns:
+                        ns.link("set", index=ns.link_lookup(ifname=tap.ifname)[0],
+                                mtu=tap.mtu)
+                else:
+                    tap.mtu = cfg.mtu
+                    wire.max_frame = cfg.mtu + 18
+            mode = (cfg.promisc, cfg.allmulti, list(cfg.groups))
+            if spec.rx_mode != mode:
+                sup.call("set_rx_mode", *mode)
+        except NooksError as e:
+            log.warning("%s: a change of the interface did not reach the driver: %s",
+                        self.name, e)
 
     # -- recovery ------------------------------------------------------------------------
 
@@ -265,6 +299,8 @@ class NetHost(SupervisedHost):
 
     def close(self) -> None:
         self._stopping.set()
+        if self.follower is not None:
+            self.follower.close()
         for t in self._threads:
             t.join(5)
         self._threads = []
