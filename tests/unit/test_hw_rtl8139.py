@@ -47,6 +47,15 @@ def frame(dest: bytes, n: int) -> bytes:
     return dest + PEER + b"\x08\x00" + bytes([n % 256]) * (60 + n)
 
 
+def test_registers_the_card_owns_cannot_be_written_over() -> None:
+    c = Card()
+    c.up()
+    c.w16(r.CBR, 0x1234)  # a driver scribbling on a read-only register
+    c.w16(r.ISR, 0xFFFF)
+    assert c.card.receive(frame(MAC, 1))
+    assert c.r16(r.CBR) != 0x1234 and c.r16(r.ISR) == r.INT_ROK  # put back by the card
+
+
 def test_power_on_state() -> None:
     c = Card()
     assert bytes(c.regs[r.IDR:r.IDR + 6]) == MAC
@@ -145,3 +154,34 @@ def test_nothing_moves_until_enabled_and_reset_forgets_everything() -> None:
     c.card.write(r.CR, r.CR_RST)
     assert c.r16(r.CBR) == 0 and c.regs[r.CR] & r.CR_BUFE and c.r16(r.ISR) == 0
     assert bytes(c.regs[r.IDR:r.IDR + 6]) == MAC
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_OPS = st.lists(st.one_of(
+    st.tuples(st.just("doorbell"), st.sampled_from(sorted(r.DOORBELLS)),
+              st.integers(0, (1 << 32) - 1)),
+    st.tuples(st.just("poke"), st.integers(0, r.REGS_SIZE - 4), st.integers(0, (1 << 32) - 1)),
+    st.tuples(st.just("frame"), st.integers(0, 2000), st.integers(0, 255)),
+), max_size=60)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(_OPS)
+def test_whatever_a_driver_writes_and_the_wire_brings_the_card_stays_sane(
+        ops: list[tuple[str, int, int]]) -> None:
+    c = Card()
+    c.up(rcr=r.RCR_AAP)
+    for kind, a, b in ops:
+        if kind == "doorbell":
+            c.card.write(a, b)
+        elif kind == "poke":
+            c.w32(a, b)
+        else:
+            dest = MAC if b % 3 else bytes([b]) * 6
+            c.card.receive((dest + PEER + bytes([b]) * 2000)[:a])
+        # the card's own state is its own, whatever was written over its registers
+        assert 0 <= c.card._cbr < r.RING and c.card._isr <= 0xFFFF
+        assert len(c.dma) == 64 << 10 and len(c.regs) == r.REGS_SIZE
+    assert all(isinstance(f, bytes) and 14 <= len(f) <= r.MAX_TX for f in c.sent)

@@ -25,10 +25,15 @@ to what a driver of it uses), on the host's side:
   the chip's ``WRAP`` bit), and ``CBR`` moves on, 4-aligned, modulo the ring's
   length. No room: the frame is missed (``RXOVW``).
 
-What a driver tells the card is checked as hardware would check it, never
-trusted: a slot's address and size must lie inside DMA memory (else the slot
-ends aborted, ``TABT``), a ring must fit, a frame must be 14 to 1792 bytes.
-Nothing a driver writes can make the card raise or touch host memory.
+The card's own state (``CR``, ``CBR``, ``ISR``, each slot's ``TSD``) lives in the
+model and is *published* to the shared registers after each change: a driver
+that scribbles over them changes nothing the card believes (its next publish
+puts them back), as writes to a chip's read-only registers do nothing. What a
+driver tells the card is checked as hardware would check it, never trusted: a
+slot's address and size must lie inside DMA memory (else the slot ends aborted,
+``TABT``), a ring must fit, a frame sent must be 14 to 1792 bytes and one
+received at most 1522. Nothing a driver writes can make the card raise or
+touch host memory.
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ MSR_LINKB = 0x04  # set: link down
 RING = 8192  # the receive ring (RBLEN 0: 8 KiB); the buffer needs RING + 16 + 1536 bytes
 RING_BUFFER = RING + 16 + 1536
 MIN_FRAME, MAX_TX = 14, 1792
+MAX_RX = 1522  # the largest frame taken from the wire (1500 bytes, a header, a VLAN tag)
 DOORBELLS = frozenset({TSD, TSD + 4, TSD + 8, TSD + 12, CR, ISR, CAPR})
 
 
@@ -132,11 +138,21 @@ class Rtl8139:
     def _reset(self) -> None:
         self.regs[:REGS_SIZE] = bytes(REGS_SIZE)
         self.regs[IDR:IDR + 6] = self.mac
-        for i in range(4):
-            self._w32(TSD + 4 * i, TSD_OWN)
-        self._w8(CR, CR_BUFE)
-        self._w8(MSR, 0)
+        self._tsd = [TSD_OWN] * 4
+        self._cr = CR_BUFE
+        self._cbr = 0
+        self._isr = 0
         self._rx_read = 0  # where the driver has read the ring to (CAPR + 16)
+        self._publish()
+
+    def _publish(self) -> None:
+        """The card's own state, where the driver reads it."""
+        for i, v in enumerate(self._tsd):
+            self._w32(TSD + 4 * i, v)
+        self._w8(CR, self._cr)
+        self._w16(CBR, self._cbr)
+        self._w16(ISR, self._isr)
+        self._w8(MSR, 0)
 
     def write(self, off: int, value: int) -> None:
         """A doorbell: the driver wrote ``value`` to register ``off``."""
@@ -148,53 +164,53 @@ class Rtl8139:
                 if value & CR_RST:
                     self._reset()
                     return
-                self._w8(CR, (value & (CR_RE | CR_TE)) | (self._r8(CR) & CR_BUFE))
+                self._cr = (value & (CR_RE | CR_TE)) | (self._cr & CR_BUFE)
             elif off == ISR:
-                self._w16(ISR, self._r16(ISR) & ~value)
+                self._isr &= ~value & 0xFFFF
             elif off == CAPR:
                 self._w16(CAPR, value)
                 self._rx_read = (value + 16) % RING
                 self._update_bufe()
             else:
                 raise ValueError(f"register {off:#x} has no doorbell")
+            self._publish()
         if raise_line:
             self._interrupt()
 
     def pending(self) -> bool:
         """Whether the interrupt line is up (``ISR & IMR``)."""
         with self.lock:
-            return bool(self._r16(ISR) & self._r16(IMR))
+            return bool(self._isr & self._r16(IMR))
 
     def _signal(self, bits: int) -> bool:
         """Set ``bits`` in ISR; whether that raised the line (it was down): the host
         is told once per rise, and looks at ``pending`` after each handler."""
         mask = self._r16(IMR)
-        before = self._r16(ISR)
-        self._w16(ISR, before | bits)
-        return not before & mask and bool((before | bits) & mask)
+        before = self._isr
+        self._isr = before | bits
+        return not before & mask and bool(self._isr & mask)
 
     # -- transmit --------------------------------------------------------------------
 
     def _transmit(self, slot: int, value: int) -> bool:
-        tsd = TSD + 4 * slot
-        if not self._r8(CR) & CR_TE:
-            self._w32(tsd, (value & TSD_SIZE) | TSD_OWN | TSD_TABT)
-            return self._signal(INT_TER)
         size = value & TSD_SIZE
+        if not self._cr & CR_TE:
+            self._tsd[slot] = size | TSD_OWN | TSD_TABT
+            return self._signal(INT_TER)
         addr = self._r32(TSAD + 4 * slot)
         if not MIN_FRAME <= size <= MAX_TX or addr + size > len(self.dma):
             self.counts["tx_aborted"] += 1
-            self._w32(tsd, size | TSD_OWN | TSD_TABT)
+            self._tsd[slot] = size | TSD_OWN | TSD_TABT
             return self._signal(INT_TER)
         frame = bytes(self.dma[addr:addr + size])
         try:
             self._send(frame)
         except (OSError, ValueError):
             self.counts["tx_aborted"] += 1
-            self._w32(tsd, size | TSD_OWN | TSD_TABT)
+            self._tsd[slot] = size | TSD_OWN | TSD_TABT
             return self._signal(INT_TER)
         self.counts["tx"] += 1
-        self._w32(tsd, size | TSD_OWN | TSD_TOK)
+        self._tsd[slot] = size | TSD_OWN | TSD_TOK
         return self._signal(INT_TOK)
 
     # -- receive ---------------------------------------------------------------------
@@ -216,8 +232,8 @@ class Rtl8139:
         return RX_PAM if rcr & RCR_AAP else 0
 
     def _update_bufe(self) -> None:
-        empty = self._r16(CBR) == self._rx_read
-        self._w8(CR, (self._r8(CR) & ~CR_BUFE) | (CR_BUFE if empty else 0))
+        empty = self._cbr == self._rx_read
+        self._cr = (self._cr & ~CR_BUFE) | (CR_BUFE if empty else 0)
 
     def receive(self, frame: bytes) -> bool:
         """A frame arrived from the wire; whether it went into the ring."""
@@ -226,12 +242,13 @@ class Rtl8139:
             taken = self._receive(frame)
             if taken is not None:
                 raise_line = self._signal(taken)
+                self._publish()
         if raise_line:
             self._interrupt()
         return taken == INT_ROK
 
     def _receive(self, frame: bytes) -> int | None:
-        if not self._r8(CR) & CR_RE or not MIN_FRAME <= len(frame) <= MAX_TX:
+        if not self._cr & CR_RE or not MIN_FRAME <= len(frame) <= MAX_RX:
             return None
         bits = self._accepts(frame)
         if not bits:
@@ -243,16 +260,16 @@ class Rtl8139:
             return INT_RXOVW  # no usable ring: as if it were full
         length = len(frame) + 4  # with the CRC
         need = (4 + length + 3) & ~3
-        head = self._r16(CBR)
+        head = self._cbr
         used = (head - self._rx_read) % RING
         if used + need >= RING:
             self.counts["rx_missed"] += 1
             return INT_RXOVW
         crc = struct.pack("<I", zlib.crc32(frame))
         packet = struct.pack("<HH", RX_ROK | bits, length) + frame + crc
-        at = start + head
+        at = start + head  # (within RING_BUFFER: head < RING, a packet < 16 + 1536)
         self.dma[at:at + len(packet)] = packet  # contiguous: the buffer runs past the ring
-        self._w16(CBR, (head + need) % RING)
+        self._cbr = (head + need) % RING
         self._update_bufe()
         self.counts["rx"] += 1
         return INT_ROK
