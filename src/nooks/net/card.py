@@ -92,7 +92,7 @@ class Card:
                 raise Refused(f"the driver sent a frame of {len(frame)} bytes the system "
                               "never gave it")
         self._send_wire(frame)
-        self.counts["tx"] += 1
+        self.counts["sent"] += 1
 
     def arrived(self, frame: bytes) -> None:
         """A frame arrived from the wire."""
@@ -108,7 +108,7 @@ class Card:
             for i, f in enumerate(self._delivered):
                 if f == frame:
                     del self._delivered[i]
-                    self.counts["rx"] += 1
+                    self.counts["passed_up"] += 1
                     return
             self.counts["rx_refused"] += 1
         raise Refused(f"the driver passed up a frame of {len(frame)} bytes the wire never "
