@@ -64,7 +64,7 @@ def test_random_frames_from_the_far_side(host: NetHost) -> None:
 
 def test_a_driver_that_scribbles_is_recovered_and_the_host_goes_on(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(DRIVERS, "scribbler", "tests.drivers.scribbler:Scribbler")
+    monkeypatch.setitem(DRIVERS, "scribbler", ("tests.drivers.scribbler:Scribbler", "rtl8139"))
     h = NetHost("scribbler", Plan(name=f"scrib-{os.getpid()}"))
     try:
         h.start()

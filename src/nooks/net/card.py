@@ -23,15 +23,36 @@ import mmap
 import os
 import threading
 from collections.abc import Callable
+from typing import Protocol
 
 from nooks.domain.spec import Region
 from nooks.errors import LimitExceeded
-from nooks.hw.rtl8139 import REGS_SIZE, Rtl8139
+from nooks.hw import e1000, rtl8139
 
-DMA_SIZE = 256 << 10
+DMA_SIZE = 1 << 20
 MAX_GIVEN = 256  # frames given to the driver and not yet on the wire
 MAX_DELIVERED = 1024  # frames in the ring not yet passed up
 ETH_ZLEN = 60
+
+
+# each card family: its model and the size of its register window
+FAMILIES: dict[str, tuple[Callable[..., Model], int]] = {
+    "rtl8139": (rtl8139.Rtl8139, rtl8139.REGS_SIZE),
+    "e1000": (e1000.E1000, e1000.REGS_SIZE),
+}
+
+
+class Model(Protocol):
+    """What the host needs of a card's model."""
+
+    regs: memoryview
+    dma: memoryview
+    counts: dict[str, int]
+
+    def write(self, off: int, value: int) -> None: ...
+    def receive(self, frame: bytes) -> bool: ...
+    def pending(self) -> bool: ...
+    def reset(self) -> None: ...
 
 
 class Refused(Exception):
@@ -39,21 +60,24 @@ class Refused(Exception):
 
 
 class Card:
-    def __init__(self, mac: bytes, send: Callable[[bytes], None],
+    def __init__(self, family: str, mac: bytes, send: Callable[[bytes], None],
                  interrupt: Callable[[], None]) -> None:
+        model, regs_size = FAMILIES[family]
+        self.family = family
         self.mac = mac
         self._send_wire = send
         self._fds: list[int] = []
         self._maps: list[mmap.mmap] = []
-        self.regs_fd, regs = self._region("nooks-card-regs", 4096)
+        self.regs_size = (regs_size + 4095) // 4096 * 4096
+        self.regs_fd, regs = self._region("nooks-card-regs", self.regs_size)
         self.dma_fd, dma = self._region("nooks-card-dma", DMA_SIZE)
         self._lock = threading.Lock()
         self._given: collections.deque[bytes] = collections.deque()
         self._delivered: collections.deque[bytes] = collections.deque()
         self._dma_next = 0
         self.counts = collections.Counter[str]()
-        self.model = Rtl8139(memoryview(regs)[:REGS_SIZE], memoryview(dma), mac, self._send,
-                             interrupt)
+        self.model: Model = model(memoryview(regs)[:regs_size], memoryview(dma), mac,
+                                  self._send, interrupt)
 
     def _region(self, name: str, size: int) -> tuple[int, mmap.mmap]:
         fd = os.memfd_create(name, os.MFD_CLOEXEC)
@@ -64,10 +88,11 @@ class Card:
         return fd, m
 
     def regions(self) -> tuple[Region, ...]:
-        return (Region("regs", self.regs_fd, 4096), Region("dma", self.dma_fd, DMA_SIZE))
+        return (Region("regs", self.regs_fd, self.regs_size),
+                Region("dma", self.dma_fd, DMA_SIZE))
 
     def __repr__(self) -> str:
-        return (f"<Card {self.mac.hex(':')} given={len(self._given)} "
+        return (f"<Card {self.family} {self.mac.hex(':')} given={len(self._given)} "
                 f"delivered={len(self._delivered)} {dict(self.counts)}>")
 
     # -- what the system gives and takes ---------------------------------------------

@@ -46,7 +46,9 @@ from nooks.shadow.supervised import Supervised, SupervisedHost
 
 log = logging.getLogger(__name__)
 
-DRIVERS = {"rtl8139": "nooks.drivers.rtl8139:Rtl8139"}
+# each driver and the card it drives
+DRIVERS = {"rtl8139": ("nooks.drivers.rtl8139:Rtl8139", "rtl8139"),
+           "e1000": ("nooks.drivers.e1000:E1000", "e1000")}
 WATCHDOG = 2.0  # seconds the transmit queue may stay full before the driver is hung
 POLL = 0.1  # seconds the threads wait before looking whether the host is stopping
 DEFAULT_MAC = bytes.fromhex("525400000001")
@@ -84,10 +86,11 @@ class NetHost(SupervisedHost):
         try:
             self.tap = Tap(self.topology.this, plan.ifname)
             self.wire = Wire(self.topology.wire, WIRE_IF)
-            card = self.card = Card(mac, self.wire.send, self._irq.set)
+            target, family = DRIVERS[driver]
+            card = self.card = Card(family, mac, self.wire.send, self._irq.set)
             self._pending: list[bytes] = []
             self.spec = NetShadow(reset=self._reset_card)
-            ds = DriverSpec(target=DRIVERS[driver], interface=NetInterface,
+            ds = DriverSpec(target=target, interface=NetInterface,
                             kernel=NetKernelInterface,
                             kernel_impl=lambda ctx: NetKernel(self, card, ctx),
                             name=driver, deadline=deadline, limits=limits or Limits(),
