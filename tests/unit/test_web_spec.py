@@ -77,18 +77,26 @@ def test_an_application_that_means_its_500_gets_it_and_is_trusted_a_while() -> N
     assert world.builds == 2  # trusted: no restart for the next
 
 
-def test_a_404_is_doubted_only_where_the_extension_answered_200_before() -> None:
-    world = World(gone={"/never"})
+def test_a_refusal_from_a_broken_extension_is_answered_by_a_fresh_one() -> None:
+    world = World(broken={"/page": Head(404, "Not Found", [], b"", 0)})
     shadow, _ = _shadow(world)
-    assert _get(shadow, "/never").status == 404
-    assert world.builds == 1  # nothing says it was ever there
-    assert _get(shadow, "/page").status == 200
-    world.broken["/page"] = Head(404, "Not Found", [], b"", 0)
-    world.builds = 0  # the extension now running counts as the first (broken) one
-    shadow.recover_now(cast(FakeDomain, shadow.domain).report("crash"), shadow.generation)
-    assert world.builds == 1
     assert _get(shadow, "/page").status == 200  # doubted, answered by a fresh one
     assert world.builds == 2
+
+
+def test_trust_in_confirmed_answers_grows_with_each_confirmation() -> None:
+    world = World(gone={"/never"})
+    shadow, _ = _shadow(world)
+    spec = shadow.spec
+    assert [spec.trust_for(n) for n in (1, 2, 3)] == [10.0, 20.0, 40.0]
+    assert spec.trust_for(100) == 3600.0
+    assert _get(shadow, "/never").status == 404
+    assert world.builds == 2  # one fresh extension asked, which said the same
+    assert _get(shadow, "/never").status == 404
+    assert world.builds == 2  # trusted now
+    shadow._trusted.clear()  # the window ran out
+    assert _get(shadow, "/never").status == 404
+    assert world.builds == 3 and shadow._confirmed[("handle", "result")] == 2
 
 
 def test_a_post_not_safe_to_retry_keeps_its_500_and_runs_once() -> None:

@@ -150,6 +150,7 @@ class Shadow(Generic[S]):
         self.second_opinions_asked = 0
         self.trust_seconds = 10.0
         self._trusted: dict[tuple[str, str], float] = {}
+        self._confirmed: dict[tuple[str, str], int] = {}  # times a fresh driver said the same
         # per request kind, the exceptions a fresh driver raised too: answered as the
         # class's framework answers them from then on (see Interface.unexpected)
         self._lenient: dict[str, frozenset[str]] = {}
@@ -271,7 +272,7 @@ class Shadow(Generic[S]):
                     if second_opinion is not None:
                         # a fresh driver said the same: the error is the world's, not
                         # the driver's; trust it for a while rather than restart again
-                        self._trusted[second_opinion] = time.monotonic() + self.trust_seconds
+                        self._trust(second_opinion)
                     if raised is not None:
                         # the fresh driver raised as well: from now on, this request's
                         # exception is answered that way, without a restart
@@ -374,6 +375,14 @@ class Shadow(Generic[S]):
                 return  # between drivers already: the recovery is under way
         self._recover(gen, report)
 
+    def _trust(self, key: tuple[str, str]) -> None:
+        """A fresh driver confirmed an answer of this kind: trust such answers for a
+        while (as long as the class says for this many confirmations)."""
+        n = self._confirmed[key] = self._confirmed.get(key, 0) + 1
+        seconds = self.spec.trust_for(n)
+        self._trusted[key] = time.monotonic() + (self.trust_seconds if seconds is None
+                                                 else seconds)
+
     def _second_opinion(self, op: str, args: tuple[Any, ...],
                         error: Exception) -> tuple[str, str] | None:
         """The key under which to ask a fresh driver about ``error``, or None."""
@@ -413,7 +422,7 @@ class Shadow(Generic[S]):
         if reason is None:
             return None
         if tries:
-            self._trusted[key] = time.monotonic() + self.trust_seconds
+            self._trust(key)
             return None
         self.second_opinions_asked += 1
         return _DOUBT, reason, key

@@ -9,7 +9,8 @@ the phase in which the engine calls them:
   them, or ``Answer(value)`` to answer without the driver), ``violation`` (a
   result that must never be passed on), ``doubt`` and ``suspect`` (an answer a
   fresh driver should be asked about again), ``record`` (log the effect; the
-  result the caller gets), ``handle_result`` (the result names driver state);
+  result the caller gets), ``handle_result`` (the result names driver state),
+  ``trust_for`` (how long a doubt a fresh driver confirmed stays answered);
 * while the driver is down: ``strategy`` (how each request is answered:
   ``strategies`` maps a request kind to one, ``default_strategy`` covers the
   rest), ``answer`` (from the log, or ``NOT_IN_LOG``), ``busy``, ``queued``,
@@ -147,6 +148,11 @@ class ClassSpec:
         answer a correct driver gives rarely or never here): then a fresh driver is
         asked again before the caller sees it. May ask the driver (``domain``)."""
         return False
+
+    def trust_for(self, confirmations: int) -> float | None:
+        """Seconds to trust answers of a kind a fresh driver has now confirmed
+        ``confirmations`` times (None: the engine's ``trust_seconds``)."""
+        return None
 
     def record(self, op: str, args: tuple[Any, ...], result: Any) -> Any:
         """Log the effect of a completed request; the result to give the caller."""

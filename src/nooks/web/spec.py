@@ -22,11 +22,13 @@ class keeps. The rules for requests:
 * a response that cannot be sent (a bad status or header, a body longer or
   shorter than it says) is never passed on: the extension misbehaved, and is
   recovered like one that crashed (the request re-issued as above);
-* some answers to a request that may be re-issued are doubted, and a fresh
-  extension is asked (the first may be broken; an application that means its
-  answer gives it again, and is then trusted for a while, as in every class): a
-  ``500``, and a 4xx to a GET or HEAD of a target the extension answered with a
-  2xx before (the last ``MAX_SERVED`` such targets are remembered);
+* a failure or a refusal (``500``, and 400, 403, 404, 405, 410) to a request that
+  may be re-issued is doubted, and a fresh extension is asked: the first may be
+  broken. An application that means its answer gives it again, and such answers
+  are then trusted — ten seconds after the first confirmation, twice as long
+  after each next one, up to an hour: a site whose clients ask for what is not
+  there costs a few restarts of each worker in its first minutes, then one an
+  hour;
 * a request that fails the extension ``max_tries`` times fails alone with 500;
 * the pieces of a streamed body (``more``, ``drop``) are never re-issued: the
   stream died with the incarnation, and the host resumes the body by running
@@ -35,7 +37,6 @@ class keeps. The rules for requests:
 
 from __future__ import annotations
 
-import collections
 import fnmatch
 from typing import Any
 
@@ -46,9 +47,8 @@ from nooks.web.http import IDEMPOTENT, check_head
 from nooks.web.interface import Head, WebInterface
 
 RETRY_AFTER = 1  # seconds, for 503 answers
-MAX_SERVED = 4096  # targets remembered as answered with a 2xx
-SAFE_READS = frozenset({"GET", "HEAD"})
-REFUSALS = frozenset({400, 403, 404, 405, 410})
+DOUBTED = frozenset({500, 400, 403, 404, 405, 410})  # answers a broken extension gives
+TRUST_FIRST, TRUST_MAX = 10.0, 3600.0  # seconds, after one confirmation and at most
 
 
 class ServiceBusy(Unavailable):
@@ -68,8 +68,6 @@ class WebShadow(ClassSpec):
     def __init__(self, retry_safe: list[str] | tuple[str, ...] = ()) -> None:
         self.retry_safe: list[tuple[str, str]] = []
         self._marked: list[str] | None = None  # what the application said at start-up
-        # (method, target) of GETs and HEADs answered with a 2xx, oldest first
-        self._served: collections.OrderedDict[tuple[str, str], int] = collections.OrderedDict()
         self.mark_retry_safe(retry_safe)
 
     def mark_retry_safe(self, routes: list[str] | tuple[str, ...]) -> None:
@@ -101,25 +99,15 @@ class WebShadow(ClassSpec):
         return None
 
     def doubt(self, op: str, args: tuple[Any, ...], result: Any, domain: Domain) -> str | None:
-        if op != "handle" or not isinstance(result, Head):
-            return None
-        if result.status == 500:
-            return "answered 500"
-        if result.status in REFUSALS:
-            before = self._served.get((str(args[0]), str(args[1])))
-            if before is not None:
-                return f"answered {result.status} to {args[0]} of what it answered {before} before"
+        if op == "handle" and isinstance(result, Head) and result.status in DOUBTED:
+            return f"answered {result.status}"
         return None
 
+    def trust_for(self, confirmations: int) -> float:
+        return min(TRUST_FIRST * (1 << min(max(confirmations - 1, 0), 20)), TRUST_MAX)
+
     def record(self, op: str, args: tuple[object, ...], result: object) -> object:
-        if op == "handle" and isinstance(result, Head):
-            if 200 <= result.status < 300 and args[0] in SAFE_READS:
-                key = (str(args[0]), str(args[1]))
-                self._served[key] = result.status
-                self._served.move_to_end(key)
-                if len(self._served) > MAX_SERVED:
-                    self._served.popitem(last=False)
-        elif op == "retry_safe" and isinstance(result, list):
+        if op == "retry_safe" and isinstance(result, list):
             self._marked = list(result)
         return result
 
