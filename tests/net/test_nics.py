@@ -151,3 +151,30 @@ def _in_filter(driver: str, regs: memoryview, group: bytes) -> bool:
     bit = e.mta_index(group)
     word = int.from_bytes(regs[e.MTA + 4 * (bit >> 5):e.MTA + 4 * (bit >> 5) + 4], "little")
     return bool(word >> (bit & 31) & 1) and not _promiscuous(driver, regs)
+
+
+def test_tcpdump_on_the_tap_keeps_capturing_across_recoveries(host: NetHost,
+                                                              tmp_path: Path) -> None:
+    ns = host.topology.this
+    pcap = tmp_path / "cap.pcap"
+    dump = subprocess.Popen(["ip", "netns", "exec", ns, "tcpdump", "-i", "nooks0", "-n", "-U",
+                             "--immediate-mode", "-w", str(pcap), "icmp"],
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert dump.stderr is not None
+        assert "listening on" in dump.stderr.readline()  # tcpdump is capturing
+        assert host.sup is not None
+        for fault in ("segv", "hang"):
+            assert " 5 received" in _in(ns, "ping", "-c", "5", "-i", "0.05", "-W", "2",
+                                        "10.77.0.2").stdout
+            host.sup.inject(fault)
+        assert " 5 received" in _in(ns, "ping", "-c", "5", "-i", "0.05", "-W", "2",
+                                    "10.77.0.2").stdout
+    finally:
+        dump.terminate()
+        dump.wait(10)
+    read = _in(ns, "tcpdump", "-n", "-r", str(pcap))
+    replies = [line for line in read.stdout.splitlines() if "echo reply" in line]
+    ids = sorted({line.split("id ")[1].split(",")[0] for line in replies})
+    assert len(replies) == 15, f"{len(replies)} replies, ids {ids}"
