@@ -178,7 +178,11 @@ class WsgiAdapter:
             return Head(status, reason, headers, first[:INLINE], declared, sid), True
         payload = first if it is None else first + drain(it)
         if len(payload) <= INLINE:
-            return Head(status, reason, headers, payload, len(payload)), False
+            # a Content-Length the application gave is its word: a body of another size
+            # cannot be sent under it (the host refuses such a response)
+            said = declared_length(headers)
+            return Head(status, reason, headers, payload,
+                        len(payload) if said is None else said), False
         sid = self._streams.add(BytesBody(payload))
         return Head(status, reason, headers, payload[:INLINE], len(payload), sid), False
 
