@@ -214,7 +214,7 @@ def test_static_server_features(tmp_path: Path) -> None:
                                "%{http_code}", f"{url}/../secret"], capture_output=True,
                               text=True, check=False)
         assert curl.stdout == "404"
-        recoveries = status(name)["recoveries"]  # type: ignore[index]
+        recoveries: list[dict[str, str]] = status(name)["recoveries"]  # type: ignore[assignment]
         asked = [r for r in recoveries if "asking a fresh driver" in r["detail"]]
         assert len(recoveries) - len(asked) == 3  # the three faults
         # the first 404 was doubted once, a fresh extension said the same, and 404s
