@@ -141,8 +141,8 @@ def _promiscuous(driver: str, regs: memoryview) -> bool:
 def _in_filter(driver: str, regs: memoryview, group: bytes) -> bool:
     """Whether the card's multicast filter takes ``group`` (and is not promiscuous)."""
     if driver == "rtl8139":
-        from nooks.drivers.rtl8139 import ether_crc
         from nooks.hw import rtl8139 as r
+        from nooks.hw.netdev import ether_crc
 
         mar = int.from_bytes(regs[r.MAR:r.MAR + 8], "little")
         return bool(mar >> (ether_crc(group) >> 26) & 1) and not _promiscuous(driver, regs)

@@ -17,7 +17,7 @@ import struct
 
 from nooks.domain.child import kernel, region
 from nooks.hw.mmio import Registers
-from nooks.hw.netdev import Info
+from nooks.hw.netdev import Info, ether_crc
 
 # the chip's registers
 IDR0, MAR0 = 0x00, 0x08
@@ -37,17 +37,6 @@ RX_BUF_LEN = 8192
 RX_BUF_TOTAL = RX_BUF_LEN + 16 + 1536  # room past the ring's end (the chip's WRAP)
 ETH_ZLEN, MAX_MTU = 60, 1500
 INTERRUPTS = RX_OK | RX_ERR | TX_OK | TX_ERR | RX_OVERFLOW
-
-
-def ether_crc(data: bytes) -> int:
-    crc = 0xFFFFFFFF
-    for byte in data:
-        for bit in range(8):
-            top = (crc >> 31) & 1
-            crc = (crc << 1) & 0xFFFFFFFF
-            if top ^ ((byte >> bit) & 1):
-                crc ^= 0x04C11DB7
-    return crc
 
 
 class Rtl8139:

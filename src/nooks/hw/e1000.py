@@ -33,6 +33,8 @@ import struct
 import threading
 from collections.abc import Callable
 
+from nooks.hw.registers import RegisterFile
+
 CTRL, STATUS, ICR, IMS, IMC = 0x0000, 0x0008, 0x00C0, 0x00D0, 0x00D8
 RCTL, TCTL = 0x0100, 0x0400
 RDBAL, RDBAH, RDLEN, RDH, RDT = 0x2800, 0x2804, 0x2808, 0x2810, 0x2818
@@ -63,7 +65,7 @@ def mta_index(mac: bytes) -> int:
     return ((mac[4] >> 4) | (mac[5] << 4)) & 0xFFF
 
 
-class E1000:
+class E1000(RegisterFile):
     """The card; ``send`` puts a frame on the wire, ``interrupt`` is called when the
     line rises (the host then looks at ``pending`` after each handler)."""
 
@@ -82,12 +84,6 @@ class E1000:
 
     def __repr__(self) -> str:
         return f"<E1000 {self.mac.hex(':')} {self.counts}>"
-
-    def _r32(self, off: int) -> int:
-        return int(struct.unpack_from("<I", self.regs, off)[0])
-
-    def _w32(self, off: int, v: int) -> None:
-        struct.pack_into("<I", self.regs, off, v & 0xFFFFFFFF)
 
     def reset(self) -> None:
         with self.lock:

@@ -43,6 +43,9 @@ import threading
 import zlib
 from collections.abc import Callable
 
+from nooks.hw.netdev import ether_crc
+from nooks.hw.registers import RegisterFile
+
 # register offsets
 IDR, MAR = 0x00, 0x08
 TSD, TSAD = 0x10, 0x20  # four of each, 4 bytes apart
@@ -71,22 +74,10 @@ DOORBELLS = frozenset({TSD, TSD + 4, TSD + 8, TSD + 12, CR, ISR, CAPR})
 
 def mc_hash(mac: bytes) -> int:
     """The bit of ``MAR`` a multicast address selects (the CRC's top 6 bits)."""
-    return _ether_crc(mac) >> 26
+    return ether_crc(mac) >> 26
 
 
-def _ether_crc(data: bytes) -> int:
-    """The big-endian Ethernet CRC the chip hashes multicast addresses with."""
-    crc = 0xFFFFFFFF
-    for byte in data:
-        for bit in range(8):
-            top = (crc >> 31) & 1
-            crc = (crc << 1) & 0xFFFFFFFF
-            if top ^ ((byte >> bit) & 1):
-                crc ^= 0x04C11DB7
-    return crc
-
-
-class Rtl8139:
+class Rtl8139(RegisterFile):
     """The card. ``send`` puts a frame on the wire; ``interrupt`` is called when
     ``ISR & IMR`` becomes non-zero (the line rises; the host delivers it, and after
     each handler looks at ``pending``: the line is level, not an edge)."""
@@ -108,26 +99,6 @@ class Rtl8139:
 
     def __repr__(self) -> str:
         return f"<Rtl8139 {self.mac.hex(':')} {self.counts}>"
-
-    # -- registers -------------------------------------------------------------------
-
-    def _r8(self, off: int) -> int:
-        return self.regs[off]
-
-    def _r16(self, off: int) -> int:
-        return int(struct.unpack_from("<H", self.regs, off)[0])
-
-    def _r32(self, off: int) -> int:
-        return int(struct.unpack_from("<I", self.regs, off)[0])
-
-    def _w8(self, off: int, v: int) -> None:
-        self.regs[off] = v & 0xFF
-
-    def _w16(self, off: int, v: int) -> None:
-        struct.pack_into("<H", self.regs, off, v & 0xFFFF)
-
-    def _w32(self, off: int, v: int) -> None:
-        struct.pack_into("<I", self.regs, off, v & 0xFFFFFFFF)
 
     def reset(self) -> None:
         """Power-on state: registers cleared, the MAC address in ``IDR``, every slot the

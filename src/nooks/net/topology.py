@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pyroute2 import NetNS, netns
 
 from nooks.control import run_dir
+from nooks.domain.cgroup import process_alive
 
 log = logging.getLogger(__name__)
 
@@ -81,16 +82,6 @@ def _owner_path(ns: str) -> str:
     return os.path.join(run_dir(), f"netns-{ns}.owner")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def sweep() -> list[str]:
     """Remove the namespaces made by hosts that died; their names."""
     gone = []
@@ -105,7 +96,7 @@ def sweep() -> list[str]:
                     pid = int(f.read().strip() or 0)
             except (OSError, ValueError):
                 pid = 0
-            if pid and _alive(pid):
+            if process_alive(pid):
                 continue
             with contextlib.suppress(OSError):
                 if ns in netns.listnetns():
