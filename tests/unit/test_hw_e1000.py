@@ -141,3 +141,20 @@ def test_whatever_a_driver_writes_and_the_wire_brings_the_card_stays_sane(
             c.card.receive((MAC + PEER + bytes([b]) * 2000)[:a])
     assert all(14 <= len(f) <= e.MAX_FRAME for f in c.sent)
     assert len(c.dma) == 1 << 20
+
+
+def test_a_head_left_past_a_ring_made_shorter_is_not_followed() -> None:
+    c = Card()
+    c.up()
+    c.w32(e.RDLEN, 64 * 16)  # a longer ring: the head moves past 8
+    for i in range(64):
+        struct.pack_into("<QHHBBH", c.dma, RX_RING + 16 * i, BUFS + 2048 * (i % 8), 0, 0, 0,
+                         0, 0)
+    c.card.write(e.RDT, 63)
+    for n in range(20):
+        assert c.card.receive(frame(MAC, n))
+    c.w32(e.RDBAL, len(c.dma) - 128)  # then a short ring at the very end of DMA memory
+    c.w32(e.RDLEN, 128)
+    c.card.write(e.RDT, 7)
+    assert not c.card.receive(frame(MAC, 99))  # missed, not read past the memory
+    assert c.card.counts["rx_missed"] == 1

@@ -141,6 +141,9 @@ class E1000:
         if not icr:
             return
         self.regs.w32(ICR, icr)  # write 1 to clear
+        # the acknowledgement reaches the card before the rings are read: a frame that
+        # arrives after it raises the line again (posted, it could clear that too)
+        self.k.mmio_sync()
         if icr & ICR_RXO:
             self.counts["rx_missed"] += 1
         if icr & (ICR_RXT0 | ICR_RXO):

@@ -129,6 +129,9 @@ class Rtl8139:
         if not status:
             return
         self.regs.w16(INTR_STATUS, status)  # acknowledged: write 1 to clear
+        # the acknowledgement reaches the card before the rings are read: a frame that
+        # arrives after it raises the line again (posted, it could clear that too)
+        self.k.mmio_sync()
         if status & (RX_OK | RX_ERR | RX_OVERFLOW):
             if status & RX_OVERFLOW:
                 self.counts["rx_missed"] += 1

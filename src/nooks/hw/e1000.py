@@ -160,7 +160,7 @@ class E1000(RegisterFile):
             return False
         base, count = ring
         tail = self._r32(TDT)
-        if tail >= count:
+        if tail >= count or self._tdh >= count:  # (a head past a ring made shorter)
             self.counts["tx_aborted"] += 1
             return False
         frame = bytearray()
@@ -227,7 +227,7 @@ class E1000(RegisterFile):
             return False, 0
         ring = self._ring(RDBAL, RDLEN)
         tail = self._r32(RDT)
-        if ring is None or tail >= ring[1] or self._rdh == tail:
+        if ring is None or tail >= ring[1] or self._rdh >= ring[1] or self._rdh == tail:
             self.counts["rx_missed"] += 1  # no descriptor the driver gave
             return False, ICR_RXO
         base, count = ring

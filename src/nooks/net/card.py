@@ -120,12 +120,19 @@ class Card:
         self.counts["sent"] += 1
 
     def arrived(self, frame: bytes) -> None:
-        """A frame arrived from the wire."""
-        if self.model.receive(frame):
+        """A frame arrived from the wire. It is listed as delivered before the card
+        takes it (the driver may pass it up the moment it is in the ring), and
+        forgotten if the card did not take it."""
+        with self._lock:
+            if len(self._delivered) >= MAX_DELIVERED:
+                self._delivered.popleft()
+            self._delivered.append(frame)
+        if not self.model.receive(frame):
             with self._lock:
-                if len(self._delivered) >= MAX_DELIVERED:
-                    self._delivered.popleft()
-                self._delivered.append(frame)
+                for i in range(len(self._delivered) - 1, -1, -1):
+                    if self._delivered[i] is frame:
+                        del self._delivered[i]
+                        break
 
     def passed_up(self, frame: bytes) -> None:
         """The driver passes ``frame`` up; Refused unless the card delivered it."""

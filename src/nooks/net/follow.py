@@ -13,12 +13,29 @@ fresh driver).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from pyroute2 import IPRoute, netns
+
+_libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNET = 0x40000000
+
+
+def _enter(ns: str) -> None:
+    """Move the calling thread into network namespace ``ns`` (pyroute2's push/pop keep
+    one stack for the whole process, and save the main thread's namespace)."""
+    fd = os.open(os.path.join(netns.NETNS_RUN_DIR, ns), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns into {ns}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
 
 log = logging.getLogger(__name__)
 
@@ -65,23 +82,20 @@ class Follower:
         self._thread.start()
 
     def _run(self) -> None:
-        netns.pushns(self.ns)  # this thread stays in the namespace
-        try:
-            with IPRoute() as ipr:
-                while not self._stop.is_set():
-                    try:
-                        now = self._read(ipr)
-                    except (OSError, IndexError, ValueError) as e:
-                        self.errors += 1
-                        log.debug("%s: cannot read the interface: %s", self.ifname, e)
-                        now = None
-                    if now is not None and now != self.last:
-                        self.last = now
-                        self._changed(now)
-                    self._ready.set()
-                    self._stop.wait(PERIOD)
-        finally:
-            netns.popns()
+        _enter(self.ns)  # this thread (only) moves into the namespace, for good
+        with IPRoute() as ipr:
+            while not self._stop.is_set():
+                try:
+                    now = self._read(ipr)
+                except (OSError, IndexError, ValueError) as e:
+                    self.errors += 1
+                    log.debug("%s: cannot read the interface: %s", self.ifname, e)
+                    now = None
+                if now is not None and now != self.last:
+                    self.last = now
+                    self._changed(now)
+                self._ready.set()
+                self._stop.wait(PERIOD)
 
     def _read(self, ipr: IPRoute) -> LinkConfig:
         index = ipr.link_lookup(ifname=self.ifname)[0]

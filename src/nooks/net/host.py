@@ -51,6 +51,8 @@ DRIVERS = {"rtl8139": ("nooks.drivers.rtl8139:Rtl8139", "rtl8139"),
            "e1000": ("nooks.drivers.e1000:E1000", "e1000")}
 WATCHDOG = 2.0  # seconds the transmit queue may stay full before the driver is hung
 POLL = 0.1  # seconds the threads wait before looking whether the host is stopping
+BLOCK_TIMEOUT = 10.0  # seconds a call may wait for a recovering driver
+ETH_HLEN = 14
 DEFAULT_MAC = bytes.fromhex("525400000001")
 
 
@@ -75,8 +77,8 @@ class NetHost(SupervisedHost):
         self._irq = threading.Event()
         self._tx_room = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.counts = {"tx_frames": 0, "tx_dropped": 0, "rx_frames": 0, "watchdog": 0,
-                       "refused": 0}
+        self.counts = {"tx_frames": 0, "tx_dropped": 0, "rx_frames": 0, "rx_oversized": 0,
+                       "watchdog": 0, "refused": 0, "rx_errors": 0}
         self.topology = Topology(plan)
         self.tap: Tap | None = None
         self.wire: Wire | None = None
@@ -97,7 +99,8 @@ class NetHost(SupervisedHost):
                             regions=self.card.regions(), fault=fault)
             self.sup = Supervised(ds, self.spec, native=native,
                                   fault=fault if native else None, start_tries=max_tries,
-                                  max_tries=max_tries, block_timeout=10.0, host=self.name,
+                                  max_tries=max_tries, block_timeout=BLOCK_TIMEOUT,
+                                  host=self.name,
                                   on_recovery=self._recovered)
             self.supervised = [self.sup]
             info: Info = self.sup.call("probe")
@@ -127,8 +130,13 @@ class NetHost(SupervisedHost):
     # -- what the driver's kernel calls reach --------------------------------------------
 
     def pass_up(self, frame: bytes) -> None:
-        assert self.tap is not None
-        self.tap.write(frame)
+        tap = self.tap
+        if tap is None:
+            return
+        if len(frame) > tap.mtu + ETH_HLEN:  # the wire's (a VLAN tag): not the driver's fault
+            self.counts["rx_oversized"] += 1
+            return
+        tap.write(frame)
         self.counts["rx_frames"] += 1
 
     def wake_tx(self) -> None:
@@ -228,9 +236,10 @@ class NetHost(SupervisedHost):
         if self.sup is None or self.sup.domain is None or self.sup.shadow is None:
             return
         shadow = self.sup.shadow
+        gen = shadow.generation  # before the kill: an idle recovery may end first
         with contextlib.suppress(NooksError):
             report = self.sup.domain.condemn(detail, "xmit", FailureKind.HUNG)
-            shadow.recover_now(report, shadow.generation)
+            shadow.recover_now(report, gen)
 
     def _receive(self) -> None:
         assert self.wire is not None and self.card is not None
@@ -243,7 +252,11 @@ class NetHost(SupervisedHost):
             except OSError:
                 return
             if frame is not None:
-                self.card.arrived(frame)
+                try:
+                    self.card.arrived(frame)
+                except Exception:  # the card model's own bug must not stop receiving
+                    self.counts["rx_errors"] += 1
+                    log.exception("%s: a frame from the wire could not be taken", self.name)
 
     def _interrupts(self) -> None:
         assert self.card is not None and self.sup is not None
@@ -302,18 +315,21 @@ class NetHost(SupervisedHost):
 
     def close(self) -> None:
         self._stopping.set()
-        if self.follower is not None:
-            self.follower.close()
-        for t in self._threads:
-            t.join(5)
-        self._threads = []
-        with contextlib.suppress(Closed):
-            self.close_supervised()
-        for part in (self.wire, self.tap, self.card):
-            if part is not None:
-                part.close()
-        self.wire = self.tap = self.card = None
-        self.topology.close()
+        try:
+            if self.follower is not None:
+                self.follower.close()
+            with contextlib.suppress(Closed):
+                self.close_supervised()  # calls in flight end with the domain
+            for t in self._threads:
+                t.join(BLOCK_TIMEOUT + 2)
+            self._threads = []
+        finally:
+            for part in (self.wire, self.tap, self.card):
+                if part is not None:
+                    with contextlib.suppress(Exception):
+                        part.close()
+            self.wire = self.tap = self.card = None
+            self.topology.close()
 
 
 def _raise_stop(signum: int, frame: object) -> None:
