@@ -30,10 +30,8 @@ is missed. Nothing a driver writes can make the card raise or touch host memory.
 from __future__ import annotations
 
 import struct
-import threading
-from collections.abc import Callable
 
-from nooks.hw.registers import RegisterFile
+from nooks.hw.registers import CardModel
 
 CTRL, STATUS, ICR, IMS, IMC = 0x0000, 0x0008, 0x00C0, 0x00D0, 0x00D8
 RCTL, TCTL = 0x0100, 0x0400
@@ -65,29 +63,11 @@ def mta_index(mac: bytes) -> int:
     return ((mac[4] >> 4) | (mac[5] << 4)) & 0xFFF
 
 
-class E1000(RegisterFile):
+class E1000(CardModel):
     """The card; ``send`` puts a frame on the wire, ``interrupt`` is called when the
     line rises (the host then looks at ``pending`` after each handler)."""
 
-    def __init__(self, regs: memoryview, dma: memoryview, mac: bytes,
-                 send: Callable[[bytes], None], interrupt: Callable[[], None]) -> None:
-        if len(regs) < REGS_SIZE or len(mac) != 6:
-            raise ValueError("registers too small, or not a MAC address")
-        self.regs = regs
-        self.dma = dma
-        self.mac = mac
-        self._send = send
-        self._interrupt = interrupt
-        self.lock = threading.Lock()
-        self.counts = {"tx": 0, "tx_aborted": 0, "rx": 0, "rx_missed": 0, "rx_filtered": 0}
-        self.reset()
-
-    def __repr__(self) -> str:
-        return f"<E1000 {self.mac.hex(':')} {self.counts}>"
-
-    def reset(self) -> None:
-        with self.lock:
-            self._reset()
+    REGS_SIZE = REGS_SIZE
 
     def _reset(self) -> None:
         self.regs[:REGS_SIZE] = bytes(REGS_SIZE)

@@ -39,12 +39,10 @@ touch host memory.
 from __future__ import annotations
 
 import struct
-import threading
 import zlib
-from collections.abc import Callable
 
 from nooks.hw.netdev import ether_crc
-from nooks.hw.registers import RegisterFile
+from nooks.hw.registers import CardModel
 
 # register offsets
 IDR, MAR = 0x00, 0x08
@@ -77,36 +75,16 @@ def mc_hash(mac: bytes) -> int:
     return ether_crc(mac) >> 26
 
 
-class Rtl8139(RegisterFile):
+class Rtl8139(CardModel):
     """The card. ``send`` puts a frame on the wire; ``interrupt`` is called when
     ``ISR & IMR`` becomes non-zero (the line rises; the host delivers it, and after
     each handler looks at ``pending``: the line is level, not an edge)."""
 
-    def __init__(self, regs: memoryview, dma: memoryview, mac: bytes,
-                 send: Callable[[bytes], None], interrupt: Callable[[], None]) -> None:
-        if len(regs) < REGS_SIZE:
-            raise ValueError("the register region is too small")
-        if len(mac) != 6:
-            raise ValueError("a MAC address is 6 bytes")
-        self.regs = regs
-        self.dma = dma
-        self.mac = mac
-        self._send = send
-        self._interrupt = interrupt
-        self.lock = threading.Lock()
-        self.counts = {"tx": 0, "tx_aborted": 0, "rx": 0, "rx_missed": 0, "rx_filtered": 0}
-        self.reset()
-
-    def __repr__(self) -> str:
-        return f"<Rtl8139 {self.mac.hex(':')} {self.counts}>"
-
-    def reset(self) -> None:
-        """Power-on state: registers cleared, the MAC address in ``IDR``, every slot the
-        driver's, receiver and transmitter off, link up."""
-        with self.lock:
-            self._reset()
+    REGS_SIZE = REGS_SIZE
 
     def _reset(self) -> None:
+        """Power-on state: registers cleared, the MAC address in ``IDR``, every slot the
+        driver's, receiver and transmitter off, link up."""
         self.regs[:REGS_SIZE] = bytes(REGS_SIZE)
         self.regs[IDR:IDR + 6] = self.mac
         self._tsd = [TSD_OWN] * 4
