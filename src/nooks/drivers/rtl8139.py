@@ -30,13 +30,15 @@ TX_HOST_OWNS, TX_STAT_OK = 0x2000, 0x8000
 ACCEPT_ALL, ACCEPT_MY_PHYS, ACCEPT_MULTICAST, ACCEPT_BROADCAST = 0x01, 0x02, 0x04, 0x08
 RX_STATUS_OK = 0x0001
 DOORBELLS = frozenset({TX_STATUS0, TX_STATUS0 + 4, TX_STATUS0 + 8, TX_STATUS0 + 12,
-                       CHIP_CMD, INTR_STATUS, RX_BUF_PTR})
+                       CHIP_CMD, INTR_MASK, INTR_STATUS, RX_BUF_PTR})
 
 NUM_TX, TX_BUF_SIZE = 4, 1536
-RX_BUF_LEN = 8192
+RX_BUF_IDX = 2  # a 32 KiB ring (8139too's default)
+RX_BUF_LEN = 8192 << RX_BUF_IDX
 RX_BUF_TOTAL = RX_BUF_LEN + 16 + 1536  # room past the ring's end (the chip's WRAP)
+RX_CFG_RBLEN_SHIFT = 11
 ETH_ZLEN, MAX_MTU = 60, 1500
-INTERRUPTS = RX_OK | RX_ERR | TX_OK | TX_ERR | RX_OVERFLOW
+INTERRUPTS = RX_OK | RX_ERR | RX_OVERFLOW  # and TX_OK | TX_ERR while the slots are full
 
 
 class Rtl8139:
@@ -80,19 +82,30 @@ class Rtl8139:
         self.up = False
         self.k.carrier(False)
 
-    def xmit(self, frame: bytes) -> bool:
-        if not self.up or self.cur_tx - self.dirty_tx >= NUM_TX:
-            return False
-        slot = self.cur_tx % NUM_TX
-        addr = self.tx_addrs[slot]
-        size = max(len(frame), ETH_ZLEN)
-        self.dma[addr:addr + len(frame)] = frame
-        if len(frame) < ETH_ZLEN:
-            self.dma[addr + len(frame):addr + ETH_ZLEN] = bytes(ETH_ZLEN - len(frame))
-        self.regs.w32(TX_STATUS0 + 4 * slot, size)
-        self.cur_tx += 1
-        self.counts["tx_bytes"] += len(frame)
-        return True
+    def xmit(self, frames: list[bytes]) -> int:
+        """As many of ``frames`` as there are free slots (the system offers the rest
+        again at once); the transmit interrupt is asked for only when no slot was
+        free (slots are reclaimed here otherwise)."""
+        if not self.up:
+            return 0
+        self._tx_reclaim()
+        taken = 0
+        for frame in frames:
+            if self.cur_tx - self.dirty_tx >= NUM_TX:
+                if not taken:  # (offered the rest at once otherwise)
+                    self.regs.w16(INTR_MASK, INTERRUPTS | TX_OK | TX_ERR)  # tell me when
+                break
+            slot = self.cur_tx % NUM_TX
+            addr = self.tx_addrs[slot]
+            size = max(len(frame), ETH_ZLEN)
+            self.dma[addr:addr + len(frame)] = frame
+            if len(frame) < ETH_ZLEN:
+                self.dma[addr + len(frame):addr + ETH_ZLEN] = bytes(ETH_ZLEN - len(frame))
+            self.regs.w32(TX_STATUS0 + 4 * slot, size)
+            self.cur_tx += 1
+            self.counts["tx_bytes"] += len(frame)
+            taken += 1
+        return taken
 
     def set_mac(self, mac: bytes) -> None:
         self.regs.write_bytes(IDR0, mac)
@@ -115,7 +128,7 @@ class Rtl8139:
 
     def _write_rx_mode(self) -> None:
         self.regs.write_bytes(MAR0, self.mar)
-        self.regs.w32(RX_CONFIG, self.rx_config)
+        self.regs.w32(RX_CONFIG, self.rx_config | RX_BUF_IDX << RX_CFG_RBLEN_SHIFT)
 
     def change_mtu(self, mtu: int) -> None:
         if mtu > MAX_MTU:
@@ -128,10 +141,9 @@ class Rtl8139:
         status = self.regs.r16(INTR_STATUS)
         if not status:
             return
-        self.regs.w16(INTR_STATUS, status)  # acknowledged: write 1 to clear
-        # the acknowledgement reaches the card before the rings are read: a frame that
-        # arrives after it raises the line again (posted, it could clear that too)
-        self.k.mmio_sync()
+        # acknowledged (write 1 to clear), posted: the card keeps its receive line up
+        # while the ring holds frames, so one that arrives meanwhile is not missed
+        self.regs.w16(INTR_STATUS, status)
         if status & (RX_OK | RX_ERR | RX_OVERFLOW):
             if status & RX_OVERFLOW:
                 self.counts["rx_missed"] += 1
@@ -167,4 +179,5 @@ class Rtl8139:
                 self.counts["tx_errors"] += 1
             self.dirty_tx += 1
         if was_full and self.cur_tx - self.dirty_tx < NUM_TX:
+            self.regs.w16(INTR_MASK, INTERRUPTS)
             self.k.tx_wake()

@@ -85,8 +85,20 @@ class E1000(CardModel):
         self._w32(TDH, self._tdh)
 
     def pending(self) -> bool:
+        """Whether the line is up: ``ICR & IMS``, or descriptors filled and not given
+        back while receive interrupts are on (the receive cause is level: a driver
+        that acknowledged it, then read the ring before the last frame came, is
+        asked again)."""
         with self.lock:
-            return bool(self._icr & self._ims)
+            if self._icr & self._ims:
+                return True
+            if not self._ims & ICR_RXT0 or not self._r32(RCTL) & RCTL_EN:
+                return False
+            ring = self._ring(RDBAL, RDLEN)
+            if ring is None:
+                return False
+            tail = self._r32(RDT)
+            return tail < ring[1] and self._rdh != (tail + 1) % ring[1]
 
     def _signal(self, bits: int) -> bool:
         before = self._icr

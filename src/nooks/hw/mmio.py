@@ -11,46 +11,43 @@ request being served, at the latest) — batched, as the seed's deferred XPC.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 from collections.abc import Set as AbstractSet
 
-_U16, _U32 = struct.Struct("<H"), struct.Struct("<I")
+from nooks.hw.registers import Window
 
 
 class Registers:
+    """Registers are read and written whole (``Window``): the card writes them while
+    the driver reads."""
+
     def __init__(self, mem: memoryview, doorbells: AbstractSet[int],
                  ring: Callable[[int, int], None]) -> None:
         self.mem = mem
+        self.window = Window(mem)
         self.doorbells = frozenset(doorbells)
         self._ring = ring
-
-    def r8(self, off: int) -> int:
-        return self.mem[off]
-
-    def r16(self, off: int) -> int:
-        return int(_U16.unpack_from(self.mem, off)[0])
-
-    def r32(self, off: int) -> int:
-        return int(_U32.unpack_from(self.mem, off)[0])
+        self.r8 = self.window.r8
+        self.r16 = self.window.r16
+        self.r32 = self.window.r32
 
     def w8(self, off: int, value: int) -> None:
         if off in self.doorbells:
             self._ring(off, value & 0xFF)
         else:
-            self.mem[off] = value & 0xFF
+            self.window.w8(off, value)
 
     def w16(self, off: int, value: int) -> None:
         if off in self.doorbells:
             self._ring(off, value & 0xFFFF)
         else:
-            _U16.pack_into(self.mem, off, value & 0xFFFF)
+            self.window.w16(off, value)
 
     def w32(self, off: int, value: int) -> None:
         if off in self.doorbells:
             self._ring(off, value & 0xFFFFFFFF)
         else:
-            _U32.pack_into(self.mem, off, value & 0xFFFFFFFF)
+            self.window.w32(off, value)
 
     def write_bytes(self, off: int, data: bytes) -> None:
         """Plain registers only (an address filter, a MAC address)."""

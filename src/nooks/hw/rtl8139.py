@@ -11,13 +11,15 @@ to what a driver of it uses), on the host's side:
   when the ring is empty), ``CAPR`` (where the driver has read the ring to, less
   16, as on the chip), ``CBR`` (where the card writes next), ``IMR``/``ISR``
   (interrupt mask and status), ``RCR`` (receive filter: all, own address,
-  multicast, broadcast), ``MSR`` (link).
+  multicast, broadcast; the ring's length, 8 to 64 KiB), ``MSR`` (link).
 * **DMA memory** (another shared region): buffers at addresses the driver was
   given (``nooks.hw.dma``), read by the card for transmits and written for
   receives.
 * Writes with side effects reach the card as *doorbells* (``write``): ``TSD``
-  (send the slot), ``CR`` (reset, enable), ``ISR`` (write 1 to clear), ``CAPR``
-  (frees ring space). Other registers the driver writes in place, and the card
+  (send the slot), ``CR`` (reset, enable), ``IMR`` (unmasking a cause that is
+  set raises the line), ``ISR`` (write 1 to clear), ``CAPR`` (frees ring
+  space). The receive cause is level (``pending``): while the ring holds
+  frames, the line stays up. Other registers the driver writes in place, and the card
   reads them when it acts.
 * Receive: a frame the filter accepts is written at ``CBR`` as the chip writes
   it — a 4-byte header (status, length including a 4-byte CRC), the frame, the
@@ -63,11 +65,12 @@ RCR_AAP, RCR_APM, RCR_AM, RCR_AB = 0x01, 0x02, 0x04, 0x08
 RX_ROK, RX_BAR, RX_PAM, RX_MAR = 0x0001, 0x2000, 0x4000, 0x8000
 MSR_LINKB = 0x04  # set: link down
 
-RING = 8192  # the receive ring (RBLEN 0: 8 KiB); the buffer needs RING + 16 + 1536 bytes
-RING_BUFFER = RING + 16 + 1536
+RING = 8192  # the receive ring with RBLEN 0 (RCR bits 11-12: 8, 16, 32 or 64 KiB)
+RCR_RBLEN_SHIFT = 11
+RING_SLACK = 16 + 1536  # the buffer runs this far past the ring's end (WRAP 0)
 MIN_FRAME, MAX_TX = 14, 1792
 MAX_RX = 1522  # the largest frame taken from the wire (1500 bytes, a header, a VLAN tag)
-DOORBELLS = frozenset({TSD, TSD + 4, TSD + 8, TSD + 12, CR, ISR, CAPR})
+DOORBELLS = frozenset({TSD, TSD + 4, TSD + 8, TSD + 12, CR, IMR, ISR, CAPR})
 
 
 def mc_hash(mac: bytes) -> int:
@@ -114,11 +117,15 @@ class Rtl8139(CardModel):
                     self._reset()
                     return
                 self._cr = (value & (CR_RE | CR_TE)) | (self._cr & CR_BUFE)
+            elif off == IMR:  # unmasking a cause that is set raises the line
+                before = self._isr & self._r16(IMR)
+                self._w16(IMR, value)
+                raise_line = not before and bool(self._isr & value)
             elif off == ISR:
                 self._isr &= ~value & 0xFFFF
             elif off == CAPR:
                 self._w16(CAPR, value)
-                self._rx_read = (value + 16) % RING
+                self._rx_read = (value + 16) % self._ring_len()
                 self._update_bufe()
             else:
                 raise ValueError(f"register {off:#x} has no doorbell")
@@ -127,9 +134,14 @@ class Rtl8139(CardModel):
             self._interrupt()
 
     def pending(self) -> bool:
-        """Whether the interrupt line is up (``ISR & IMR``)."""
+        """Whether the interrupt line is up: ``ISR & IMR``, or frames in the ring while
+        receive interrupts are on (the receive cause is level: a driver that
+        acknowledged it, then read the ring before the last frame came, is asked
+        again)."""
         with self.lock:
-            return bool(self._isr & self._r16(IMR))
+            imr = self._r16(IMR)
+            return bool(self._isr & imr) or bool(imr & INT_ROK and self._cr & CR_RE
+                                                 and self._cbr != self._rx_read)
 
     def _signal(self, bits: int) -> bool:
         """Set ``bits`` in ISR; whether that raised the line (it was down): the host
@@ -180,6 +192,9 @@ class Rtl8139(CardModel):
             return RX_PAM if rcr & (RCR_APM | RCR_AAP) else 0
         return RX_PAM if rcr & RCR_AAP else 0
 
+    def _ring_len(self) -> int:
+        return RING << (self._r32(RCR) >> RCR_RBLEN_SHIFT & 3)
+
     def _update_bufe(self) -> None:
         empty = self._cbr == self._rx_read
         self._cr = (self._cr & ~CR_BUFE) | (CR_BUFE if empty else 0)
@@ -204,21 +219,22 @@ class Rtl8139(CardModel):
             self.counts["rx_filtered"] += 1
             return None
         start = self._r32(RBSTART)
-        if start + RING_BUFFER > len(self.dma):
+        ring = self._ring_len()
+        if start + ring + RING_SLACK > len(self.dma):
             self.counts["rx_missed"] += 1
             return INT_RXOVW  # no usable ring: as if it were full
         length = len(frame) + 4  # with the CRC
         need = (4 + length + 3) & ~3
-        head = self._cbr
-        used = (head - self._rx_read) % RING
-        if used + need >= RING:
+        head = self._cbr % ring  # (the ring may have been made shorter)
+        used = (head - self._rx_read) % ring
+        if used + need >= ring:
             self.counts["rx_missed"] += 1
             return INT_RXOVW
         crc = struct.pack("<I", zlib.crc32(frame))
         packet = struct.pack("<HH", RX_ROK | bits, length) + frame + crc
-        at = start + head  # (within RING_BUFFER: head < RING, a packet < 16 + 1536)
+        at = start + head  # (within the buffer: head < ring, a packet < RING_SLACK)
         self.dma[at:at + len(packet)] = packet  # contiguous: the buffer runs past the ring
-        self._cbr = (head + need) % RING
+        self._cbr = (head + need) % ring
         self._update_bufe()
         self.counts["rx"] += 1
         return INT_ROK

@@ -28,6 +28,7 @@ from typing import Protocol
 from nooks.domain.spec import Region
 from nooks.errors import LimitExceeded
 from nooks.hw import e1000, rtl8139
+from nooks.hw.registers import Window
 
 DMA_SIZE = 1 << 20
 MAX_GIVEN = 256  # frames given to the driver and not yet on the wire
@@ -46,6 +47,7 @@ class Model(Protocol):
     """What the host needs of a card's model."""
 
     regs: memoryview
+    window: Window
     dma: memoryview
     counts: dict[str, int]
 
@@ -168,6 +170,7 @@ class Card:
         return pending
 
     def close(self) -> None:
+        self.model.window.release()
         self.model.regs.release()
         self.model.dma.release()
         for m in self._maps:

@@ -4,14 +4,17 @@ The host makes the three machines (``nooks.net.topology``), holds the TAP device
 in this machine's namespace and the card's port on the wire, and runs the
 driver in a domain (or, natively, in this process). Three threads move frames:
 
-* **transmit**: a frame the kernel sends out of the TAP is given to the card's
-  checks, then to the driver (``xmit``); when the card has no room the thread
+* **transmit**: the frames the kernel sends out of the TAP (a burst: as many as
+  are queued, at most ``MAX_BURST``) are given to the card's checks, then to the
+  driver (``xmit``), as many at a time as the card last took (a four-slot card
+  is not sent sixty-four frames to take four); when the card has no room the thread
   waits for ``tx_wake`` — at most ``WATCHDOG`` seconds, then the driver counts
   as hung (Linux's ``tx_timeout``) and is recovered;
 * **receive**: a frame arriving on the wire goes into the card's ring (the card
   raises its line);
 * **interrupt**: each time the line rises, the driver's ``interrupt`` is called,
-  again while the line stays up.
+  again while the line stays up (NAPI-style: one call does all the work
+  pending; what it writes to the card's doorbells is posted with its reply).
 
 The TAP's address is the card's (what ``probe`` read). Carrier stays up while a
 driver recovers: the system sees a link that paused, not one that went away;
@@ -39,7 +42,7 @@ from nooks.net.card import Card, Refused
 from nooks.net.follow import Follower, LinkConfig
 from nooks.net.interface import NetInterface, NetKernelInterface
 from nooks.net.kernel import NetKernel
-from nooks.net.spec import NetShadow
+from nooks.net.spec import FramePoisoned, NetShadow
 from nooks.net.tap import Tap
 from nooks.net.topology import WIRE_IF, Plan, Topology
 from nooks.shadow.supervised import Supervised, SupervisedHost
@@ -49,6 +52,8 @@ log = logging.getLogger(__name__)
 # each driver and the card it drives
 DRIVERS = {"rtl8139": ("nooks.drivers.rtl8139:Rtl8139", "rtl8139"),
            "e1000": ("nooks.drivers.e1000:E1000", "e1000")}
+MAX_BURST = 64  # frames read from the TAP and given to the driver in one call
+MAX_RECALLS = 64  # handler calls in a row while the line stays up
 WATCHDOG = 2.0  # seconds the transmit queue may stay full before the driver is hung
 POLL = 0.1  # seconds the threads wait before looking whether the host is stopping
 BLOCK_TIMEOUT = 10.0  # seconds a call may wait for a recovering driver
@@ -76,6 +81,7 @@ class NetHost(SupervisedHost):
         self._stopping = threading.Event()
         self._irq = threading.Event()
         self._tx_room = threading.Event()
+        self._offer = MAX_BURST  # frames offered in one call: what the card last took
         self._threads: list[threading.Thread] = []
         self.counts = {"tx_frames": 0, "tx_dropped": 0, "rx_frames": 0, "rx_oversized": 0,
                        "watchdog": 0, "refused": 0, "rx_errors": 0}
@@ -200,29 +206,49 @@ class NetHost(SupervisedHost):
             if not ready:
                 continue
             try:
-                frame = self.tap.read()
+                burst = self.tap.read_burst(MAX_BURST)
             except OSError:
                 return
-            self._send(frame)
+            if burst:
+                for frame in burst:
+                    self.card.gave(frame)
+                self._send(burst)
 
-    def _send(self, frame: bytes) -> None:
+    def _send(self, frames: list[bytes]) -> None:
+        """Give ``frames`` to the driver, in order, waiting for room as the card says;
+        a burst that failed every driver is tried frame by frame, so that only the
+        frame at fault is dropped."""
         assert self.card is not None and self.sup is not None
         waited = 0.0
-        self.card.gave(frame)
-        while not self._stopping.is_set():
+        while frames and not self._stopping.is_set():
             self._tx_room.clear()
+            offered = frames[:self._offer]
             try:
-                sent = self.sup.call("xmit", frame)
+                taken = self.sup.call("xmit", offered)
+            except FramePoisoned:
+                if len(frames) == 1:
+                    self.counts["tx_dropped"] += 1
+                    return
+                for frame in frames:
+                    self._send([frame])
+                return
             except (NooksError, OSError) as e:
-                self.counts["tx_dropped"] += 1
-                log.debug("%s: a frame dropped: %s", self.name, e)
+                self.counts["tx_dropped"] += len(frames)
+                log.debug("%s: %d frames dropped: %s", self.name, len(frames), e)
                 return
-            if sent is None:  # dropped while the driver recovered
-                self.counts["tx_dropped"] += 1
+            if taken is None:  # dropped while the driver recovered
+                self.counts["tx_dropped"] += len(frames)
+                self._offer = MAX_BURST
                 return
-            if sent:
-                self.counts["tx_frames"] += 1
-                return
+            if taken:
+                taken = min(taken, len(offered))
+                self.counts["tx_frames"] += taken
+                frames = frames[taken:]
+                waited = 0.0
+                # offer what the card takes: as many as it took, more once it takes all
+                self._offer = (min(MAX_BURST, 2 * self._offer) if taken == len(offered)
+                               else taken)
+                continue
             # the card is full: wait for room, at most the watchdog's time
             t0 = time.monotonic()
             self._tx_room.wait(POLL)
@@ -264,7 +290,11 @@ class NetHost(SupervisedHost):
             if not self._irq.wait(POLL):
                 continue
             self._irq.clear()
-            while self.card.model.pending() and not self._stopping.is_set():
+            # while the line stays up (a bounded number of times: a driver that does
+            # not clear its card's causes waits for the next rise)
+            for _ in range(MAX_RECALLS):
+                if self._stopping.is_set() or not self.card.model.pending():
+                    break
                 try:
                     self.sup.call("interrupt")
                 except Refused:

@@ -3,7 +3,8 @@
 driver asks the host (its kernel calls).
 
 The host → driver calls are a Linux ``net_device``'s operations: ``probe`` (find
-the card, read its address), ``open``/``stop``, ``xmit`` one frame, the
+the card, read its address), ``open``/``stop``, ``xmit`` a burst of frames (as
+Linux's ``xmit_more``: one doorbell for the burst), the
 configuration (``set_mac``, ``set_rx_mode``, ``change_mtu``), ``stats``, and
 ``interrupt``: the card's line is up; the driver acknowledges, takes what the
 card received and reclaims what it sent (NAPI-style: one call handles all the
@@ -22,12 +23,18 @@ from typing import Annotated
 
 import msgspec
 
-from nooks.hw.netdev import MAX_MTU, Info, Mac, Mtu
+from nooks.hw.netdev import Info, Mac, Mtu
 from nooks.wrappers import Interface, changes, once, posted
 
 ETH_HLEN = 14
-# a frame as it crosses: an Ethernet header and at most MAX_MTU bytes (and a VLAN tag)
-Frame = Annotated[bytes, msgspec.Meta(min_length=ETH_HLEN, max_length=MAX_MTU + ETH_HLEN + 4)]
+VNET_HDR = 12  # a virtio-net header (``virtio_net_hdr_v1``), before a frame with offloads
+GSO_MAX = 65536  # the largest segmentation-offload frame the kernel hands a TAP
+MAX_BURST = 64  # frames in one transmit call
+# a frame as it crosses: an Ethernet header and at most MAX_MTU bytes (and a VLAN tag),
+# or, for a card with offloads, a virtio-net header and a frame of up to GSO_MAX bytes;
+# each card checks its own bound
+Frame = Annotated[bytes, msgspec.Meta(min_length=ETH_HLEN, max_length=VNET_HDR + GSO_MAX)]
+Frames = Annotated[list[Frame], msgspec.Meta(min_length=1, max_length=MAX_BURST)]
 Stats = Annotated[dict[Annotated[str, msgspec.Meta(max_length=64)],
                        Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]],
                   msgspec.Meta(max_length=64)]
@@ -47,10 +54,11 @@ class NetInterface(Interface):
     def stop(self) -> None:
         """Bring it down."""
 
-    def xmit(self, frame: Frame) -> bool:
-        """Send one frame; False if the card has no room (the queue waits for
-        ``tx_wake``). Sent again after a failure: a frame twice on the wire is
-        harmless (networks duplicate frames; TCP and ICMP take it), one lost is not."""
+    def xmit(self, frames: Frames) -> Annotated[int, msgspec.Meta(ge=0, le=MAX_BURST)]:
+        """Send a burst of frames, in order; how many the card took. The rest are
+        offered again at once if it took some, after ``tx_wake`` if it took none.
+        Sent again after a failure: a frame twice on the wire is harmless (networks
+        duplicate frames; TCP and ICMP take it), one lost is not."""
 
     @changes()
     def set_mac(self, mac: Mac) -> None: ...

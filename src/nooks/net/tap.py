@@ -43,6 +43,7 @@ class Tap:
         try:
             fcntl.ioctl(self.fd, TUNSETIFF,
                         struct.pack("16sH", ifname.encode(), IFF_TAP | IFF_NO_PI))
+            os.set_blocking(self.fd, False)
         except OSError:
             os.close(self.fd)
             raise
@@ -54,8 +55,20 @@ class Tap:
         return self.fd
 
     def read(self) -> bytes:
-        """The next frame the kernel sends (blocks)."""
+        """The next frame the kernel sends (BlockingIOError if there is none yet)."""
         return os.read(self.fd, self.mtu + ETH_HLEN + 4)
+
+    def read_burst(self, most: int) -> list[bytes]:
+        """The frames the kernel has queued, at most ``most`` (none if there are none
+        yet): one read each, without blocking."""
+        out: list[bytes] = []
+        size = self.mtu + ETH_HLEN + 4
+        while len(out) < most:
+            try:
+                out.append(os.read(self.fd, size))
+            except BlockingIOError:
+                break
+        return out
 
     def write(self, frame: bytes) -> None:
         """Pass a frame up to this machine's kernel."""
