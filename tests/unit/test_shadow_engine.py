@@ -44,6 +44,11 @@ class FakeDomain:
         self.calls: list[tuple[str, bool]] = []
         self.building_pids: set[int] = set()
         self.condemned: list[tuple[str, FailureKind]] = []
+        self.refused_forks = 0  # forks its task limit refused (not yet looked at)
+
+    def forks_refused(self) -> bool:
+        refused, self.refused_forks = self.refused_forks, 0
+        return refused > 0
 
     def call(self, op: str, *args: Any, lenient: Any = (), **_: Any) -> Any:
         self.calls.append((op, "TypeError" in lenient))
@@ -155,6 +160,24 @@ def test_out_of_descriptors_is_a_resource_failure() -> None:
     s, d, _ = shadow(behaviour)
     assert s.call("open", 0) == 7
     assert [k for _, k in d.condemned] == [FailureKind.RESOURCE]
+
+
+def test_eagain_after_the_task_limit_refused_a_fork_is_a_resource_failure() -> None:
+    def behaviour(d: FakeDomain, op: str, args: tuple[Any, ...], lenient: bool) -> Any:
+        if op == "mkdir" and d.generation == 0:
+            d.refused_forks += 1  # the driver forked past its limit and passes EAGAIN on
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+        if op == "lock":
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable")  # its own
+        return 0
+
+    s, d, _ = shadow(behaviour)
+    assert s.call("mkdir", 0) == 0  # a fresh driver, with no processes yet, does it
+    assert d.condemned and [k for _, k in d.condemned] == [FailureKind.RESOURCE]
+    assert "task limit" in d.condemned[0][0]
+    with pytest.raises(OSError, match="temporarily") as e:  # no fork refused: its own answer
+        s.call("lock", 0)
+    assert e.value.errno == errno.EAGAIN and len(d.condemned) == 1
 
 
 def test_the_recovering_driver_is_answered_without_waiting() -> None:

@@ -8,7 +8,8 @@ Whatever the driver forks, double-forks or daemonises stays in it, so:
   detached; a domain's children never outlive it;
 * ``tasks`` bounds the processes and threads it may have (``pids.max``, from
   the v2 pids controller, or the v1 one on a hybrid machine); a fork past it
-  fails with EAGAIN inside the domain.
+  fails with EAGAIN inside the domain, and is counted (``forks_refused``): the
+  engine makes a driver that answers EAGAIN after one a *resource* failure.
 
 Where no cgroup can be made (no cgroup2 mount, no permission), ``create``
 returns None and the host falls back on the domain's process group (every
@@ -117,6 +118,19 @@ class DomainCgroup:
             if d is not None:
                 with contextlib.suppress(OSError):
                     _write(os.path.join(d, "cgroup.procs"), str(pid))
+
+    def forks_refused(self) -> int:
+        """How many forks the task limit has refused so far (``pids.events``)."""
+        for d in (self.pids_dir, self.path):
+            if d is None:
+                continue
+            with contextlib.suppress(OSError, ValueError), \
+                    open(os.path.join(d, "pids.events")) as f:
+                for line in f:
+                    key, _, value = line.partition(" ")
+                    if key == "max":
+                        return int(value)
+        return 0
 
     def pids(self) -> list[int]:
         with contextlib.suppress(OSError), open(os.path.join(self.path, "cgroup.procs")) as f:

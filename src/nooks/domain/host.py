@@ -272,6 +272,17 @@ class Domain:
 
     # -- state ---------------------------------------------------------------------------
 
+    def forks_refused(self) -> bool:
+        """Whether the domain's task limit has refused a fork since this was last
+        asked (a driver that forks past it gets EAGAIN)."""
+        inc = self._inc
+        cg = inc.cgroup if inc is not None else None
+        if inc is None or cg is None:
+            return False
+        n = cg.forks_refused()
+        seen, inc.forks_seen = inc.forks_seen, n
+        return n > seen
+
     @property
     def pid(self) -> int | None:
         return self._inc.pid if self._inc is not None else None

@@ -77,6 +77,7 @@ class Incarnation:
         self.proc: subprocess.Popen[bytes] | None = None
         self.pidfd = -1
         self.cgroup: DomainCgroup | None = None
+        self.forks_seen = 0  # forks its task limit had refused when last looked at
         self.constructed = False  # the driver is built (it has state worth ending in order)
         self.pending_kernel_calls = 0  # served in the executor, or waiting for it
         self._pending_lock = threading.Lock()

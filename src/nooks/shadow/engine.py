@@ -280,18 +280,26 @@ class Shadow(Generic[S]):
                         if len(known) < MAX_LENIENT:
                             self._lenient[op] = known | {raised}
                     raise
+                code = getattr(e, "errno", None)
+                # EAGAIN after the domain's task limit refused a fork: out of processes
+                limited = code == errno.EAGAIN and self.domain.forks_refused()
                 try:
-                    key = self._second_opinion(op, args, e)
+                    key = self._second_opinion(op, args, e, limited)
                 except (DomainFailed, DomainDown, Restarting):
                     key = None  # the driver failed while being asked: its error stands
                 if key is None:
+                    if limited:  # not asked again, but the domain is out of processes
+                        self._condemn(gen, f"{op} answered EAGAIN: the domain's task limit "
+                                      "refused a fork", op, FailureKind.RESOURCE)
                     raise
                 second_opinion = key
                 tries += 1
-                self._condemn(
-                    gen, f"{op} answered {type(e).__name__}: {e}; asking a fresh driver", op,
-                    FailureKind.RESOURCE if getattr(e, "errno", None) in OUT_OF_RESOURCES
-                    else FailureKind.MISBEHAVED)
+                detail = (f"{op} answered EAGAIN: the domain's task limit refused a fork; "
+                          "asking a fresh driver" if limited else
+                          f"{op} answered {type(e).__name__}: {e}; asking a fresh driver")
+                self._condemn(gen, detail, op, FailureKind.RESOURCE
+                              if limited or code in OUT_OF_RESOURCES
+                              else FailureKind.MISBEHAVED)
                 continue
             finally:
                 if suspect is not None:
@@ -383,15 +391,16 @@ class Shadow(Generic[S]):
         self._trusted[key] = time.monotonic() + (self.trust_seconds if seconds is None
                                                  else seconds)
 
-    def _second_opinion(self, op: str, args: tuple[Any, ...],
-                        error: Exception) -> tuple[str, str] | None:
-        """The key under which to ask a fresh driver about ``error``, or None."""
+    def _second_opinion(self, op: str, args: tuple[Any, ...], error: Exception,
+                        limited: bool = False) -> tuple[str, str] | None:
+        """The key under which to ask a fresh driver about ``error`` (always, if the
+        domain hit one of its limits making it), or None."""
         if not self.spec.reissuable(op, args):
             return None
         key = (op, str(getattr(error, "errno", type(error).__name__)))
         if self._trusted.get(key, 0.0) > time.monotonic():
             return None
-        if not self.spec.suspect(op, args, error, self.domain):
+        if not limited and not self.spec.suspect(op, args, error, self.domain):
             return None
         self.second_opinions_asked += 1
         return key

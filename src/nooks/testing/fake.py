@@ -173,6 +173,9 @@ class FakeDomain:
     def owns(self, pid: int) -> bool:
         return False
 
+    def forks_refused(self) -> bool:
+        return False
+
     def inject(self, fault: str, timeout: float = 5.0) -> FailureReport:
         return self.report("crash", None)
 
