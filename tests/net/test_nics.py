@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.timeout(180),
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces)")]
 
 
-@pytest.fixture(params=["rtl8139", "e1000"])
+@pytest.fixture(params=["rtl8139", "e1000", "virtio-net"])
 def host(request: pytest.FixtureRequest) -> Iterator[NetHost]:
     name = f"t{request.param}-{os.getpid()}"
     h = NetHost(request.param, Plan(name=name), deadline=2.0)
@@ -109,8 +109,7 @@ def test_what_the_system_sets_is_set_again_in_every_fresh_driver(host: NetHost) 
     assert host.card is not None and host.sup is not None
 
     def programmed() -> bool:
-        assert host.card is not None
-        return _promiscuous(host.driver, host.card.model.regs)
+        return _promiscuous(host)
 
     assert programmed()
     for fault in ("segv", "exception", "hang"):
@@ -120,13 +119,20 @@ def test_what_the_system_sets_is_set_again_in_every_fresh_driver(host: NetHost) 
     _in(ns, "ip", "link", "set", "nooks0", "promisc", "off")
     assert _until(lambda: not host.status()["promisc"])
     host.sup.inject("segv")
-    assert _in_filter(host.driver, host.card.model.regs, bytes.fromhex(group.replace(":", "")))
+    assert _in_filter(host, bytes.fromhex(group.replace(":", "")))
     assert " 5 received" in _in(ns, "ping", "-c", "5", "-i", "0.05", "-W", "2",
                                 "10.77.0.2").stdout
 
 
-def _promiscuous(driver: str, regs: memoryview) -> bool:
-    """What the card's registers say: every frame is taken."""
+def _promiscuous(host: NetHost) -> bool:
+    """What the card says: every frame is taken."""
+    assert host.card is not None
+    driver, regs = host.driver, host.card.model.regs
+    if driver == "virtio-net":
+        from nooks.hw.virtio import VirtioNet
+
+        assert isinstance(host.card.model, VirtioNet)
+        return host.card.model.promisc
     if driver == "rtl8139":
         from nooks.hw import rtl8139 as r
 
@@ -138,19 +144,28 @@ def _promiscuous(driver: str, regs: memoryview) -> bool:
     return bool(rctl & e.RCTL_UPE) and bool(rctl & e.RCTL_MPE)
 
 
-def _in_filter(driver: str, regs: memoryview, group: bytes) -> bool:
+def _in_filter(host: NetHost, group: bytes) -> bool:
     """Whether the card's multicast filter takes ``group`` (and is not promiscuous)."""
+    assert host.card is not None
+    driver, regs = host.driver, host.card.model.regs
+    if _promiscuous(host):
+        return False
+    if driver == "virtio-net":
+        from nooks.hw.virtio import VirtioNet
+
+        assert isinstance(host.card.model, VirtioNet)
+        return group in host.card.model.multicast
     if driver == "rtl8139":
         from nooks.hw import rtl8139 as r
         from nooks.hw.netdev import ether_crc
 
         mar = int.from_bytes(regs[r.MAR:r.MAR + 8], "little")
-        return bool(mar >> (ether_crc(group) >> 26) & 1) and not _promiscuous(driver, regs)
+        return bool(mar >> (ether_crc(group) >> 26) & 1)
     from nooks.hw import e1000 as e
 
     bit = e.mta_index(group)
     word = int.from_bytes(regs[e.MTA + 4 * (bit >> 5):e.MTA + 4 * (bit >> 5) + 4], "little")
-    return bool(word >> (bit & 31) & 1) and not _promiscuous(driver, regs)
+    return bool(word >> (bit & 31) & 1)
 
 
 def test_tcpdump_on_the_tap_keeps_capturing_across_recoveries(host: NetHost,

@@ -116,6 +116,10 @@ class CardModel(RegisterFile):
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.mac.hex(':')} {self.counts}>"
 
+    def release(self) -> None:
+        """Let go of the views of the shared regions (before they are unmapped)."""
+        self.window.release()
+
     def reset(self) -> None:
         """Power-on state (the family's ``_reset``)."""
         with self.lock:

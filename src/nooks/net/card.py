@@ -23,31 +23,21 @@ import mmap
 import os
 import threading
 from collections.abc import Callable
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from nooks.domain.spec import Region
 from nooks.errors import LimitExceeded
-from nooks.hw import e1000, rtl8139
-from nooks.hw.registers import Window
+from nooks.hw import e1000, rtl8139, virtio
 
-DMA_SIZE = 1 << 20
 MAX_GIVEN = 256  # frames given to the driver and not yet on the wire
 MAX_DELIVERED = 1024  # frames in the ring not yet passed up
 ETH_ZLEN = 60
-
-
-# each card family: its model and the size of its register window
-FAMILIES: dict[str, tuple[Callable[..., Model], int]] = {
-    "rtl8139": (rtl8139.Rtl8139, rtl8139.REGS_SIZE),
-    "e1000": (e1000.E1000, e1000.REGS_SIZE),
-}
 
 
 class Model(Protocol):
     """What the host needs of a card's model."""
 
     regs: memoryview
-    window: Window
     dma: memoryview
     counts: dict[str, int]
 
@@ -55,6 +45,25 @@ class Model(Protocol):
     def receive(self, frame: bytes) -> bool: ...
     def pending(self) -> bool: ...
     def reset(self) -> None: ...
+    def release(self) -> None: ...
+
+
+class Family(NamedTuple):
+    """A card family: its model, the sizes of its register window and DMA memory,
+    and whether frames cross with a virtio-net header (checksum and segmentation
+    offloads)."""
+
+    model: Callable[..., Model]
+    regs_size: int
+    dma_size: int
+    offloads: bool = False
+
+
+FAMILIES: dict[str, Family] = {
+    "rtl8139": Family(rtl8139.Rtl8139, rtl8139.REGS_SIZE, 1 << 20),
+    "e1000": Family(e1000.E1000, e1000.REGS_SIZE, 1 << 20),
+    "virtio": Family(virtio.VirtioNet, virtio.REGS_SIZE, 16 << 20, offloads=True),
+}
 
 
 class Refused(Exception):
@@ -64,15 +73,17 @@ class Refused(Exception):
 class Card:
     def __init__(self, family: str, mac: bytes, send: Callable[[bytes], None],
                  interrupt: Callable[[], None]) -> None:
-        model, regs_size = FAMILIES[family]
+        fam = FAMILIES[family]
+        model, regs_size, self.dma_size = fam.model, fam.regs_size, fam.dma_size
         self.family = family
+        self.offloads = fam.offloads
         self.mac = mac
         self._send_wire = send
         self._fds: list[int] = []
         self._maps: list[mmap.mmap] = []
         self.regs_size = (regs_size + 4095) // 4096 * 4096
         self.regs_fd, regs = self._region("nooks-card-regs", self.regs_size)
-        self.dma_fd, dma = self._region("nooks-card-dma", DMA_SIZE)
+        self.dma_fd, dma = self._region("nooks-card-dma", self.dma_size)
         self._lock = threading.Lock()
         self._given: collections.deque[bytes] = collections.deque()
         self._delivered: collections.deque[bytes] = collections.deque()
@@ -91,7 +102,7 @@ class Card:
 
     def regions(self) -> tuple[Region, ...]:
         return (Region("regs", self.regs_fd, self.regs_size),
-                Region("dma", self.dma_fd, DMA_SIZE))
+                Region("dma", self.dma_fd, self.dma_size))
 
     def __repr__(self) -> str:
         return (f"<Card {self.family} {self.mac.hex(':')} given={len(self._given)} "
@@ -153,8 +164,9 @@ class Card:
     def dma_alloc(self, size: int, align: int) -> int:
         with self._lock:
             at = (self._dma_next + align - 1) // align * align
-            if at + size > DMA_SIZE:
-                raise LimitExceeded(f"the card's DMA memory ({DMA_SIZE} bytes) is used up")
+            if at + size > self.dma_size:
+                raise LimitExceeded(f"the card's DMA memory ({self.dma_size} bytes) is used "
+                                    "up")
             self._dma_next = at + size
             return at
 
@@ -170,7 +182,7 @@ class Card:
         return pending
 
     def close(self) -> None:
-        self.model.window.release()
+        self.model.release()
         self.model.regs.release()
         self.model.dma.release()
         for m in self._maps:

@@ -38,7 +38,7 @@ from nooks.domain.spec import DriverSpec, Limits
 from nooks.errors import Closed, FailureKind, NooksError
 from nooks.hw.netdev import Info
 from nooks.hw.wire import Wire
-from nooks.net.card import Card, Refused
+from nooks.net.card import FAMILIES, Card, Refused
 from nooks.net.follow import Follower, LinkConfig
 from nooks.net.interface import NetInterface, NetKernelInterface
 from nooks.net.kernel import NetKernel
@@ -51,13 +51,13 @@ log = logging.getLogger(__name__)
 
 # each driver and the card it drives
 DRIVERS = {"rtl8139": ("nooks.drivers.rtl8139:Rtl8139", "rtl8139"),
-           "e1000": ("nooks.drivers.e1000:E1000", "e1000")}
+           "e1000": ("nooks.drivers.e1000:E1000", "e1000"),
+           "virtio-net": ("nooks.drivers.virtio_net:VirtioNet", "virtio")}
 MAX_BURST = 64  # frames read from the TAP and given to the driver in one call
 MAX_RECALLS = 64  # handler calls in a row while the line stays up
 WATCHDOG = 2.0  # seconds the transmit queue may stay full before the driver is hung
 POLL = 0.1  # seconds the threads wait before looking whether the host is stopping
 BLOCK_TIMEOUT = 10.0  # seconds a call may wait for a recovering driver
-ETH_HLEN = 14
 DEFAULT_MAC = bytes.fromhex("525400000001")
 
 
@@ -85,16 +85,17 @@ class NetHost(SupervisedHost):
         self._threads: list[threading.Thread] = []
         self.counts = {"tx_frames": 0, "tx_dropped": 0, "rx_frames": 0, "rx_oversized": 0,
                        "watchdog": 0, "refused": 0, "rx_errors": 0}
-        self.topology = Topology(plan)
+        target, family = DRIVERS[driver]
+        offloads = FAMILIES[family].offloads
+        self.topology = Topology(plan, offloads=offloads)
         self.tap: Tap | None = None
         self.wire: Wire | None = None
         self.card: Card | None = None
         self.sup: Supervised[NetShadow] | None = None
         self.follower: Follower | None = None
         try:
-            self.tap = Tap(self.topology.this, plan.ifname)
-            self.wire = Wire(self.topology.wire, WIRE_IF)
-            target, family = DRIVERS[driver]
+            self.tap = Tap(self.topology.this, plan.ifname, offloads=offloads)
+            self.wire = Wire(self.topology.wire, WIRE_IF, offloads=offloads)
             card = self.card = Card(family, mac, self.wire.send, self._irq.set)
             self._pending: list[bytes] = []
             self.spec = NetShadow(reset=self._reset_card)
@@ -139,7 +140,7 @@ class NetHost(SupervisedHost):
         tap = self.tap
         if tap is None:
             return
-        if len(frame) > tap.mtu + ETH_HLEN:  # the wire's (a VLAN tag): not the driver's fault
+        if len(frame) > tap.max_frame:  # the wire's (a VLAN tag): not the driver's fault
             self.counts["rx_oversized"] += 1
             return
         tap.write(frame)

@@ -28,7 +28,7 @@ from nooks.wrappers import Interface, changes, once, posted
 
 ETH_HLEN = 14
 VNET_HDR = 12  # a virtio-net header (``virtio_net_hdr_v1``), before a frame with offloads
-GSO_MAX = 65536  # the largest segmentation-offload frame the kernel hands a TAP
+GSO_MAX = 65550  # the largest segmentation-offload frame (with its Ethernet header)
 MAX_BURST = 64  # frames in one transmit call
 # a frame as it crosses: an Ethernet header and at most MAX_MTU bytes (and a VLAN tag),
 # or, for a card with offloads, a virtio-net header and a frame of up to GSO_MAX bytes;
@@ -77,7 +77,7 @@ class NetInterface(Interface):
 
 
 Address = Annotated[int, msgspec.Meta(ge=0, lt=1 << 32)]
-Size = Annotated[int, msgspec.Meta(ge=1, le=1 << 20)]
+Size = Annotated[int, msgspec.Meta(ge=1, le=1 << 24)]
 Word = Annotated[int, msgspec.Meta(ge=0, lt=1 << 32)]
 Register = Annotated[int, msgspec.Meta(ge=0, lt=1 << 16)]
 

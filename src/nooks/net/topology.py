@@ -22,7 +22,9 @@ Rules:
   sweeps first).
 * The far end has checksum and segmentation offloads turned off: a veth hands
   AF_PACKET frames with partial checksums and 64 KiB segments otherwise, which
-  a card without offloads would pass on as they are.
+  a card without offloads would pass on as they are. For a card with offloads
+  (``offloads=True``) they stay on: its port takes the segments with their
+  virtio-net headers.
 * Names are checked: namespace names as ``ip netns`` takes them, interface names
   at most 15 bytes, addresses as CIDR.
 """
@@ -112,8 +114,9 @@ def sweep() -> list[str]:
 class Topology:
     """The three namespaces and the wire between two of them (see the module's rules)."""
 
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, offloads: bool = False) -> None:
         self.plan = plan
+        self.offloads = offloads
         base = _short(plan.name)
         self.this = plan.netns or f"nooks-{base}"
         self.wire = f"nooks-{base}-wire"
@@ -161,7 +164,8 @@ class Topology:
             b.addr("add", index=index, address=str(peer.ip), prefixlen=peer.network.prefixlen)
             b.link("set", index=index, state="up")
             b.link("set", index=b.link_lookup(ifname="lo")[0], state="up")
-        self._no_offloads(self.peer, PEER_IF)
+        if not self.offloads:
+            self._no_offloads(self.peer, PEER_IF)
         if not self.plan.netns:
             with NetNS(self.this) as a:
                 a.link("set", index=a.link_lookup(ifname="lo")[0], state="up")
