@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.timeout(180),
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces)")]
 
 
-@pytest.fixture(params=["rtl8139", "e1000", "virtio-net"])
+@pytest.fixture(params=["ne2000", "rtl8139", "e1000", "virtio-net"])
 def host(request: pytest.FixtureRequest) -> Iterator[NetHost]:
     name = f"t{request.param}-{os.getpid()}"
     h = NetHost(request.param, Plan(name=name), deadline=2.0)
@@ -133,6 +133,11 @@ def _promiscuous(host: NetHost) -> bool:
 
         assert isinstance(host.card.model, VirtioNet)
         return host.card.model.promisc
+    if driver == "ne2000":
+        from nooks.hw import ne2000 as n
+
+        return bool(regs[n.PAGE2 + n.RCR] & n.RCR_PRO) \
+            and regs[n.PAGE1 + n.MAR:n.PAGE1 + n.MAR + 8] == b"\xff" * 8
     if driver == "rtl8139":
         from nooks.hw import rtl8139 as r
 
@@ -155,6 +160,11 @@ def _in_filter(host: NetHost, group: bytes) -> bool:
 
         assert isinstance(host.card.model, VirtioNet)
         return group in host.card.model.multicast
+    if driver == "ne2000":
+        from nooks.hw import ne2000 as n
+
+        bit = n.mc_hash(group)
+        return bool(regs[n.PAGE1 + n.MAR + (bit >> 3)] >> (bit & 7) & 1)
     if driver == "rtl8139":
         from nooks.hw import rtl8139 as r
         from nooks.hw.netdev import ether_crc

@@ -19,6 +19,7 @@ frames it delivered and not yet passed up; after a recovery the second are
 from __future__ import annotations
 
 import collections
+import ctypes
 import mmap
 import os
 import threading
@@ -27,8 +28,10 @@ from typing import NamedTuple, Protocol
 
 from nooks.domain.spec import Region
 from nooks.errors import LimitExceeded
-from nooks.hw import e1000, rtl8139, virtio
+from nooks.hw import e1000, ne2000, rtl8139, virtio
 
+_libc = ctypes.CDLL(None, use_errno=True)
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
 MAX_GIVEN = 256  # frames given to the driver and not yet on the wire
 MAX_DELIVERED = 1024  # frames in the ring not yet passed up
 ETH_ZLEN = 60
@@ -60,6 +63,7 @@ class Family(NamedTuple):
 
 
 FAMILIES: dict[str, Family] = {
+    "ne2000": Family(ne2000.Ne2000, ne2000.REGS_SIZE, ne2000.MEMORY),  # (its own memory)
     "rtl8139": Family(rtl8139.Rtl8139, rtl8139.REGS_SIZE, 1 << 20),
     "e1000": Family(e1000.E1000, e1000.REGS_SIZE, 1 << 20),
     "virtio": Family(virtio.VirtioNet, virtio.REGS_SIZE, 16 << 20, offloads=True),
@@ -173,13 +177,20 @@ class Card:
     def reset(self) -> list[bytes]:
         """Power the card off and on (before a fresh driver); the frames delivered and
         not passed up, to deliver again once it is open."""
+        self._zero_dma()  # (before the model's reset: a card may keep a PROM there)
         self.model.reset()
         with self._lock:
             # (what the system gave and was not sent is still to be sent: it stays)
             pending, self._delivered = list(self._delivered), collections.deque()
             self._dma_next = 0
-        self.model.dma[:] = bytes(len(self.model.dma))
         return pending
+
+    def _zero_dma(self) -> None:
+        """DMA memory back to zeros: its pages given back (a hole punched in the
+        memfd, which every mapping sees at once), or written over where that fails."""
+        if _libc.fallocate(self.dma_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                           ctypes.c_long(0), ctypes.c_long(self.dma_size)) != 0:
+            self.model.dma[:] = bytes(len(self.model.dma))
 
     def close(self) -> None:
         self.model.release()

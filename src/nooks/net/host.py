@@ -50,7 +50,8 @@ from nooks.shadow.supervised import Supervised, SupervisedHost
 log = logging.getLogger(__name__)
 
 # each driver and the card it drives
-DRIVERS = {"rtl8139": ("nooks.drivers.rtl8139:Rtl8139", "rtl8139"),
+DRIVERS = {"ne2000": ("nooks.drivers.ne2000:Ne2000", "ne2000"),
+           "rtl8139": ("nooks.drivers.rtl8139:Rtl8139", "rtl8139"),
            "e1000": ("nooks.drivers.e1000:E1000", "e1000"),
            "virtio-net": ("nooks.drivers.virtio_net:VirtioNet", "virtio")}
 MAX_BURST = 64  # frames read from the TAP and given to the driver in one call
@@ -82,6 +83,7 @@ class NetHost(SupervisedHost):
         self._irq = threading.Event()
         self._tx_room = threading.Event()
         self._offer = MAX_BURST  # frames offered in one call: what the card last took
+        self._serial = threading.Lock() if native else None
         self._threads: list[threading.Thread] = []
         self.counts = {"tx_frames": 0, "tx_dropped": 0, "rx_frames": 0, "rx_oversized": 0,
                        "watchdog": 0, "refused": 0, "rx_errors": 0}
@@ -110,10 +112,10 @@ class NetHost(SupervisedHost):
                                   host=self.name,
                                   on_recovery=self._recovered)
             self.supervised = [self.sup]
-            info: Info = self.sup.call("probe")
+            info: Info = self._drive("probe")
             self._address(info.mac)
             self.topology.configure_tap(self.tap.ifname, self.tap.mtu)
-            self.sup.call("open")
+            self._drive("open")
             # from now on what the system sets on its interface reaches the driver; the
             # first look (address, MTU, receive mode, groups) before anything is served
             self.follower = Follower(self.topology.this, plan.ifname, self._config)
@@ -133,6 +135,15 @@ class NetHost(SupervisedHost):
         with NetNS(self.topology.this) as ns:
             ns.link("set", index=ns.link_lookup(ifname=self.tap.ifname)[0],
                     address=mac.hex(":"))
+
+    def _drive(self, op: str, *args: Any) -> Any:
+        """Call the driver. Its calls reach it one at a time, as in its domain; natively
+        too (the threads here would otherwise race in a driver written for that)."""
+        assert self.sup is not None
+        if self._serial is None:
+            return self.sup.call(op, *args)
+        with self._serial:
+            return self.sup.call(op, *args)
 
     # -- what the driver's kernel calls reach --------------------------------------------
 
@@ -162,10 +173,10 @@ class NetHost(SupervisedHost):
         try:
             mac = spec.mac or (spec.info.mac if spec.info is not None else None)
             if cfg.mac != mac:
-                sup.call("set_mac", cfg.mac)
+                self._drive("set_mac", cfg.mac)
             if cfg.mtu != (spec.mtu or tap.mtu):
                 try:
-                    sup.call("change_mtu", cfg.mtu)
+                    self._drive("change_mtu", cfg.mtu)
                 except OSError as e:
                     log.warning("%s: the driver refused MTU %d (%s); it stays %d", self.name,
                                 cfg.mtu, e, tap.mtu)
@@ -177,7 +188,7 @@ class NetHost(SupervisedHost):
                     wire.max_frame = cfg.mtu + 18
             mode = (cfg.promisc, cfg.allmulti, list(cfg.groups))
             if spec.rx_mode != mode:
-                sup.call("set_rx_mode", *mode)
+                self._drive("set_rx_mode", *mode)
         except NooksError as e:
             log.warning("%s: a change of the interface did not reach the driver: %s",
                         self.name, e)
@@ -225,7 +236,7 @@ class NetHost(SupervisedHost):
             self._tx_room.clear()
             offered = frames[:self._offer]
             try:
-                taken = self.sup.call("xmit", offered)
+                taken = self._drive("xmit", offered)
             except FramePoisoned:
                 if len(frames) == 1:
                     self.counts["tx_dropped"] += 1
@@ -297,7 +308,7 @@ class NetHost(SupervisedHost):
                 if self._stopping.is_set() or not self.card.model.pending():
                     break
                 try:
-                    self.sup.call("interrupt")
+                    self._drive("interrupt")
                 except Refused:
                     self.counts["refused"] += 1
                 except (NooksError, OSError) as e:
