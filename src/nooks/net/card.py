@@ -122,6 +122,17 @@ class Card:
                 self.counts["given_forgotten"] += 1
             self._given.append(frame)
 
+    def regive(self, frames: list[bytes]) -> None:
+        """A fresh driver will be asked to send ``frames`` again (they were in flight
+        when the old one failed, which may have sent some): each may go once more."""
+        with self._lock:
+            for frame in frames:
+                if frame not in self._given:
+                    if len(self._given) >= MAX_GIVEN:
+                        self._given.popleft()
+                        self.counts["given_forgotten"] += 1
+                    self._given.append(frame)
+
     def _send(self, frame: bytes) -> None:
         with self._lock:
             for i, f in enumerate(self._given):

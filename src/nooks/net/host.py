@@ -84,6 +84,7 @@ class NetHost(SupervisedHost):
         self._tx_room = threading.Event()
         self._offer = MAX_BURST  # frames offered in one call: what the card last took
         self._serial = threading.Lock() if native else None
+        self._in_flight: list[bytes] = []  # the burst the driver is being asked to send
         self._threads: list[threading.Thread] = []
         self.counts = {"tx_frames": 0, "tx_dropped": 0, "rx_frames": 0, "rx_oversized": 0,
                        "watchdog": 0, "refused": 0, "rx_errors": 0}
@@ -200,6 +201,9 @@ class NetHost(SupervisedHost):
         and the old driver had not passed up is delivered again once it is open."""
         assert self.card is not None
         self._pending += self.card.reset()
+        # the burst in flight is sent again by the fresh driver: the old one may have
+        # put some of it on the wire already
+        self.card.regive(self._in_flight)
 
     def _recovered(self, sup: Supervised[NetShadow], rec: Any) -> None:
         pending, self._pending = self._pending, []
@@ -230,20 +234,28 @@ class NetHost(SupervisedHost):
         """Give ``frames`` to the driver, in order, waiting for room as the card says;
         a burst that failed every driver is tried frame by frame, so that only the
         frame at fault is dropped."""
+        try:
+            self._sending(frames)
+        finally:
+            self._in_flight = []
+
+    def _sending(self, frames: list[bytes]) -> None:
         assert self.card is not None and self.sup is not None
         waited = 0.0
         while frames and not self._stopping.is_set():
             self._tx_room.clear()
             offered = frames[:self._offer]
+            self._in_flight = offered
             try:
                 taken = self._drive("xmit", offered)
             except FramePoisoned:
-                if len(frames) == 1:
+                if len(offered) == 1:
                     self.counts["tx_dropped"] += 1
-                    return
-                for frame in frames:
-                    self._send([frame])
-                return
+                else:
+                    for frame in offered:
+                        self._send([frame])
+                frames = frames[len(offered):]
+                continue
             except (NooksError, OSError) as e:
                 self.counts["tx_dropped"] += len(frames)
                 log.debug("%s: %d frames dropped: %s", self.name, len(frames), e)
