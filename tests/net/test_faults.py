@@ -22,6 +22,7 @@ from pyroute2 import netns
 from nooks.errors import NotTaken
 from nooks.net.host import DRIVERS, NetHost
 from nooks.net.topology import Plan
+from nooks.tools.netprocess import iperf_server
 
 pytestmark = [pytest.mark.timeout(240),
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces)")]
@@ -75,8 +76,7 @@ def _fail_while(host: NetHost, running: Callable[[], bool], faults: int,
 @pytest.mark.parametrize("reverse", [False, True], ids=["send", "receive"])
 def test_iperf3_keeps_its_connection_through_ten_failures(host: NetHost,
                                                           reverse: bool) -> None:
-    server = subprocess.Popen(_in(host.topology.peer, "iperf3", "-s", "-1", "-B", PEER),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = iperf_server(host.topology.peer, PEER)
     try:
         client = subprocess.Popen(_in(host.topology.this, "iperf3", "-c", PEER, "-t", "10",
                                       "-J", "--connect-timeout", "5000",
@@ -169,8 +169,7 @@ def test_natively_the_programs_see_the_failure(driver: str, tmp_path: Path) -> N
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().startswith(f"serving {driver} ")
-        server = subprocess.Popen(_in(peer, "iperf3", "-s", "-1", "-B", PEER),
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server = iperf_server(peer, PEER)
         client = subprocess.Popen(_in(this, "iperf3", "-c", PEER, "-t", "10", "-J",
                                       "--connect-timeout", "5000", "--rcv-timeout", "3000"),
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -1,6 +1,6 @@
 """The ``bench`` command: run a benchmark, print its table, optionally its JSON.
 
-``nooks bench xpc|fs|web`` and ``python -m nooks.bench xpc|fs|web`` are the same
+``nooks bench xpc|fs|web|net`` and ``python -m nooks.bench xpc|fs|web|net`` are the same
 command (``add_parser`` registers it with the ``nooks`` command line).
 """
 
@@ -16,6 +16,8 @@ from rich.table import Table
 
 from nooks import argcheck
 
+NICS = ["ne2000", "rtl8139", "e1000", "virtio-net"]  # (nooks.net.host.DRIVERS, unimported)
+
 # into a pipe or a file, tables keep whole lines rather than wrap at 80 columns
 console = Console() if sys.stdout.isatty() else Console(width=200)
 
@@ -27,13 +29,16 @@ def add_parser(sub: Any) -> None:
 
 def add_arguments(b: argparse.ArgumentParser) -> None:
     """The bench command's arguments, on its own parser or as a subcommand."""
-    b.add_argument("what", choices=["xpc", "fs", "web"], help="what to measure")
+    b.add_argument("what", choices=["xpc", "fs", "web", "net"], help="what to measure")
     b.add_argument("--workers", type=argcheck.count(1, 64), default=2,
                    help="web benchmark: workers per server")
     b.add_argument("--driver", default="passthrough", choices=["passthrough", "vfat"],
                    help="driver for the fs benchmark")
     b.add_argument("--placement", default="one-core", choices=["one-core", "free"],
                    help="fs benchmark: everything on one CPU, or where the scheduler puts it")
+    b.add_argument("--nic", action="append", choices=NICS, metavar="DRIVER",
+                   help="net benchmark: a network driver (repeatable; default: all of "
+                   f"{', '.join(NICS)})")
     b.add_argument("--json", metavar="PATH", help="also write the figures as JSON ('-': stdout)")
     b.add_argument("--quick", action="store_true", help="fewer rounds")
     b.set_defaults(func=run)
@@ -43,7 +48,14 @@ def run(args: argparse.Namespace) -> int:
     global console
     if args.json == "-":
         console = Console(stderr=True)  # stdout carries the JSON, nothing else
-    if args.what == "web":
+    if args.what == "net":
+        from nooks.bench import net
+
+        with console.status("benchmarking the network class") as status:
+            result = net.run(args.nic or NICS, quick=args.quick,
+                             progress=lambda s: status.update(f"net: {s}"))
+        print_net(result)
+    elif args.what == "web":
         from nooks.bench import web
 
         with console.status("benchmarking the web class") as status:
@@ -133,6 +145,27 @@ def print_fs(r: dict[str, Any]) -> None:
     console.print(t)
     console.print(f"recovery under a stat() load: p50 {r['recovery_ms_p50']:.1f} ms, "
                   f"p99 {r['recovery_ms_p99']:.1f} ms over {r['recoveries']} SIGSEGVs")
+    for target, met in r["targets_met"].items():
+        mark = "[green]met[/green]" if met else "[red]MISSED[/red]"
+        console.print(f"  target {target}: {mark}")
+
+
+def print_net(r: dict[str, Any]) -> None:
+    t = Table(title=f"Network: iperf3 {r['seconds']:g} s each way (the lower), ping, CPU; "
+              "one run")
+    for col in ("driver", "nooks Gbit/s", "native Gbit/s", "nooks/native", "nooks/veth",
+                "ping nooks / native µs", "CPU s/GB nooks / native", "recovery p50 / p99"):
+        t.add_column(col, justify="right")
+    for name, x in r["drivers"].items():
+        t.add_row(name, f"{x['nooks_gbit_s']:.3f}", f"{x['native_gbit_s']:.3f}",
+                  f"{x['ratio_to_native']:.2f}×", f"{x['ratio_to_veth']:.3f}×",
+                  f"{x['ping_rtt_us']:.0f} / {x['native_ping_rtt_us']:.0f}",
+                  f"{x['cpu_s_per_gb']:.1f} / {x['native_cpu_s_per_gb']:.1f}",
+                  f"{x['recovery_ms_p50']:.1f} / {x['recovery_ms_p99']:.1f} ms")
+    v = r["veth"]
+    t.add_row("direct veth", f"{v['gbit_s']:.3f}", "", "", "1×", f"{v['ping_rtt_us']:.0f}",
+              f"{v['cpu_s_per_gb']:.2f}", "")
+    console.print(t)
     for target, met in r["targets_met"].items():
         mark = "[green]met[/green]" if met else "[red]MISSED[/red]"
         console.print(f"  target {target}: {mark}")

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 import msgspec
 
 from nooks.domain.config import FaultPlan
-from nooks.eval import fs, web
+from nooks.eval import fs, net, web
 from nooks.eval.registry import Interrupted, Registry
 from nooks.eval.results import RunResult, append_result, key, load_results, pairs
 from nooks.eval.target import NotStarted, Run, Target
@@ -56,7 +56,8 @@ from nooks.faults.mutate import FAULT_TYPES, Fault, NoSite, mutate
 __all__ = ["DRIVERS", "Done", "Planned", "RunResult", "campaign", "load_results", "pairs",
            "plan", "run_one"]
 
-TARGETS: dict[str, Target] = {t.driver: t for t in (*fs.TARGETS, *web.TARGETS)}
+TARGETS: dict[str, Target] = {t.driver: t for t in (*fs.TARGETS, *web.TARGETS,
+                                                    *net.TARGETS)}
 DRIVERS = tuple(TARGETS)
 TEMP_PREFIX = "nooks-eval-"  # every temp dir of a campaign: nooks-eval-cov-*, nooks-eval-run-*
 GRACE = 10.0  # seconds the runs in flight have to end once the campaign is stopped

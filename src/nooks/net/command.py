@@ -68,6 +68,7 @@ def add_parser(sub: Any, formatter: type[argparse.HelpFormatter], error: Report,
                    "counts as hung (default: %(default)s)")
     limitflags.add(p)
     p.add_argument("--fault-plan", help=argparse.SUPPRESS)
+    p.add_argument("--record-lines", help=argparse.SUPPRESS)
     p.set_defaults(func=lambda args: _net(args, error, say))
 
 
@@ -92,7 +93,8 @@ def _net(args: argparse.Namespace, error: Report, say: Report) -> int:
 
     try:
         host = NetHost(args.driver, plan, native=args.native, deadline=args.deadline,
-                       limits=limitflags.limits(args), fault=fault, on_ready=ready)
+                       limits=limitflags.limits(args), fault=fault, on_ready=ready,
+                       record_lines=args.record_lines)
     except (ValueError, OSError) as e:
         error(f"nooks net: {e}")
         return 1

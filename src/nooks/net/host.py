@@ -24,7 +24,10 @@ frames the kernel sends meanwhile wait in its queue and in the shadow's.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import json
 import logging
+import os
 import select
 import signal
 import threading
@@ -36,6 +39,7 @@ from pyroute2 import NetNS
 from nooks.domain.config import FaultPlan
 from nooks.domain.spec import DriverSpec, Limits
 from nooks.errors import Closed, FailureKind, NooksError
+from nooks.faults import LineRecorder
 from nooks.hw.netdev import Info
 from nooks.hw.wire import Wire
 from nooks.net.card import FAMILIES, Card, Refused
@@ -72,10 +76,18 @@ class NetHost(SupervisedHost):
     def __init__(self, driver: str, plan: Plan, *, native: bool = False,
                  deadline: float = 2.0, mac: bytes = DEFAULT_MAC,
                  limits: Limits | None = None, fault: FaultPlan | None = None,
-                 max_tries: int = 3, on_ready: Any = None) -> None:
+                 max_tries: int = 3, on_ready: Any = None,
+                 record_lines: str | None = None) -> None:
         if driver not in DRIVERS:
             raise ValueError(f"no network driver {driver!r} (known: {', '.join(DRIVERS)})")
+        if record_lines is not None and not native:
+            raise ValueError("lines are recorded natively only (the driver in this process)")
         super().__init__(plan.name)
+        self._record_lines = record_lines
+        self._recorder: LineRecorder | None = None
+        if record_lines is not None:  # (the campaign's dry run: which lines the driver runs)
+            self._recorder = LineRecorder(_source(DRIVERS[driver][0].partition(":")[0]))
+            self._recorder.start()
         self.driver = driver
         self.native = native
         self.on_ready = on_ready
@@ -384,7 +396,19 @@ class NetHost(SupervisedHost):
                         part.close()
             self.wire = self.tap = self.card = None
             self.topology.close()
+            if self._recorder is not None:
+                self._recorder.stop()
+                with open(self._record_lines or os.devnull, "w") as f:
+                    json.dump(sorted(self._recorder.lines), f)
+                self._recorder = None
 
 
 def _raise_stop(signum: int, frame: object) -> None:
     raise _Stop
+
+
+def _source(module: str) -> str:
+    found = importlib.util.find_spec(module)
+    if found is None or found.origin is None:
+        raise ValueError(f"cannot find the source of {module}")
+    return found.origin
