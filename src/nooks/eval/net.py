@@ -73,8 +73,8 @@ class NetRun(Run):
         try:
             rc, out, err = capture(self.scope, _in(self.this, "iperf3", "-c", PEER, "-t", "1",
                                                    "-J", "--connect-timeout", "3000",
-                                                   "--rcv-timeout", "3000",
-                                                   *(["-R"] if reverse else [])),
+                                                   *(["-R", "--rcv-timeout", "3000"]
+                                                     if reverse else [])),
                                    on_hang, timeout=20)
             with contextlib.suppress(ValueError):
                 result = json.loads(out)
