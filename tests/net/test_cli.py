@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -86,3 +87,29 @@ def test_natively_the_fault_takes_the_host_down_and_the_next_host_sweeps(
         again.send_signal(signal.SIGTERM)
         assert again.wait(30) == 0
     assert not [n for n in netns.listnetns() if n.startswith(f"nooks-{name}")]
+
+
+def test_daemon_detaches_once_it_serves_and_says_why_when_it_cannot(
+        env: dict[str, str], tmp_path: Path) -> None:
+    name = f"dmn-{os.getpid()}"
+    log = tmp_path / "host.log"
+    r = _nooks("net", "e1000", "--name", name, "--daemon", "--log", str(log), env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"serving e1000 as nooks0 in nooks-{name} "), r.stdout
+    pid = int(r.stdout.rsplit("host pid ", 1)[1].rstrip(")\n"))
+    gone = os.pidfd_open(pid)  # readable once the detached host has exited
+    try:
+        assert " 5 received" in _ping(f"nooks-{name}").stdout
+        st = json.loads(_nooks("status", name, "--json", env=env).stdout)
+        assert st["driver"] == "e1000" and st["host_pid"] == pid
+        again = _nooks("net", "e1000", "--name", name, "--daemon", env=env)
+        assert again.returncode == 1 and len(again.stderr.strip().splitlines()) == 1
+        assert again.stderr.startswith("nooks net: "), again.stderr
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    try:
+        assert select.select([gone], [], [], 30)[0], "the host did not stop on SIGTERM"
+    finally:
+        os.close(gone)
+    assert not [n for n in netns.listnetns() if n.startswith(f"nooks-{name}")]
+    assert log.exists()

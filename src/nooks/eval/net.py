@@ -55,8 +55,9 @@ class NetRun(Run):
         self.digest = digest
 
     def _ping(self, on_hang: Any) -> str | None:
+        # (at most 3 s: with the network gone, ping would try each echo for a second)
         _, out, err = capture(self.scope, _in(self.this, "ping", "-c", "20", "-i", "0.02",
-                                               "-W", "1", PEER), on_hang, timeout=15)
+                                              "-W", "1", "-w", "3", PEER), on_hang, timeout=15)
         got = _RECEIVED.search(out)
         received = int(got.group(1)) if got else 0
         if received == 0:

@@ -19,15 +19,12 @@ Rules of the mount lifecycle:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import select
 import shlex
 import shutil
 import subprocess
-import sys
 import time
-import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +32,7 @@ import msgspec
 
 from nooks import argcheck, limitflags
 from nooks.control import forget, hosts, stale
+from nooks.daemon import daemonize
 from nooks.domain.config import FaultPlan
 from nooks.fs import mounts
 
@@ -156,8 +154,10 @@ def mount(args: argparse.Namespace, error: Report, say: Report) -> int:
         error(f"nooks mount: {mountpoint}: not a directory")
         return 2
     if args.daemon:
-        return _daemonize(args, lambda ready: _run(args, driver, mountpoint, fault, ready=ready),
-                          mountpoint, error, say)
+        return daemonize(lambda ready: _run(args, driver, mountpoint, fault, ready=ready),
+                         log=args.log, command="nooks mount",
+                         announce=lambda pid: f"mounted {mountpoint} (host pid {pid})",
+                         error=error, say=say)
     return _run(args, driver, mountpoint, fault, error=error)
 
 
@@ -200,54 +200,6 @@ def _run(args: argparse.Namespace, driver: Any, mountpoint: str, fault: FaultPla
             return failed(f"could not mount {mountpoint}: {e}")
         raise
     return 0
-
-
-def _daemonize(args: argparse.Namespace, run: Callable[[Callable[[bool, str], None]], int],
-               mountpoint: str, error: Report, say: Report) -> int:
-    ready_r, ready_w = os.pipe()
-    pid = os.fork()
-    if pid:
-        os.close(ready_w)
-        with os.fdopen(ready_r, "rb") as r:
-            answer = r.read()
-        if answer[:1] != b"1":
-            _, status = os.waitpid(pid, 0)
-            why = answer[1:].decode(errors="replace").strip()
-            if not why:
-                why = (f"the host exited (status {os.waitstatus_to_exitcode(status)}) "
-                       "before mounting" + (f"; see {args.log}" if args.log else ""))
-            error(f"nooks mount: {why}")
-            return 1
-        say(f"mounted {mountpoint} (host pid {pid})")
-        return 0
-    os.close(ready_r)
-    os.setsid()
-    # detach from the terminal before anything starts (domains inherit these)
-    devnull = os.open(os.devnull, os.O_RDWR)
-    log = os.open(args.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640) \
-        if args.log else devnull
-    os.dup2(devnull, 0)
-    os.dup2(log, 1)
-    os.dup2(log, 2)
-
-    def ready(ok: bool, why: str) -> None:
-        nonlocal ready_w
-        if ready_w < 0:
-            return
-        with contextlib.suppress(OSError):
-            os.write(ready_w, b"1" if ok else b"0" + why.encode()[:4000])
-        os.close(ready_w)
-        ready_w = -1
-
-    code = 1
-    try:
-        code = run(ready)
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        ready(False, "the host failed to start")
-        sys.stdout.flush()
-        os._exit(code)
 
 
 def umount(args: argparse.Namespace, error: Report, say: Report) -> int:

@@ -14,15 +14,20 @@ The checks (the wrappers of this class):
 The card remembers, bounded, the frames it was given and not yet sent and the
 frames it delivered and not yet passed up; after a recovery the second are
 *pending receives*, delivered again to the fresh driver (``reset`` returns them).
+It also knows how long each list has gone without moving (``stalled``): a
+driver that takes frames and never sends them, or leaves received ones in its
+ring, has stopped working without crashing; the host recovers it as hung.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import mmap
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
@@ -91,6 +96,9 @@ class Card:
         self._lock = threading.Lock()
         self._given: collections.deque[bytes] = collections.deque()
         self._delivered: collections.deque[bytes] = collections.deque()
+        # since when each list has waited without moving (None: it is empty)
+        self._tx_since: float | None = None
+        self._rx_since: float | None = None
         self._dma_next = 0
         self.counts = collections.Counter[str]()
         self.model: Model = model(memoryview(regs)[:regs_size], memoryview(dma), mac,
@@ -121,6 +129,34 @@ class Card:
                 self._given.popleft()
                 self.counts["given_forgotten"] += 1
             self._given.append(frame)
+            if self._tx_since is None:
+                self._tx_since = time.monotonic()
+
+    def forget(self, frames: list[bytes]) -> None:
+        """The system will not ask for ``frames`` any more (they were dropped)."""
+        with self._lock:
+            for frame in frames:
+                with contextlib.suppress(ValueError):
+                    self._given.remove(frame)
+            if not self._given:
+                self._tx_since = None
+
+    def unsent(self) -> list[bytes]:
+        """The frames given and not sent (a failed driver may have taken them)."""
+        with self._lock:
+            return list(self._given)
+
+    def stalled(self, limit: float) -> str | None:
+        """What has gone ``limit`` seconds without moving, if anything."""
+        now = time.monotonic()
+        with self._lock:
+            if self._tx_since is not None and now - self._tx_since > limit:
+                return (f"{len(self._given)} frames given to the driver were not sent for "
+                        f"{limit:g} s")
+            if self._rx_since is not None and now - self._rx_since > limit:
+                return (f"{len(self._delivered)} frames received stayed in the card for "
+                        f"{limit:g} s")
+        return None
 
     def regive(self, frames: list[bytes]) -> None:
         """A fresh driver will be asked to send ``frames`` again (they were in flight
@@ -132,6 +168,8 @@ class Card:
                         self._given.popleft()
                         self.counts["given_forgotten"] += 1
                     self._given.append(frame)
+            if self._given:
+                self._tx_since = time.monotonic()
 
     def _send(self, frame: bytes) -> None:
         with self._lock:
@@ -139,6 +177,7 @@ class Card:
                 if frame == f or (len(f) < ETH_ZLEN == len(frame)
                                   and frame == f + bytes(ETH_ZLEN - len(f))):
                     del self._given[i]
+                    self._tx_since = time.monotonic() if self._given else None
                     break
             else:
                 self.counts["tx_refused"] += 1
@@ -155,12 +194,16 @@ class Card:
             if len(self._delivered) >= MAX_DELIVERED:
                 self._delivered.popleft()
             self._delivered.append(frame)
+            if self._rx_since is None:
+                self._rx_since = time.monotonic()
         if not self.model.receive(frame):
             with self._lock:
                 for i in range(len(self._delivered) - 1, -1, -1):
                     if self._delivered[i] is frame:
                         del self._delivered[i]
                         break
+                if not self._delivered:
+                    self._rx_since = None
 
     def passed_up(self, frame: bytes) -> None:
         """The driver passes ``frame`` up; Refused unless the card delivered it."""
@@ -169,6 +212,7 @@ class Card:
                 if f == frame:
                     del self._delivered[i]
                     self.counts["passed_up"] += 1
+                    self._rx_since = time.monotonic() if self._delivered else None
                     return
             self.counts["rx_refused"] += 1
         raise Refused(f"the driver passed up a frame of {len(frame)} bytes the wire never "
@@ -194,6 +238,8 @@ class Card:
             # (what the system gave and was not sent is still to be sent: it stays)
             pending, self._delivered = list(self._delivered), collections.deque()
             self._dma_next = 0
+            self._rx_since = None
+            self._tx_since = time.monotonic() if self._given else None
         return pending
 
     def _zero_dma(self) -> None:

@@ -2,8 +2,9 @@
 
 It makes this machine (the namespace where the host's TAP device is the network
 interface), the wire and the other machine (unless given existing namespaces),
-starts the card and its driver, and serves until SIGINT or SIGTERM; then the
-namespaces and links it made are removed. A host that died leaves namespaces the
+starts the card and its driver, and serves until SIGINT or SIGTERM (with
+``--daemon``, detached, once it serves); then the namespaces and links it made
+are removed. A host that died leaves namespaces the
 next ``nooks net`` removes. Every error is one line on stderr; exit status 2 for
 a bad command line, 1 for a refusal or a failure.
 """
@@ -18,6 +19,7 @@ from typing import Any
 import msgspec
 
 from nooks import argcheck, limitflags
+from nooks.daemon import daemonize
 from nooks.domain.config import FaultPlan
 
 Report = Callable[[str], None]
@@ -63,6 +65,10 @@ def add_parser(sub: Any, formatter: type[argparse.HelpFormatter], error: Report,
                    help="the other machine's address (default 10.77.0.2/24)")
     p.add_argument("--native", action="store_true",
                    help="run the driver in-process, unprotected (the baseline)")
+    p.add_argument("--daemon", action="store_true",
+                   help="detach once it serves (`nooks status NAME`; SIGTERM stops it)")
+    p.add_argument("--log", metavar="PATH", help="with --daemon: append messages to PATH "
+                   "(default: none are kept)")
     p.add_argument("--deadline", type=argcheck.seconds(0.05, 3600), default=2.0,
                    metavar="SECONDS", help="seconds a call may take before the driver "
                    "counts as hung (default: %(default)s)")
@@ -73,37 +79,60 @@ def add_parser(sub: Any, formatter: type[argparse.HelpFormatter], error: Report,
 
 
 def _net(args: argparse.Namespace, error: Report, say: Report) -> int:
-    from nooks.net.host import NetHost
     from nooks.net.topology import Plan
 
     try:
         plan = Plan(name=args.name, netns=args.netns, ifname=args.ifname,
                     address=args.address, peer_netns=args.peer_netns,
                     peer_address=args.peer_address)
-    except ValueError as e:
+        fault = msgspec.json.decode(args.fault_plan, type=FaultPlan) if args.fault_plan \
+            else None
+    except (ValueError, msgspec.DecodeError) as e:
         error(f"nooks net: {e}")
         return 2
-    fault = msgspec.json.decode(args.fault_plan, type=FaultPlan) if args.fault_plan else None
+    if args.log and not args.daemon:
+        error("nooks net: --log goes with --daemon (in the foreground, messages go to stderr)")
+        return 2
+    if args.daemon:
+        return daemonize(lambda ready: _serve(args, plan, fault, ready), log=args.log,
+                         command="nooks net",
+                         announce=lambda pid: f"serving {args.driver} (host pid {pid})",
+                         error=error, say=say)
 
-    def ready() -> None:
+    def foreground(ok: bool, line: str) -> None:
+        if ok:
+            say(line)
+        else:
+            error(f"nooks net: {line}")
+
+    return _serve(args, plan, fault, foreground)
+
+
+def _serve(args: argparse.Namespace, plan: Any, fault: FaultPlan | None,
+           ready: Callable[[bool, str], None]) -> int:
+    """Build the host and serve until SIGINT or SIGTERM; ``ready(True, line)`` once it
+    serves (the line says where), ``ready(False, why)`` if it cannot."""
+    from nooks.net.host import NetHost
+
+    def serving() -> None:
         # one plain line, first on stdout: tools read the namespaces from it
-        say(f"serving {args.driver} as {plan.ifname} in {host.topology.this} "
-            f"({plan.address}); the other machine is {host.topology.peer} "
-            f"({plan.peer_address})")
+        ready(True, f"serving {args.driver} as {plan.ifname} in {host.topology.this} "
+              f"({plan.address}); the other machine is {host.topology.peer} "
+              f"({plan.peer_address})")
 
     try:
         host = NetHost(args.driver, plan, native=args.native, deadline=args.deadline,
-                       limits=limitflags.limits(args), fault=fault, on_ready=ready,
+                       limits=limitflags.limits(args), fault=fault, on_ready=serving,
                        record_lines=args.record_lines)
     except (ValueError, OSError) as e:
-        error(f"nooks net: {e}")
+        ready(False, str(e))
         return 1
     except Exception as e:
-        error(f"nooks net: the driver did not start: {e}")
+        ready(False, f"the driver did not start: {e}")
         return 1
     try:
         host.run()
     except RuntimeError as e:  # e.g. another host has this name
-        error(f"nooks net: {e}")
+        ready(False, str(e))
         return 1
     return 0

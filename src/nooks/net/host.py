@@ -23,6 +23,7 @@ frames the kernel sends meanwhile wait in its queue and in the shadow's.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import importlib.util
 import json
@@ -97,9 +98,11 @@ class NetHost(SupervisedHost):
         self._offer = MAX_BURST  # frames offered in one call: what the card last took
         self._serial = threading.Lock() if native else None
         self._in_flight: list[bytes] = []  # the burst the driver is being asked to send
+        self._tx_left: list[bytes] = []  # what of the burst being sent is not taken yet
+        self._resend: collections.deque[bytes] = collections.deque()  # taken, lost
         self._threads: list[threading.Thread] = []
         self.counts = {"tx_frames": 0, "tx_dropped": 0, "rx_frames": 0, "rx_oversized": 0,
-                       "watchdog": 0, "refused": 0, "rx_errors": 0}
+                       "watchdog": 0, "stalls": 0, "refused": 0, "rx_errors": 0}
         target, family = DRIVERS[driver]
         offloads = FAMILIES[family].offloads
         self.topology = Topology(plan, offloads=offloads)
@@ -222,6 +225,10 @@ class NetHost(SupervisedHost):
         if rec.ok and self.card is not None:
             for frame in pending:
                 self.card.arrived(frame)
+            # frames the failed driver took and never sent go to the fresh one (those
+            # of the burst being sent are offered to it anyway)
+            left = {id(f) for f in self._tx_left}
+            self._resend.extend(f for f in self.card.unsent() if id(f) not in left)
         self._tx_room.set()
         self._irq.set()  # look at the line again
 
@@ -230,6 +237,11 @@ class NetHost(SupervisedHost):
     def _transmit(self) -> None:
         assert self.tap is not None and self.card is not None and self.sup is not None
         while not self._stopping.is_set():
+            if self._resend:
+                again = [self._resend.popleft() for _ in range(min(len(self._resend),
+                                                                   MAX_BURST))]
+                self._send(again)
+                continue
             ready, _, _ = select.select([self.tap.fileno()], [], [], POLL)
             if not ready:
                 continue
@@ -250,11 +262,13 @@ class NetHost(SupervisedHost):
             self._sending(frames)
         finally:
             self._in_flight = []
+            self._tx_left = []
 
     def _sending(self, frames: list[bytes]) -> None:
         assert self.card is not None and self.sup is not None
         waited = 0.0
         while frames and not self._stopping.is_set():
+            self._tx_left = frames
             self._tx_room.clear()
             offered = frames[:self._offer]
             self._in_flight = offered
@@ -263,6 +277,7 @@ class NetHost(SupervisedHost):
             except FramePoisoned:
                 if len(offered) == 1:
                     self.counts["tx_dropped"] += 1
+                    self.card.forget(offered)
                 else:
                     for frame in offered:
                         self._send([frame])
@@ -270,10 +285,12 @@ class NetHost(SupervisedHost):
                 continue
             except (NooksError, OSError) as e:
                 self.counts["tx_dropped"] += len(frames)
+                self.card.forget(frames)
                 log.debug("%s: %d frames dropped: %s", self.name, len(frames), e)
                 return
             if taken is None:  # dropped while the driver recovered
                 self.counts["tx_dropped"] += len(frames)
+                self.card.forget(frames)
                 self._offer = MAX_BURST
                 return
             if taken:
@@ -293,6 +310,17 @@ class NetHost(SupervisedHost):
                 self.counts["watchdog"] += 1
                 waited = 0.0
                 self._hung(f"the transmit queue stayed full for {WATCHDOG:g} s")
+
+    def _check_stall(self) -> None:
+        """A driver that is up but has left frames unsent or received ones in its ring
+        for ``WATCHDOG`` seconds has stopped working: it is hung (its fresh successor
+        gets what it left)."""
+        if self.card is None or self.native or not self.spec.opened:
+            return
+        stalled = self.card.stalled(WATCHDOG)
+        if stalled is not None:
+            self.counts["stalls"] += 1
+            self._hung(stalled)
 
     def _hung(self, detail: str) -> None:
         if self.sup is None or self.sup.domain is None or self.sup.shadow is None:
@@ -322,8 +350,13 @@ class NetHost(SupervisedHost):
 
     def _interrupts(self) -> None:
         assert self.card is not None and self.sup is not None
+        check = time.monotonic() + POLL
         while not self._stopping.is_set():
-            if not self._irq.wait(POLL):
+            woken = self._irq.wait(POLL)
+            if time.monotonic() >= check:  # (also under traffic: the line may never rest)
+                check = time.monotonic() + POLL
+                self._check_stall()
+            if not woken:
                 continue
             self._irq.clear()
             # while the line stays up (a bounded number of times: a driver that does
