@@ -186,13 +186,24 @@ def _dead_hosts() -> list[dict[str, Any]]:
     from nooks.fs.mounts import entry
 
     out = []
-    for _, rec in stale():
+    dead = stale()
+    swept: list[str] = []
+    if any(rec.get("class") == "net" for _, rec in dead):
+        from nooks.net.topology import sweep
+
+        swept = sweep()  # the namespaces a dead network host left
+    for _, rec in dead:
         mnt = rec.get("mountpoint")
         mounted = isinstance(mnt, str) and entry(mnt) is not None
+        hint = f"nooks umount {mnt}" if mounted else "nooks status clears it"
+        left = [ns for ns in swept if ns in (rec.get("netns"), rec.get("peer_netns"))
+                or ns == f"{rec.get('netns')}-wire"]
+        if left:
+            hint = f"namespaces it left removed: {', '.join(left)}"
         out.append({"name": rec.get("name", "?"), "class": rec.get("class"),
                     "driver": rec.get("driver", "?"), "mountpoint": mnt, "state": "dead",
-                    "host_pid": rec.get("pid"), "stale_mount": mounted,
-                    "hint": f"nooks umount {mnt}" if mounted else "nooks status clears it"})
+                    "host_pid": rec.get("pid"), "stale_mount": mounted, "hint": hint,
+                    "swept": left})
     return out
 
 
@@ -228,7 +239,8 @@ def _status(args: argparse.Namespace) -> int:
         if st["state"] == "dead":
             t.add_row(st["name"], st["driver"], "-", "[red]dead[/red]", "-", "-",
                       f"host pid {st['host_pid']} is gone"
-                      + (f"; stale mount: {st['hint']}" if st["stale_mount"] else ""))
+                      + (f"; stale mount: {st['hint']}" if st["stale_mount"] else "")
+                      + (f"; {st['hint']}" if st.get("swept") else ""))
             continue
         recs = st.get("recoveries", [])
         last = (f"{recs[-1]['kind']} ({recs[-1]['detail']}), {recs[-1]['duration_ms']:.1f} ms"

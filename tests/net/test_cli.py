@@ -113,3 +113,24 @@ def test_daemon_detaches_once_it_serves_and_says_why_when_it_cannot(
         os.close(gone)
     assert not [n for n in netns.listnetns() if n.startswith(f"nooks-{name}")]
     assert log.exists()
+
+
+def test_status_shows_a_killed_host_and_removes_the_namespaces_it_left(
+        env: dict[str, str]) -> None:
+    name = f"kld-{os.getpid()}"
+    r = _nooks("net", "rtl8139", "--name", name, "--daemon", env=env)
+    assert r.returncode == 0, r.stderr
+    pid = int(r.stdout.rsplit("host pid ", 1)[1].rstrip(")\n"))
+    gone = os.pidfd_open(pid)
+    try:
+        os.kill(pid, signal.SIGKILL)  # no clean-up at all
+        assert select.select([gone], [], [], 30)[0]
+    finally:
+        os.close(gone)
+    assert f"nooks-{name}" in netns.listnetns()
+    st = json.loads(_nooks("status", "--json", env=env).stdout)
+    dead = [h for h in st if h["name"] == name]
+    assert dead and dead[0]["state"] == "dead", st
+    assert set(dead[0]["swept"]) == {f"nooks-{name}", f"nooks-{name}-wire",
+                                     f"nooks-{name}-peer"}
+    assert not [n for n in netns.listnetns() if n.startswith(f"nooks-{name}")]

@@ -184,7 +184,8 @@ def _sweep(base: str) -> None:
 
 
 def process_alive(pid: object) -> bool:
-    """Whether ``pid`` names a process that exists (one we may not signal counts)."""
+    """Whether ``pid`` names a process that exists and has not exited (one we may
+    not signal counts; a zombie, exited and not yet reaped, does not)."""
     if not isinstance(pid, int) or pid <= 0:
         return False
     try:
@@ -193,7 +194,12 @@ def process_alive(pid: object) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rpartition(b")")[2].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in (b"Z", b"X")
 
 
 _warned = False
