@@ -23,7 +23,6 @@ import os
 import random
 import re
 import select
-import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -123,15 +122,7 @@ class NetRun(Run):
         return self.status() is not None
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.scope.kill(self.proc)
-                self.proc.wait()
-        self.scope.reaped(self.proc)
+        self.terminate(STOP_TIMEOUT)
 
 
 class NetTarget(Target):

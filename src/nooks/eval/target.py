@@ -26,6 +26,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import importlib.util
+import signal
 import subprocess
 from typing import Any
 
@@ -76,6 +77,19 @@ class Run(abc.ABC):
     @abc.abstractmethod
     def stop(self) -> None:
         """Stop the host and reap it (the scope kills what is left)."""
+
+    def terminate(self, timeout: float) -> None:
+        """SIGTERM the host, wait ``timeout`` seconds for it, kill it if it is still
+        there, and reap it."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.scope.kill(self.proc)
+                self.proc.wait()
+        self.scope.reaped(self.proc)
 
     def after(self) -> list[str]:
         """Data checks once the host is gone: problems found (empty: none)."""

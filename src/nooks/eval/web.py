@@ -17,9 +17,7 @@ error — natively too: a WSGI server answers an exception with 500 and goes on.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -76,15 +74,7 @@ class WebRun(Run):
             return False
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.scope.kill(self.proc)
-                self.proc.wait()
-        self.scope.reaped(self.proc)
+        self.terminate(STOP_TIMEOUT)
 
     def after(self) -> list[str]:
         return check_ledger(self.ledger, self.book) if self.driver == "flask" else []

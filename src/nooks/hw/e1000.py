@@ -203,7 +203,7 @@ class E1000(CardModel):
         """A frame arrived from the wire; whether a descriptor took it."""
         raise_line = False
         with self.lock:
-            taken, bits = self._receive(frame)
+            taken, bits = self._fill(frame)
             if bits:
                 raise_line = self._signal(bits)
                 self._publish()
@@ -211,7 +211,7 @@ class E1000(CardModel):
             self._interrupt()
         return taken
 
-    def _receive(self, frame: bytes) -> tuple[bool, int]:
+    def _fill(self, frame: bytes) -> tuple[bool, int]:
         if not self._r32(RCTL) & RCTL_EN or not MIN_FRAME <= len(frame) <= MAX_RX:
             return False, 0
         if not self._accepts(frame):

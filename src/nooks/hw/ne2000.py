@@ -94,6 +94,7 @@ class Ne2000(CardModel):
     on the wire; ``interrupt`` is called when the line rises."""
 
     REGS_SIZE = REGS_SIZE
+    RX_TAKEN = ISR_PRX
 
     def __init__(self, regs: memoryview, dma: memoryview, mac: bytes,
                  send: Callable[[bytes], None], interrupt: Callable[[], None]) -> None:
@@ -220,18 +221,6 @@ class Ne2000(CardModel):
             bit = mc_hash(dest)
             return bool(rcr & RCR_AM and self.regs[PAGE1 + MAR + (bit >> 3)] >> (bit & 7) & 1)
         return dest == bytes(self.regs[PAGE1 + PAR:PAGE1 + PAR + 6])
-
-    def receive(self, frame: bytes) -> bool:
-        """A frame arrived from the wire; whether it went into the ring."""
-        raise_line = False
-        with self.lock:
-            taken = self._receive(frame)
-            if taken is not None:
-                raise_line = self._signal(taken)
-                self._publish()
-        if raise_line:
-            self._interrupt()
-        return taken == ISR_PRX
 
     def _receive(self, frame: bytes) -> int | None:
         if not self._running() or not MIN_FRAME <= len(frame) <= MAX_RX:

@@ -96,6 +96,7 @@ class CardModel(RegisterFile):
     ``pending`` after each handler). A family gives ``REGS_SIZE`` and ``_reset``."""
 
     REGS_SIZE: ClassVar[int]
+    RX_TAKEN: ClassVar[int] = 0  # the cause ``_receive`` returns for a frame taken
 
     def __init__(self, regs: memoryview, dma: memoryview, mac: bytes,
                  send: Callable[[bytes], None], interrupt: Callable[[], None]) -> None:
@@ -127,3 +128,27 @@ class CardModel(RegisterFile):
 
     def _reset(self) -> None:
         raise NotImplementedError
+
+    def _signal(self, bits: int) -> bool:
+        raise NotImplementedError
+
+    def _publish(self) -> None:
+        raise NotImplementedError
+
+    def _receive(self, frame: bytes) -> int | None:
+        """Take ``frame`` into the card's memory if it can: the interrupt cause to
+        raise (``RX_TAKEN`` if taken, another if missed), or None for none."""
+        raise NotImplementedError
+
+    def receive(self, frame: bytes) -> bool:
+        """A frame arrived from the wire; whether the card took it (for families whose
+        ``_receive`` says so with a cause)."""
+        raise_line = False
+        with self.lock:
+            taken = self._receive(frame)
+            if taken is not None:
+                raise_line = self._signal(taken)
+                self._publish()
+        if raise_line:
+            self._interrupt()
+        return taken == self.RX_TAKEN

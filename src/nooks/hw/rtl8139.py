@@ -84,6 +84,7 @@ class Rtl8139(CardModel):
     each handler looks at ``pending``: the line is level, not an edge)."""
 
     REGS_SIZE = REGS_SIZE
+    RX_TAKEN = INT_ROK
 
     def _reset(self) -> None:
         """Power-on state: registers cleared, the MAC address in ``IDR``, every slot the
@@ -198,18 +199,6 @@ class Rtl8139(CardModel):
     def _update_bufe(self) -> None:
         empty = self._cbr == self._rx_read
         self._cr = (self._cr & ~CR_BUFE) | (CR_BUFE if empty else 0)
-
-    def receive(self, frame: bytes) -> bool:
-        """A frame arrived from the wire; whether it went into the ring."""
-        raise_line = False
-        with self.lock:
-            taken = self._receive(frame)
-            if taken is not None:
-                raise_line = self._signal(taken)
-                self._publish()
-        if raise_line:
-            self._interrupt()
-        return taken == INT_ROK
 
     def _receive(self, frame: bytes) -> int | None:
         if not self._cr & CR_RE or not MIN_FRAME <= len(frame) <= MAX_RX:
