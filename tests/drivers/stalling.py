@@ -31,3 +31,18 @@ class Mute(E1000):
         if self.sent <= WORKS_FOR:
             return super().xmit(frames)
         return len(frames)  # taken, and never sent
+
+
+class Misfiltering(E1000):
+    """After a while it programs the card's address filter with another address:
+    frames for this machine are filtered out by the card."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.handled = 0
+
+    def interrupt(self) -> None:
+        self.handled += 1
+        if self.handled == WORKS_FOR:
+            super().set_mac(b"\x02\x00\x00\x00\x00\x99")
+        super().interrupt()

@@ -80,7 +80,8 @@ def test_a_driver_that_scribbles_is_recovered_and_the_host_goes_on(
 
 
 @pytest.mark.parametrize(("driver", "what"), [("Deaf", "received stayed in the card"),
-                                              ("Mute", "were not sent")])
+                                              ("Mute", "were not sent"),
+                                              ("Misfiltering", "filter is not what the system")])
 def test_a_driver_that_stops_working_without_crashing_is_recovered_as_hung(
         monkeypatch: pytest.MonkeyPatch, driver: str, what: str) -> None:
     monkeypatch.setitem(DRIVERS, driver, (f"tests.drivers.stalling:{driver}", "e1000"))
@@ -94,7 +95,8 @@ def test_a_driver_that_stops_working_without_crashing_is_recovered_as_hung(
         recs = st["recoveries"]
         assert st["stalls"] >= 1 and recs, ping
         assert all(r["kind"] == "hung" and what in r["detail"] for r in recs), recs
-        # what the stalled driver left was delivered or sent by the next one
-        assert " 80 received" in ping, ping[-300:]
+        if driver != "Misfiltering":  # (what its card filtered out is lost, as on a wire)
+            # what the stalled driver left was delivered or sent by the next one
+            assert " 80 received" in ping, ping[-300:]
     finally:
         h.close()

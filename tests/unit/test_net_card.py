@@ -27,3 +27,28 @@ def test_a_frame_goes_once_and_once_more_only_if_it_was_in_flight() -> None:
         assert len(wire) == 2 and card.counts["tx_refused"] == 2
     finally:
         card.close()
+
+
+def test_frames_for_this_machine_filtered_out_are_a_stall() -> None:
+    from nooks.hw import rtl8139 as r
+
+    own = bytes.fromhex("525400000001")
+    card = Card("rtl8139", own, lambda f: None, lambda: None)
+    try:
+        card.own = own
+        model = card.model
+        struct_rbstart = 0x8000
+        model.window.w32(r.RBSTART, struct_rbstart)
+        model.window.w32(r.RCR, r.RCR_AB)  # broadcasts only: the driver forgot its own
+        model.write(r.CR, r.CR_RE | r.CR_TE)
+        card.arrived(b"\xff" * 6 + bytes(6) + b"\x08\x06" + bytes(46))  # taken
+        assert card.stalled(1e9, 0.0) is None
+        card.arrived(bytes.fromhex("02aabbccddee") + bytes(6) + b"\x08\x00" + bytes(46))
+        assert card.stalled(1e9, 0.0) is None  # another machine's: filtering it is right
+        card.arrived(own + bytes(6) + b"\x08\x00" + bytes(46))  # ours, filtered out
+        assert "filter is not what the system set" in (card.stalled(1e9, 0.0) or "")
+        model.window.w32(r.RCR, r.RCR_AB | r.RCR_APM)  # set right: the next one is taken
+        card.arrived(own + bytes(6) + b"\x08\x00" + bytes(46))
+        assert card.stalled(1e9, 0.0) is None
+    finally:
+        card.close()

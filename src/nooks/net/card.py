@@ -16,7 +16,10 @@ frames it delivered and not yet passed up; after a recovery the second are
 *pending receives*, delivered again to the fresh driver (``reset`` returns them).
 It also knows how long each list has gone without moving (``stalled``): a
 driver that takes frames and never sends them, or leaves received ones in its
-ring, has stopped working without crashing; the host recovers it as hung.
+ring, has stopped working without crashing; so has one whose card filters out
+frames for this machine's own address (``own``) or broadcasts: it programmed
+the card otherwise than the system set it. The host recovers such a driver as
+hung.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
 MAX_GIVEN = 256  # frames given to the driver and not yet on the wire
 MAX_DELIVERED = 1024  # frames in the ring not yet passed up
 ETH_ZLEN = 60
+VNET_HDR = 12  # before each frame of a card with offloads
+BROADCAST = b"\xff" * 6
 
 
 class Model(Protocol):
@@ -99,6 +104,8 @@ class Card:
         # since when each list has waited without moving (None: it is empty)
         self._tx_since: float | None = None
         self._rx_since: float | None = None
+        self.own: bytes | None = None  # this machine's address, as the system set it
+        self._misfiltered_since: float | None = None  # frames for it filtered out since
         self._dma_next = 0
         self.counts = collections.Counter[str]()
         self.model: Model = model(memoryview(regs)[:regs_size], memoryview(dma), mac,
@@ -146,8 +153,9 @@ class Card:
         with self._lock:
             return list(self._given)
 
-    def stalled(self, limit: float) -> str | None:
-        """What has gone ``limit`` seconds without moving, if anything."""
+    def stalled(self, limit: float, filter_limit: float) -> str | None:
+        """What has gone ``limit`` seconds without moving, or ``filter_limit`` seconds
+        filtered out against the system's settings, if anything."""
         now = time.monotonic()
         with self._lock:
             if self._tx_since is not None and now - self._tx_since > limit:
@@ -156,6 +164,10 @@ class Card:
             if self._rx_since is not None and now - self._rx_since > limit:
                 return (f"{len(self._delivered)} frames received stayed in the card for "
                         f"{limit:g} s")
+            since = self._misfiltered_since
+            if since is not None and now - since > filter_limit:
+                return (f"the card filtered out frames for this machine's address for "
+                        f"{filter_limit:g} s (its filter is not what the system set)")
         return None
 
     def regive(self, frames: list[bytes]) -> None:
@@ -196,7 +208,16 @@ class Card:
             self._delivered.append(frame)
             if self._rx_since is None:
                 self._rx_since = time.monotonic()
-        if not self.model.receive(frame):
+        filtered = self.model.counts["rx_filtered"]
+        taken = self.model.receive(frame)
+        at = VNET_HDR if self.offloads else 0
+        if self.own is not None and frame[at:at + 6] in (self.own, BROADCAST):
+            if taken:
+                self._misfiltered_since = None
+            elif self.model.counts["rx_filtered"] > filtered \
+                    and self._misfiltered_since is None:
+                self._misfiltered_since = time.monotonic()
+        if not taken:
             with self._lock:
                 for i in range(len(self._delivered) - 1, -1, -1):
                     if self._delivered[i] is frame:
@@ -239,6 +260,7 @@ class Card:
             pending, self._delivered = list(self._delivered), collections.deque()
             self._dma_next = 0
             self._rx_since = None
+            self._misfiltered_since = None
             self._tx_since = time.monotonic() if self._given else None
         return pending
 

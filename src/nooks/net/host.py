@@ -61,6 +61,10 @@ DRIVERS = {"ne2000": ("nooks.drivers.ne2000:Ne2000", "ne2000"),
            "virtio-net": ("nooks.drivers.virtio_net:VirtioNet", "virtio")}
 MAX_BURST = 64  # frames read from the TAP and given to the driver in one call
 MAX_RECALLS = 64  # handler calls in a row while the line stays up
+# seconds a card may filter out frames for this machine's own address or broadcasts
+# (never, when the driver programmed it as the system set it: a short wait spares
+# the system's neighbour resolution, which gives up after three tries a second apart)
+MISFILTERED = 0.5
 WATCHDOG = 2.0  # seconds the transmit queue may stay full before the driver is hung
 POLL = 0.1  # seconds the threads wait before looking whether the host is stopping
 BLOCK_TIMEOUT = 10.0  # seconds a call may wait for a recovering driver
@@ -147,7 +151,8 @@ class NetHost(SupervisedHost):
                 f"{self.counts} {self.card!r}>")
 
     def _address(self, mac: bytes) -> None:
-        assert self.tap is not None
+        assert self.tap is not None and self.card is not None
+        self.card.own = mac
         with NetNS(self.topology.this) as ns:
             ns.link("set", index=ns.link_lookup(ifname=self.tap.ifname)[0],
                     address=mac.hex(":"))
@@ -190,6 +195,8 @@ class NetHost(SupervisedHost):
             mac = spec.mac or (spec.info.mac if spec.info is not None else None)
             if cfg.mac != mac:
                 self._drive("set_mac", cfg.mac)
+                if self.card is not None:
+                    self.card.own = cfg.mac
             if cfg.mtu != (spec.mtu or tap.mtu):
                 try:
                     self._drive("change_mtu", cfg.mtu)
@@ -313,11 +320,12 @@ class NetHost(SupervisedHost):
 
     def _check_stall(self) -> None:
         """A driver that is up but has left frames unsent or received ones in its ring
-        for ``WATCHDOG`` seconds has stopped working: it is hung (its fresh successor
+        for ``WATCHDOG`` seconds, or whose card filtered out frames for this machine for
+        ``MISFILTERED`` seconds, has stopped working: it is hung (its fresh successor
         gets what it left)."""
         if self.card is None or self.native or not self.spec.opened:
             return
-        stalled = self.card.stalled(WATCHDOG)
+        stalled = self.card.stalled(WATCHDOG, MISFILTERED)
         if stalled is not None:
             self.counts["stalls"] += 1
             self._hung(stalled)
