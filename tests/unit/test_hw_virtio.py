@@ -212,3 +212,24 @@ def test_whatever_a_driver_writes_and_the_wire_brings_the_device_stays_sane(
         d.dev.pending()
     assert all(len(f) >= v.HDR_SIZE + v.MIN_FRAME for f in d.sent)
     assert all(0 <= q.used_idx <= 0xFFFF for q in d.dev.queues)
+
+
+def test_a_ring_index_beyond_the_queue_stops_the_device_until_reset() -> None:
+    d = Dev()
+    d.up()
+    struct.pack_into("<H", d.dma, RING[v.TXQ] + 0x400 + 2, 4000)  # 4000 entries in 8
+    d.notify(v.TXQ)
+    assert d.sent == [] and d.regs[v.STATUS] & v.S_NEEDS_RESET
+    assert not d.regs[v.STATUS] & v.S_DRIVER_OK and d.dev.counts["needs_reset"] == 1
+    assert not d.dev.receive(HDR0 + frame(MAC, 1))  # stopped
+    d.dev.write(v.STATUS, 0)
+    assert not d.regs[v.STATUS] & v.S_NEEDS_RESET
+
+
+def test_a_control_command_is_read_bounded() -> None:
+    d = Dev()
+    d.up()
+    chain = [(i, 0x4000, 0) for i in range(SIZE - 1)] + [(SIZE - 1, 1, v.D_WRITE)]
+    d.offer(v.CTRLQ, chain)  # seven 16 KiB buffers: more than a command may be
+    d.notify(v.CTRLQ)
+    assert d.used(v.CTRLQ) == [(0, 1)] and d.dev.counts["ctrl_refused"] == 1

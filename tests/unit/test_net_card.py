@@ -4,6 +4,8 @@ driver may have sent part of it before it died)."""
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 
 from nooks.net.card import Card, Refused
@@ -34,21 +36,22 @@ def test_frames_for_this_machine_filtered_out_are_a_stall() -> None:
 
     own = bytes.fromhex("525400000001")
     card = Card("rtl8139", own, lambda f: None, lambda: None)
+    mine = own + bytes(6) + b"\x08\x00" + bytes(46)
     try:
-        card.own = own
-        model = card.model
-        struct_rbstart = 0x8000
-        model.window.w32(r.RBSTART, struct_rbstart)
-        model.window.w32(r.RCR, r.RCR_AB)  # broadcasts only: the driver forgot its own
-        model.write(r.CR, r.CR_RE | r.CR_TE)
+        card.own = (own,)
+        regs = card.model.regs
+        struct.pack_into("<I", regs, r.RBSTART, 0x8000)
+        struct.pack_into("<I", regs, r.RCR, r.RCR_AB)  # broadcasts only: the driver forgot
+        card.model.write(r.CR, r.CR_RE | r.CR_TE)
         card.arrived(b"\xff" * 6 + bytes(6) + b"\x08\x06" + bytes(46))  # taken
-        assert card.stalled(1e9, 0.0) is None
         card.arrived(bytes.fromhex("02aabbccddee") + bytes(6) + b"\x08\x00" + bytes(46))
         assert card.stalled(1e9, 0.0) is None  # another machine's: filtering it is right
-        card.arrived(own + bytes(6) + b"\x08\x00" + bytes(46))  # ours, filtered out
+        for n in range(3):  # ours, filtered out: a few may be a change of address going on
+            assert card.stalled(1e9, 0.0) is None, n
+            card.arrived(mine)
         assert "filter is not what the system set" in (card.stalled(1e9, 0.0) or "")
-        model.window.w32(r.RCR, r.RCR_AB | r.RCR_APM)  # set right: the next one is taken
-        card.arrived(own + bytes(6) + b"\x08\x00" + bytes(46))
+        struct.pack_into("<I", regs, r.RCR, r.RCR_AB | r.RCR_APM)  # set right: taken
+        card.arrived(mine)
         assert card.stalled(1e9, 0.0) is None
     finally:
         card.close()

@@ -95,14 +95,18 @@ def measure(this: str, peer: str, address: str, *, seconds: float,
 @contextlib.contextmanager
 def serving(driver: str, name: str, native: bool, run_dir: str) -> Iterator[subprocess.Popen[str]]:
     env = {**os.environ, "NOOKS_RUN_DIR": run_dir}
-    proc = subprocess.Popen([sys.executable, "-m", "nooks", "net", driver, "--name", name,
-                             *(["--native"] if native else [])], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    log = os.path.join(run_dir, f"{name}.log")
+    with open(log, "w") as err:  # (a file: a pipe no one reads fills and blocks the host)
+        proc = subprocess.Popen([sys.executable, "-m", "nooks", "net", driver, "--name",
+                                 name, *(["--native"] if native else [])],
+                                stdout=subprocess.PIPE, stderr=err, text=True, env=env)
     try:
-        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout is not None
         line = proc.stdout.readline()
         if not line.startswith("serving "):
-            raise RuntimeError(f"nooks net {driver} did not start: {line}{proc.stderr.read()}")
+            with open(log) as f:
+                said = f.read()[-2000:]
+            raise RuntimeError(f"nooks net {driver} did not start: {line}{said}")
         yield proc
     finally:
         proc.terminate()

@@ -150,17 +150,16 @@ class E1000:
         return dict(self.counts)
 
     def interrupt(self) -> None:
+        """NAPI-style: acknowledge what the card says, then poll the receive ring
+        whatever it said (an acknowledgement is posted: a frame that came after the
+        driver read the cause has its bit cleared with the others, and the card asks
+        again only because its ring is not empty) and reclaim what was sent."""
         icr = self.regs.r32(ICR)
-        if not icr:
-            return
-        # acknowledged (write 1 to clear), posted: the card keeps its receive cause up
-        # while the ring holds frames not given back, so one that arrives meanwhile is
-        # not missed
-        self.regs.w32(ICR, icr)
+        if icr:
+            self.regs.w32(ICR, icr)  # write 1 to clear
         if icr & ICR_RXO:
             self.counts["rx_missed"] += 1
-        if icr & (ICR_RXT0 | ICR_RXO):
-            self._rx()
+        self._rx()
         if icr & ICR_TXDW:
             self._tx_clean()
 
@@ -168,9 +167,9 @@ class E1000:
         last = -1
         for _ in range(RX_DESCS):
             at = self.rx_ring + 16 * self.next_rx
-            _, length, _, status, _, _ = _RX.unpack_from(self.dma, at)
-            if not status & STA_DD:
+            if not self.dma[at + 12] & STA_DD:  # the status first: the card writes it last
                 break
+            length = _RX.unpack_from(self.dma, at)[1]
             buf = self.rx_bufs[self.next_rx]
             if 14 <= length <= BUFFER:
                 self.k.netif_rx(bytes(self.dma[buf:buf + length]))

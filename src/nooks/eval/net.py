@@ -37,7 +37,7 @@ PEER = "10.77.0.2"
 DEADLINE = "1"  # seconds a call may take under nooks before the driver counts as hung
 FILE = 4 << 20  # bytes downloaded
 STOP_TIMEOUT = 15.0
-_RECEIVED = re.compile(r"(\d+) received")
+_COUNTS = re.compile(r"(\d+) packets transmitted, (\d+) received")
 
 
 def _in(ns: str, *cmd: str) -> list[str]:
@@ -57,12 +57,13 @@ class NetRun(Run):
         # (at most 3 s: with the network gone, ping would try each echo for a second)
         _, out, err = capture(self.scope, _in(self.this, "ping", "-c", "20", "-i", "0.02",
                                               "-W", "1", "-w", "3", PEER), on_hang, timeout=15)
-        got = _RECEIVED.search(out)
-        received = int(got.group(1)) if got else 0
+        # (with -w, ping sends on until it has 20 replies: what it sent says the loss)
+        got = _COUNTS.search(out)
+        sent, received = (int(got.group(1)), int(got.group(2))) if got else (0, 0)
         if received == 0:
             return f"lost: ping got no reply ({(err or out).strip()[-120:]})"
-        if received < 20:
-            return f"app: ping lost {20 - received} of 20 echoes"
+        if received < sent:
+            return f"app: ping lost {sent - received} of {sent} echoes"
         return None
 
     def _iperf(self, on_hang: Any, reverse: bool) -> str | None:

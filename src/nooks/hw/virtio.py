@@ -144,6 +144,11 @@ class Virtqueue:
         if lay is None:
             return None
         size, desc, avail, _ = lay
+        if (self.avail_idx(avail) - self.last_avail) & 0xFFFF > size:
+            # more entries than the queue holds: the driver broke the ring (a device
+            # stops using it and says it needs a reset)
+            self.dev.broken()
+            return None
         while self.last_avail != self.avail_idx(avail):
             head = self.dev.ring.r16(avail + 4 + 2 * (self.last_avail % size))
             self.last_avail = (self.last_avail + 1) & 0xFFFF
@@ -206,7 +211,7 @@ class VirtioNet(CardModel):
         self.queues = [Virtqueue(self, q) for q in range(QUEUES)]
         self.ring = Window(dma)  # the rings' indexes, read and written whole
         super().__init__(regs, dma, mac, send, interrupt)
-        self.counts.update({"bad_chains": 0, "ctrl": 0, "ctrl_refused": 0})
+        self.counts.update({"bad_chains": 0, "ctrl": 0, "ctrl_refused": 0, "needs_reset": 0})
 
     def release(self) -> None:
         self.ring.release()
@@ -234,6 +239,13 @@ class VirtioNet(CardModel):
     def _publish(self) -> None:
         self.regs[STATUS] = self._status
         self.regs[ISR] = self._isr
+
+    def broken(self) -> None:
+        """The driver set up something the device cannot use: it stops (every queue)
+        until reset, and says so (``NEEDS_RESET``)."""
+        self._status |= S_NEEDS_RESET
+        self._status &= ~S_DRIVER_OK
+        self.counts["needs_reset"] += 1
 
     def _has(self, bit: int) -> bool:
         return bool(self.features >> bit & 1)
@@ -398,12 +410,14 @@ class VirtioNet(CardModel):
             if got is None:
                 return
             head, chain = got
-            readable = [(a, n) for a, n, w in chain if not w]
             writable = [(a, n) for a, n, w in chain if w]
-            data = b"".join(bytes(self.dma[a:a + n]) for a, n in readable)[:MAX_CTRL + 1]
+            data = bytearray()
+            for a, n, w in chain:  # (bounded as it is read: a chain may name 16 MiB each)
+                if not w and len(data) <= MAX_CTRL:
+                    data += self.dma[a:a + min(n, MAX_CTRL + 1 - len(data))]
             ack = ACK_ERR
             if writable and writable[0][1] >= 1 and 2 <= len(data) <= MAX_CTRL:
-                ack = ACK_OK if self._command(data[0], data[1], data[2:]) else ACK_ERR
+                ack = ACK_OK if self._command(data[0], data[1], bytes(data[2:])) else ACK_ERR
             self.counts["ctrl" if ack == ACK_OK else "ctrl_refused"] += 1
             if writable and writable[0][1] >= 1:
                 self.dma[writable[0][0]] = ack

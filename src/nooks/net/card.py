@@ -45,6 +45,7 @@ MAX_DELIVERED = 1024  # frames in the ring not yet passed up
 ETH_ZLEN = 60
 VNET_HDR = 12  # before each frame of a card with offloads
 BROADCAST = b"\xff" * 6
+MISFILTERED_FRAMES = 3  # frames for this machine filtered out before the filter is wrong
 
 
 class Model(Protocol):
@@ -104,8 +105,9 @@ class Card:
         # since when each list has waited without moving (None: it is empty)
         self._tx_since: float | None = None
         self._rx_since: float | None = None
-        self.own: bytes | None = None  # this machine's address, as the system set it
+        self.own: tuple[bytes, ...] = ()  # this machine's address(es), as the system set
         self._misfiltered_since: float | None = None  # frames for it filtered out since
+        self._misfiltered = 0  # how many since
         self._dma_next = 0
         self.counts = collections.Counter[str]()
         self.model: Model = model(memoryview(regs)[:regs_size], memoryview(dma), mac,
@@ -148,6 +150,18 @@ class Card:
             if not self._given:
                 self._tx_since = None
 
+    def moved(self) -> int:
+        """A count that grows each time the card sends a frame or one is passed up."""
+        return self.counts["sent"] + self.counts["passed_up"]
+
+    def restart_clocks(self) -> None:
+        """A fresh driver is up: what waits is its to move from now on."""
+        now = time.monotonic()
+        with self._lock:
+            self._tx_since = now if self._given else None
+            self._rx_since = now if self._delivered else None
+            self._misfiltered_since, self._misfiltered = None, 0
+
     def unsent(self) -> list[bytes]:
         """The frames given and not sent (a failed driver may have taken them)."""
         with self._lock:
@@ -165,7 +179,8 @@ class Card:
                 return (f"{len(self._delivered)} frames received stayed in the card for "
                         f"{limit:g} s")
             since = self._misfiltered_since
-            if since is not None and now - since > filter_limit:
+            if since is not None and now - since > filter_limit \
+                    and self._misfiltered >= MISFILTERED_FRAMES:
                 return (f"the card filtered out frames for this machine's address for "
                         f"{filter_limit:g} s (its filter is not what the system set)")
         return None
@@ -211,12 +226,14 @@ class Card:
         filtered = self.model.counts["rx_filtered"]
         taken = self.model.receive(frame)
         at = VNET_HDR if self.offloads else 0
-        if self.own is not None and frame[at:at + 6] in (self.own, BROADCAST):
+        dest = frame[at:at + 6]
+        if self.own and (dest == BROADCAST or dest in self.own):
             if taken:
-                self._misfiltered_since = None
-            elif self.model.counts["rx_filtered"] > filtered \
-                    and self._misfiltered_since is None:
-                self._misfiltered_since = time.monotonic()
+                self._misfiltered_since, self._misfiltered = None, 0
+            elif self.model.counts["rx_filtered"] > filtered:
+                self._misfiltered += 1
+                if self._misfiltered_since is None:
+                    self._misfiltered_since = time.monotonic()
         if not taken:
             with self._lock:
                 for i in range(len(self._delivered) - 1, -1, -1):
@@ -260,7 +277,7 @@ class Card:
             pending, self._delivered = list(self._delivered), collections.deque()
             self._dma_next = 0
             self._rx_since = None
-            self._misfiltered_since = None
+            self._misfiltered_since, self._misfiltered = None, 0
             self._tx_since = time.monotonic() if self._given else None
         return pending
 

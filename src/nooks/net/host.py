@@ -61,6 +61,7 @@ DRIVERS = {"ne2000": ("nooks.drivers.ne2000:Ne2000", "ne2000"),
            "virtio-net": ("nooks.drivers.virtio_net:VirtioNet", "virtio")}
 MAX_BURST = 64  # frames read from the TAP and given to the driver in one call
 MAX_RECALLS = 64  # handler calls in a row while the line stays up
+MAX_TAKEN = 1024  # frames the driver took remembered, for a recovery
 # seconds a card may filter out frames for this machine's own address or broadcasts
 # (never, when the driver programmed it as the system set it: a short wait spares
 # the system's neighbour resolution, which gives up after three tries a second apart)
@@ -102,11 +103,13 @@ class NetHost(SupervisedHost):
         self._offer = MAX_BURST  # frames offered in one call: what the card last took
         self._serial = threading.Lock() if native else None
         self._in_flight: list[bytes] = []  # the burst the driver is being asked to send
-        self._tx_left: list[bytes] = []  # what of the burst being sent is not taken yet
+        # frames the driver took (a failed one may have taken some and never sent them)
+        self._taken: collections.deque[bytes] = collections.deque(maxlen=MAX_TAKEN)
         self._resend: collections.deque[bytes] = collections.deque()  # taken, lost
         self._threads: list[threading.Thread] = []
         self.counts = {"tx_frames": 0, "tx_dropped": 0, "rx_frames": 0, "rx_oversized": 0,
-                       "watchdog": 0, "stalls": 0, "refused": 0, "rx_errors": 0}
+                       "watchdog": 0, "stalls": 0, "refused": 0, "rx_errors": 0,
+                       "rx_undeliverable": 0}
         target, family = DRIVERS[driver]
         offloads = FAMILIES[family].offloads
         self.topology = Topology(plan, offloads=offloads)
@@ -152,7 +155,7 @@ class NetHost(SupervisedHost):
 
     def _address(self, mac: bytes) -> None:
         assert self.tap is not None and self.card is not None
-        self.card.own = mac
+        self.card.own = (mac,)
         with NetNS(self.topology.this) as ns:
             ns.link("set", index=ns.link_lookup(ifname=self.tap.ifname)[0],
                     address=mac.hex(":"))
@@ -175,7 +178,11 @@ class NetHost(SupervisedHost):
         if len(frame) > tap.max_frame:  # the wire's (a VLAN tag): not the driver's fault
             self.counts["rx_oversized"] += 1
             return
-        tap.write(frame)
+        try:
+            tap.write(frame)
+        except (OSError, ValueError):  # e.g. EIO: the interface is down; not the driver's
+            self.counts["rx_undeliverable"] += 1
+            return
         self.counts["rx_frames"] += 1
 
     def wake_tx(self) -> None:
@@ -194,9 +201,12 @@ class NetHost(SupervisedHost):
         try:
             mac = spec.mac or (spec.info.mac if spec.info is not None else None)
             if cfg.mac != mac:
+                card = self.card
+                if card is not None:  # both are this machine's while the change goes on
+                    card.own = (*card.own, cfg.mac)
                 self._drive("set_mac", cfg.mac)
-                if self.card is not None:
-                    self.card.own = cfg.mac
+                if card is not None:
+                    card.own = (cfg.mac,)
             if cfg.mtu != (spec.mtu or tap.mtu):
                 try:
                     self._drive("change_mtu", cfg.mtu)
@@ -233,9 +243,12 @@ class NetHost(SupervisedHost):
             for frame in pending:
                 self.card.arrived(frame)
             # frames the failed driver took and never sent go to the fresh one (those
-            # of the burst being sent are offered to it anyway)
-            left = {id(f) for f in self._tx_left}
-            self._resend.extend(f for f in self.card.unsent() if id(f) not in left)
+            # not taken yet are the transmit thread's, offered to it anyway)
+            unsent = {id(f) for f in self.card.unsent()}
+            queued = {id(f) for f in self._resend}
+            taken, self._taken = self._taken, collections.deque(maxlen=MAX_TAKEN)
+            self._resend.extend(f for f in taken if id(f) in unsent and id(f) not in queued)
+            self.card.restart_clocks()  # (what the recovery took is not the fresh one's)
         self._tx_room.set()
         self._irq.set()  # look at the line again
 
@@ -269,18 +282,16 @@ class NetHost(SupervisedHost):
             self._sending(frames)
         finally:
             self._in_flight = []
-            self._tx_left = []
 
     def _sending(self, frames: list[bytes]) -> None:
         assert self.card is not None and self.sup is not None
         waited = 0.0
         while frames and not self._stopping.is_set():
-            self._tx_left = frames
             self._tx_room.clear()
             offered = frames[:self._offer]
             self._in_flight = offered
             try:
-                taken = self._drive("xmit", offered)
+                taken = self._call_xmit(offered)
             except FramePoisoned:
                 if len(offered) == 1:
                     self.counts["tx_dropped"] += 1
@@ -318,6 +329,17 @@ class NetHost(SupervisedHost):
                 waited = 0.0
                 self._hung(f"the transmit queue stayed full for {WATCHDOG:g} s")
 
+    def _call_xmit(self, offered: list[bytes]) -> Any:
+        """``xmit``, with ``offered`` in flight while it runs (a recovery meanwhile lets
+        its frames go once more), and what the driver took remembered."""
+        try:
+            taken = self._drive("xmit", offered)
+        finally:
+            self._in_flight = []
+        if isinstance(taken, int) and taken > 0:
+            self._taken.extend(offered[:taken])
+        return taken
+
     def _check_stall(self) -> None:
         """A driver that is up but has left frames unsent or received ones in its ring
         for ``WATCHDOG`` seconds, or whose card filtered out frames for this machine for
@@ -325,6 +347,9 @@ class NetHost(SupervisedHost):
         gets what it left)."""
         if self.card is None or self.native or not self.spec.opened:
             return
+        sup = self.sup
+        if sup is None or sup.shadow is None or sup.shadow.mode != "passive":
+            return  # (being recovered: the fresh driver's clocks start once it is back)
         stalled = self.card.stalled(WATCHDOG, MISFILTERED)
         if stalled is not None:
             self.counts["stalls"] += 1
@@ -364,11 +389,12 @@ class NetHost(SupervisedHost):
             if time.monotonic() >= check:  # (also under traffic: the line may never rest)
                 check = time.monotonic() + POLL
                 self._check_stall()
-            if not woken:
-                continue
+            if not woken and not self.card.model.pending():
+                continue  # (a line left up is served at least every POLL seconds)
             self._irq.clear()
-            # while the line stays up (a bounded number of times: a driver that does
-            # not clear its card's causes waits for the next rise)
+            # while the line stays up, a bounded number of times in a row; if the driver
+            # made the card move meanwhile, at once again, else after POLL at the latest
+            moved = self.card.moved()
             for _ in range(MAX_RECALLS):
                 if self._stopping.is_set() or not self.card.model.pending():
                     break
@@ -379,6 +405,9 @@ class NetHost(SupervisedHost):
                 except (NooksError, OSError) as e:
                     log.debug("%s: an interrupt was not handled: %s", self.name, e)
                     break
+            else:
+                if self.card.moved() != moved:
+                    self._irq.set()
 
     # -- control -------------------------------------------------------------------------
 
