@@ -45,7 +45,7 @@ MAX_DELIVERED = 1024  # frames in the ring not yet passed up
 ETH_ZLEN = 60
 VNET_HDR = 12  # before each frame of a card with offloads
 BROADCAST = b"\xff" * 6
-MISFILTERED_FRAMES = 3  # frames for this machine filtered out before the filter is wrong
+MISFILTERED_FRAMES = 2  # frames for this machine filtered out before the filter is wrong
 
 
 class Model(Protocol):
@@ -229,7 +229,8 @@ class Card:
         dest = frame[at:at + 6]
         if self.own and (dest == BROADCAST or dest in self.own):
             if taken:
-                self._misfiltered_since, self._misfiltered = None, 0
+                if dest != BROADCAST:  # (taking broadcasts says nothing of its own address)
+                    self._misfiltered_since, self._misfiltered = None, 0
             elif self.model.counts["rx_filtered"] > filtered:
                 self._misfiltered += 1
                 if self._misfiltered_since is None:
