@@ -16,10 +16,10 @@ frames it delivered and not yet passed up; after a recovery the second are
 *pending receives*, delivered again to the fresh driver (``reset`` returns them).
 It also knows how long each list has gone without moving (``stalled``): a
 driver that takes frames and never sends them, or leaves received ones in its
-ring, has stopped working without crashing; so has one whose card filters out
-frames for this machine's own address (``own``) or broadcasts: it programmed
-the card otherwise than the system set it. The host recovers such a driver as
-hung.
+ring, has stopped working without crashing; so has one whose card takes no
+frame for this machine's own address (``own``) or broadcasts: it programmed the
+card's filter or ring otherwise than the system needs (a ring a driver never
+gives back is always full). The host recovers such a driver as hung.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ MAX_DELIVERED = 1024  # frames in the ring not yet passed up
 ETH_ZLEN = 60
 VNET_HDR = 12  # before each frame of a card with offloads
 BROADCAST = b"\xff" * 6
-MISFILTERED_FRAMES = 2  # frames for this machine filtered out before the filter is wrong
+MISFILTERED_FRAMES = 2  # frames for this machine not taken before the card is wrong
 
 
 class Model(Protocol):
@@ -181,8 +181,9 @@ class Card:
             since = self._misfiltered_since
             if since is not None and now - since > filter_limit \
                     and self._misfiltered >= MISFILTERED_FRAMES:
-                return (f"the card filtered out frames for this machine's address for "
-                        f"{filter_limit:g} s (its filter is not what the system set)")
+                return (f"the card took no frame for this machine's address for "
+                        f"{filter_limit:g} s (its filter or its ring is not set up as the "
+                        "system needs)")
         return None
 
     def regive(self, frames: list[bytes]) -> None:
@@ -223,7 +224,6 @@ class Card:
             self._delivered.append(frame)
             if self._rx_since is None:
                 self._rx_since = time.monotonic()
-        filtered = self.model.counts["rx_filtered"]
         taken = self.model.receive(frame)
         at = VNET_HDR if self.offloads else 0
         dest = frame[at:at + 6]
@@ -231,7 +231,7 @@ class Card:
             if taken:
                 if dest != BROADCAST:  # (taking broadcasts says nothing of its own address)
                     self._misfiltered_since, self._misfiltered = None, 0
-            elif self.model.counts["rx_filtered"] > filtered:
+            else:  # filtered out, or no room: a ring set up wrong, or never given back
                 self._misfiltered += 1
                 if self._misfiltered_since is None:
                     self._misfiltered_since = time.monotonic()

@@ -62,9 +62,9 @@ DRIVERS = {"ne2000": ("nooks.drivers.ne2000:Ne2000", "ne2000"),
 MAX_BURST = 64  # frames read from the TAP and given to the driver in one call
 MAX_RECALLS = 64  # handler calls in a row while the line stays up
 MAX_TAKEN = 1024  # frames the driver took remembered, for a recovery
-# seconds a card may filter out frames for this machine's own address or broadcasts
-# (never, when the driver programmed it as the system set it: a short wait spares
-# the system's neighbour resolution, which gives up after three tries a second apart)
+# seconds a card may take no frame for this machine's own address or broadcasts
+# (a working card takes some: a short wait spares the system's neighbour
+# resolution, which gives up after three tries a second apart)
 MISFILTERED = 0.5
 WATCHDOG = 2.0  # seconds the transmit queue may stay full before the driver is hung
 POLL = 0.1  # seconds the threads wait before looking whether the host is stopping
@@ -139,6 +139,7 @@ class NetHost(SupervisedHost):
             self._address(info.mac)
             self.topology.configure_tap(self.tap.ifname, self.tap.mtu)
             self._drive("open")
+            self.card.restart_clocks()  # (what came while it was opened is not counted)
             # from now on what the system sets on its interface reaches the driver; the
             # first look (address, MTU, receive mode, groups) before anything is served
             self.follower = Follower(self.topology.this, plan.ifname, self._config)
@@ -342,7 +343,7 @@ class NetHost(SupervisedHost):
 
     def _check_stall(self) -> None:
         """A driver that is up but has left frames unsent or received ones in its ring
-        for ``WATCHDOG`` seconds, or whose card filtered out frames for this machine for
+        for ``WATCHDOG`` seconds, or whose card took no frame for this machine for
         ``MISFILTERED`` seconds, has stopped working: it is hung (its fresh successor
         gets what it left)."""
         if self.card is None or self.native or not self.spec.opened:
