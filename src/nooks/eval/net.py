@@ -37,6 +37,7 @@ PEER = "10.77.0.2"
 DEADLINE = "1"  # seconds a call may take under nooks before the driver counts as hung
 FILE = 4 << 20  # bytes downloaded
 STOP_TIMEOUT = 15.0
+START_WAIT = 60.0  # seconds a host may take to serve
 _COUNTS = re.compile(r"(\d+) packets transmitted, (\d+) received")
 
 
@@ -145,7 +146,9 @@ class NetTarget(Target):
         with open(log, "w") as err:  # (its log goes to a file: a pipe no one reads fills)
             proc = scope.popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
         assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], 30)
+        # (a driver that hangs while it is built is found out after the domain's start
+        # deadline, 30 s; the host then serves from a fresh one)
+        ready, _, _ = select.select([proc.stdout], [], [], START_WAIT)
         line = proc.stdout.readline() if ready else ""
         if not line.startswith("serving "):
             scope.kill(proc)
