@@ -47,7 +47,7 @@ writes can make the device raise or touch host memory.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from nooks.hw.registers import CardModel, Window
 
@@ -176,6 +176,14 @@ class Virtqueue:
                 return None
             i = nxt
         return None
+
+    def chains(self) -> Iterator[tuple[int, list[tuple[int, int, bool]]]]:
+        """The available chains, in order (at most a queue's worth at a time)."""
+        for _ in range(QUEUE_MAX):
+            got = self.pop()
+            if got is None:
+                return
+            yield got
 
     def push(self, head: int, written: int) -> None:
         """Give chain ``head`` back (``written`` bytes written into it)."""
@@ -322,11 +330,7 @@ class VirtioNet(CardModel):
 
     def _transmit(self) -> None:
         q = self.queues[TXQ]
-        for _ in range(QUEUE_MAX):
-            got = q.pop()
-            if got is None:
-                return
-            head, chain = got
+        for head, chain in q.chains():
             data = self._gather(chain)
             if data is not None and len(data) >= HDR_SIZE + MIN_FRAME:
                 hdr = HDR.unpack_from(data)
@@ -405,11 +409,7 @@ class VirtioNet(CardModel):
 
     def _control(self) -> None:
         q = self.queues[CTRLQ]
-        for _ in range(QUEUE_MAX):
-            got = q.pop()
-            if got is None:
-                return
-            head, chain = got
+        for head, chain in q.chains():
             writable = [(a, n) for a, n, w in chain if w]
             data = bytearray()
             for a, n, w in chain:  # (bounded as it is read: a chain may name 16 MiB each)
