@@ -55,3 +55,57 @@ def test_frames_for_this_machine_filtered_out_are_a_stall() -> None:
         assert card.stalled(1e9, 0.0) is None
     finally:
         card.close()
+
+
+def test_a_frame_passed_up_by_its_place_is_the_wires() -> None:
+    """rtl8139's ring: each frame goes in after the last; the driver passes them up by
+    place. What it does to its buffer meanwhile does not reach the system; a place,
+    a length or a frame passed up already is refused."""
+    from nooks.hw import rtl8139 as r
+
+    own = bytes.fromhex("525400000001")
+    card = Card("rtl8139", own, lambda f: None, lambda: None)
+    first = b"\xff" * 6 + bytes(6) + b"\x08\x06" + bytes(range(46))
+    second = b"\xff" * 6 + bytes(6) + b"\x08\x06" + bytes(range(1, 47))
+    try:
+        regs = card.model.regs
+        struct.pack_into("<I", regs, r.RBSTART, 0x8000)
+        struct.pack_into("<I", regs, r.RCR, r.RCR_AB)
+        card.model.write(r.CR, r.CR_RE | r.CR_TE)
+        card.arrived(first)
+        card.arrived(second)
+        at_first, at_second = 0x8000 + 4, 0x8000 + 4 + (4 + len(first) + 4 + 3 & ~3)
+        assert bytes(card.model.dma[at_second:at_second + len(second)]) == second
+        card.model.dma[at_first:at_first + 6] = bytes(6)  # the driver scribbles there
+        with pytest.raises(Refused):
+            card.passed_up_at(at_first, len(first) + 1)  # not the length put there
+        with pytest.raises(Refused):
+            card.passed_up_at(at_first + 2, len(first))  # nothing begins there
+        assert card.passed_up_at(at_first, len(first)) == first  # (as the wire gave it)
+        with pytest.raises(Refused):
+            card.passed_up_at(at_first, len(first))  # not twice
+        assert card.passed_up_at(at_second, len(second)) == second
+        assert card.counts["passed_up"] == 2 and card.counts["rx_refused"] == 3
+    finally:
+        card.close()
+
+
+def test_frames_put_at_one_place_are_passed_up_oldest_first() -> None:
+    """A driver gives a buffer back before the host has run its pass-up (posted): the
+    card may put the next frame there first; each pass-up takes the oldest."""
+    card = Card("e1000", bytes.fromhex("525400000001"), lambda f: None, lambda: None)
+    try:
+        def receive(frame: bytes) -> bool:  # a card that puts every frame in one buffer
+            card.model.placed(0x4000, frame)
+            return True
+
+        card.model.receive = receive  # type: ignore[method-assign]
+        one, two = FRAME + b"\x01", FRAME + b"\x02"
+        card.arrived(one)
+        card.arrived(two)
+        assert card.passed_up_at(0x4000, len(one)) is one
+        assert card.passed_up_at(0x4000, len(two)) is two
+        with pytest.raises(Refused):
+            card.passed_up_at(0x4000, len(one))
+    finally:
+        card.close()

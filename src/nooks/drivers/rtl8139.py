@@ -160,7 +160,7 @@ class Rtl8139:
                 self.counts["rx_errors"] += 1
                 self.cur_rx = head  # skip what cannot be read (8139too resets the receiver)
                 break
-            self.k.netif_rx(bytes(self.dma[at + 4:at + length]))  # less the CRC
+            self.k.netif_rx_at(at + 4, length - 4)  # less the CRC
             self.counts["rx_packets"] += 1
             self.counts["rx_bytes"] += length - 4
             self.cur_rx = (self.cur_rx + length + 4 + 3) & ~3

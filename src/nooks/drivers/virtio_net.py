@@ -224,7 +224,7 @@ class VirtioNet:
                 continue
             if HDR_SIZE + 14 <= length <= BUFFER:
                 buf = rx.bufs[i]
-                self.k.netif_rx(bytes(self.dma[buf:buf + length]))
+                self.k.netif_rx_at(buf, length)
                 self.counts["rx_packets"] += 1
                 self.counts["rx_bytes"] += length - HDR_SIZE
             else:

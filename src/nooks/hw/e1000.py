@@ -229,6 +229,7 @@ class E1000(CardModel):
             self.counts["rx_missed"] += 1
             return False, ICR_RXO
         self.dma[addr:addr + len(frame)] = frame
+        self.placed(addr, frame)
         _RX.pack_into(self.dma, at, addr, len(frame), 0, STA_DD | STA_EOP, 0, 0)
         self._rdh = (self._rdh + 1) % count
         self.counts["rx"] += 1

@@ -223,6 +223,7 @@ class Rtl8139(CardModel):
         packet = struct.pack("<HH", RX_ROK | bits, length) + frame + crc
         at = start + head  # (within the buffer: head < ring, a packet < RING_SLACK)
         self.dma[at:at + len(packet)] = packet  # contiguous: the buffer runs past the ring
+        self.placed(at + 4, frame)
         self._cbr = (head + need) % ring
         self._update_bufe()
         self.counts["rx"] += 1

@@ -388,9 +388,11 @@ class VirtioNet(CardModel):
                 raise_line = not before and q.wants_interrupt()
                 taken = False
             else:
+                self.placed(chain[0][0], frame)
                 at = 0
+                view = memoryview(frame)
                 for addr, length, _ in chain:
-                    part = frame[at:at + length]
+                    part = view[at:at + length]
                     self.dma[addr:addr + len(part)] = part
                     at += len(part)
                     if at >= len(frame):

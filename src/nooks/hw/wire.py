@@ -65,7 +65,8 @@ class Wire:
             if not ETH_HLEN <= len(frame) - VNET_HDR <= bound:
                 raise ValueError(f"a frame of {len(frame) - VNET_HDR} bytes cannot go on "
                                  "the wire")
-            self.sock.send(memoryview(frame)[:10].tobytes() + frame[VNET_HDR:])
+            view = memoryview(frame)  # (gathered by the socket: no copy here)
+            self.sock.sendmsg([view[:10], view[VNET_HDR:]])
             return
         if not ETH_HLEN <= len(frame) <= self.max_frame:
             raise ValueError(f"a frame of {len(frame)} bytes cannot go on the wire")

@@ -54,6 +54,7 @@ class Model(Protocol):
     regs: memoryview
     dma: memoryview
     counts: dict[str, int]
+    placed: Callable[[int, bytes], None]
 
     def write(self, off: int, value: int) -> None: ...
     def receive(self, frame: bytes) -> bool: ...
@@ -102,6 +103,10 @@ class Card:
         self._lock = threading.Lock()
         self._given: collections.deque[bytes] = collections.deque()
         self._delivered: collections.deque[bytes] = collections.deque()
+        # where in DMA memory each delivered frame begins: the frames put at one place,
+        # oldest first (a driver gives a buffer back before its pass-up, posted, is run)
+        self._at: dict[int, collections.deque[bytes]] = {}
+        self._placed_count = 0
         # since when each list has waited without moving (None: it is empty)
         self._tx_since: float | None = None
         self._rx_since: float | None = None
@@ -112,6 +117,7 @@ class Card:
         self.counts = collections.Counter[str]()
         self.model: Model = model(memoryview(regs)[:regs_size], memoryview(dma), mac,
                                   self._send, interrupt)
+        self.model.placed = self._placed
 
     def _region(self, name: str, size: int) -> tuple[int, mmap.mmap]:
         fd = os.memfd_create(name, os.MFD_CLOEXEC)
@@ -244,6 +250,47 @@ class Card:
                 if not self._delivered:
                     self._rx_since = None
 
+    def _placed(self, address: int, frame: bytes) -> None:
+        with self._lock:
+            if self._placed_count >= MAX_DELIVERED:
+                self._forget_places()  # (a driver that never passes up: only its own loss)
+            self._at.setdefault(address, collections.deque()).append(frame)
+            self._placed_count += 1
+
+    def _forget_places(self) -> None:
+        # under self._lock
+        self._at.clear()
+        self._placed_count = 0
+
+    def passed_up_at(self, address: int, length: int) -> bytes:
+        """The driver passes up the frame the card put at ``address`` in DMA memory:
+        that frame, as the wire delivered it (what the driver did to the buffer since
+        does not reach the system); Refused unless the card put one of ``length``
+        bytes there that was not passed up yet."""
+        with self._lock:
+            here = self._at.get(address)
+            for i, frame in enumerate(here or ()):
+                if len(frame) == length and self._take_delivered(frame):
+                    assert here is not None
+                    del here[i]
+                    self._placed_count -= 1
+                    if not here:
+                        del self._at[address]
+                    return frame
+            self.counts["rx_refused"] += 1
+        raise Refused(f"the driver passed up {length} bytes at {address:#x} where the card "
+                      "put no frame it had not passed up")
+
+    def _take_delivered(self, frame: bytes) -> bool:
+        # under self._lock: ``frame`` itself (not an equal one) is passed up, if delivered
+        for i, f in enumerate(self._delivered):
+            if f is frame:
+                del self._delivered[i]
+                self.counts["passed_up"] += 1
+                self._rx_since = time.monotonic() if self._delivered else None
+                return True
+        return False
+
     def passed_up(self, frame: bytes) -> None:
         """The driver passes ``frame`` up; Refused unless the card delivered it."""
         with self._lock:
@@ -276,6 +323,7 @@ class Card:
         with self._lock:
             # (what the system gave and was not sent is still to be sent: it stays)
             pending, self._delivered = list(self._delivered), collections.deque()
+            self._forget_places()
             self._dma_next = 0
             self._rx_since = None
             self._misfiltered_since, self._misfiltered = None, 0

@@ -13,7 +13,8 @@ work pending).
 The driver → host calls are the kernel's services to a driver: DMA memory
 (``dma_alloc``: an address in the card's DMA region), a write to a doorbell
 register (``mmio_write``, posted: batched with the next reply), a received frame
-passed up (``netif_rx``, posted), the transmit queue woken (``tx_wake``, posted),
+passed up (``netif_rx`` with its bytes, or ``netif_rx_at`` by its place in DMA
+memory; posted), the transmit queue woken (``tx_wake``, posted),
 the link's carrier.
 """
 
@@ -94,6 +95,12 @@ class NetKernelInterface(Interface):
     @posted
     def netif_rx(self, frame: Frame) -> None:
         """A frame received: pass it up to the system."""
+
+    @posted
+    def netif_rx_at(self, address: Address, length: Size) -> None:
+        """The frame the card put at ``address`` in DMA memory (``length`` bytes, a
+        header first with offloads): pass it up. The bytes never cross: the system
+        gets the frame the wire delivered there."""
 
     @posted
     def tx_wake(self) -> None:

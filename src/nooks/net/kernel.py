@@ -37,6 +37,9 @@ class NetKernel:
         self.card.passed_up(frame)
         self.machine.pass_up(frame)
 
+    def netif_rx_at(self, address: int, length: int) -> None:
+        self.machine.pass_up(self.card.passed_up_at(address, length))
+
     def tx_wake(self) -> None:
         self.machine.wake_tx()
 
