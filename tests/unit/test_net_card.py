@@ -109,3 +109,25 @@ def test_frames_put_at_one_place_are_passed_up_oldest_first() -> None:
             card.passed_up_at(0x4000, len(one))
     finally:
         card.close()
+
+
+def test_frames_the_driver_took_and_the_card_never_sent_are_a_stall() -> None:
+    """A card sends at the doorbell, before the driver's ``xmit`` returns: frames it
+    took and that are not on the wire a moment later were lost in the driver."""
+    card = Card("rtl8139", bytes.fromhex("525400000001"), lambda f: None, lambda: None)
+    try:
+        one, two = FRAME + b"\x01", FRAME + b"\x02"
+        card.gave(one)
+        card.gave(two)
+        card._send(one)  # sent at the doorbell, during the call
+        card.took(1)  # then its reply: one taken
+        assert card.stalled(1e9, 1e9, 0.0) is None
+        card.took(1)  # the second taken, and no bell rung
+        assert "took 1 frames to send" in (card.stalled(1e9, 1e9, 0.0) or "")
+        card._send(two)
+        assert card.stalled(1e9, 1e9, 0.0) is None
+        card.took(1)
+        card.restart_clocks()  # a fresh driver: what the old one took is not its
+        assert card.stalled(1e9, 1e9, 0.0) is None
+    finally:
+        card.close()

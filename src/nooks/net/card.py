@@ -109,6 +109,11 @@ class Card:
         self._placed_count = 0
         # since when each list has waited without moving (None: it is empty)
         self._tx_since: float | None = None
+        # frames the driver took (its ``xmit`` said so, after the card sent them: a
+        # doorbell is run before the reply) against frames sent, since the last fresh
+        # driver; since when the card has sent none while it took more than were sent
+        self._took = self._sent = 0
+        self._took_since: float | None = None
         self._rx_since: float | None = None
         self.own: tuple[bytes, ...] = ()  # this machine's address(es), as the system set
         self._misfiltered_since: float | None = None  # frames for it filtered out since
@@ -156,6 +161,16 @@ class Card:
             if not self._given:
                 self._tx_since = None
 
+    def took(self, count: int) -> None:
+        """The driver took ``count`` frames to send: a card sends them at the doorbell,
+        at once."""
+        with self._lock:
+            self._took += count
+            if self._took <= self._sent:
+                self._took_since = None
+            elif self._took_since is None:
+                self._took_since = time.monotonic()
+
     def moved(self) -> int:
         """A count that grows each time the card sends a frame or one is passed up."""
         return self.counts["sent"] + self.counts["passed_up"]
@@ -166,6 +181,8 @@ class Card:
         with self._lock:
             self._tx_since = now if self._given else None
             self._rx_since = now if self._delivered else None
+            self._took = self._sent = 0
+            self._took_since = None
             self._misfiltered_since, self._misfiltered = None, 0
 
     def unsent(self) -> list[bytes]:
@@ -173,11 +190,17 @@ class Card:
         with self._lock:
             return list(self._given)
 
-    def stalled(self, limit: float, filter_limit: float) -> str | None:
-        """What has gone ``limit`` seconds without moving, or ``filter_limit`` seconds
-        filtered out against the system's settings, if anything."""
+    def stalled(self, limit: float, filter_limit: float,
+                took_limit: float | None = None) -> str | None:
+        """What has gone ``limit`` seconds without moving, ``filter_limit`` seconds
+        filtered out against the system's settings, or (if given) ``took_limit``
+        seconds taken by the driver and not sent, if anything."""
         now = time.monotonic()
         with self._lock:
+            since = self._took_since
+            if took_limit is not None and since is not None and now - since > took_limit:
+                return (f"the driver took {self._took - self._sent} frames to send and the "
+                        f"card sent none for {took_limit:g} s")
             if self._tx_since is not None and now - self._tx_since > limit:
                 return (f"{len(self._given)} frames given to the driver were not sent for "
                         f"{limit:g} s")
@@ -212,6 +235,9 @@ class Card:
                                   and frame == f + bytes(ETH_ZLEN - len(f))):
                     del self._given[i]
                     self._tx_since = time.monotonic() if self._given else None
+                    self._sent += 1
+                    self._took_since = (time.monotonic() if self._took > self._sent
+                                        else None)
                     break
             else:
                 self.counts["tx_refused"] += 1
@@ -328,6 +354,8 @@ class Card:
             self._rx_since = None
             self._misfiltered_since, self._misfiltered = None, 0
             self._tx_since = time.monotonic() if self._given else None
+            self._took = self._sent = 0
+            self._took_since = None
         return pending
 
     def _zero_dma(self) -> None:

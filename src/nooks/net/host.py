@@ -67,6 +67,10 @@ MAX_TAKEN = 1024  # frames the driver took remembered, for a recovery
 # resolution, which gives up after three tries a second apart)
 MISFILTERED = 0.5
 WATCHDOG = 2.0  # seconds the transmit queue may stay full before the driver is hung
+# seconds frames the driver took may wait unsent (a card sends at the doorbell: a
+# driver that took frames and rang no bell, or set up its ring wrong, lost them; the
+# system's neighbour resolution and a ping's deadline do not wait two seconds)
+UNSENT = 0.5
 POLL = 0.1  # seconds the threads wait before looking whether the host is stopping
 BLOCK_TIMEOUT = 10.0  # seconds a call may wait for a recovering driver
 DEFAULT_MAC = bytes.fromhex("525400000001")
@@ -339,6 +343,8 @@ class NetHost(SupervisedHost):
             self._in_flight = []
         if isinstance(taken, int) and taken > 0:
             self._taken.extend(offered[:taken])
+            if self.card is not None:
+                self.card.took(min(taken, len(offered)))
         return taken
 
     def _check_stall(self) -> None:
@@ -351,7 +357,7 @@ class NetHost(SupervisedHost):
         sup = self.sup
         if sup is None or sup.shadow is None or sup.shadow.mode != "passive":
             return  # (being recovered: the fresh driver's clocks start once it is back)
-        stalled = self.card.stalled(WATCHDOG, MISFILTERED)
+        stalled = self.card.stalled(WATCHDOG, MISFILTERED, UNSENT)
         if stalled is not None:
             self.counts["stalls"] += 1
             self._hung(stalled)

@@ -3,7 +3,9 @@
 What a NIC driver holds is the card's configuration; the shadow logs it — the
 card found (``probe``), up or down, its address, MTU, receive mode (promiscuous,
 all-multicast, the multicast groups) — and a fresh driver gets it back in that
-order: probe, address, MTU, receive mode, open. The card is reset before each
+order: probe, address, MTU, receive mode, open. The address is the system's: the
+one it set, or the one the first driver found, which the interface took (a fresh
+driver that reads another from the card is told the system's). The card is reset before each
 fresh driver is built (``prepare_restart``: the host's). The rules for requests:
 
 * while the driver recovers, transmits wait in arrival order (at most
@@ -48,6 +50,7 @@ class NetShadow(ClassSpec):
         self.info: Info | None = None
         self.opened = False
         self.mac: bytes | None = None  # set by the system (None: the card's own)
+        self._found: bytes | None = None  # the address a fresh driver read from the card
         self.mtu: int | None = None
         self.rx_mode: tuple[bool, bool, list[bytes]] | None = None
         self.last_stats: dict[str, int] = {}
@@ -78,12 +81,16 @@ class NetShadow(ClassSpec):
         self._reset()
 
     def reinit(self, domain: Domain) -> None:
-        domain.call("probe")
+        found = domain.call("probe")
+        self._found = found.mac if isinstance(found, Info) else None
 
     def replay(self, domain: Domain) -> int:
         n = 0
-        if self.mac is not None:
-            domain.call("set_mac", self.mac)
+        # the system's address: the one it set, else what the first driver found (the
+        # interface has it): a fresh driver that read another from the card is told
+        mac = self.mac or (self.info.mac if self.info is not None else None)
+        if mac is not None and (self.mac is not None or mac != self._found):
+            domain.call("set_mac", mac)
             n += 1
         if self.mtu is not None:
             domain.call("change_mtu", self.mtu)
