@@ -112,22 +112,50 @@ def test_frames_put_at_one_place_are_passed_up_oldest_first() -> None:
 
 
 def test_frames_the_driver_took_and_the_card_never_sent_are_a_stall() -> None:
-    """A card sends at the doorbell, before the driver's ``xmit`` returns: frames it
-    took and that are not on the wire a moment later were lost in the driver."""
+    """A card sends at the doorbell, before the driver's ``xmit`` returns: a frame it
+    took that is not on the wire a moment later was lost in the driver, even while
+    the frames after it go out."""
     card = Card("rtl8139", bytes.fromhex("525400000001"), lambda f: None, lambda: None)
     try:
-        one, two = FRAME + b"\x01", FRAME + b"\x02"
-        card.gave(one)
-        card.gave(two)
+        one, two, three = FRAME + b"\x01", FRAME + b"\x02", FRAME + b"\x03"
+        for frame in (one, two, three):
+            card.gave(frame)
+        epoch = card.epoch
         card._send(one)  # sent at the doorbell, during the call
-        card.took(1)  # then its reply: one taken
+        card.took([one], epoch)  # then its reply
         assert card.stalled(1e9, 1e9, 0.0) is None
-        card.took(1)  # the second taken, and no bell rung
+        card.took([two, three], epoch)  # two lost; three sent a moment later
+        card._send(three)
         assert "took 1 frames to send" in (card.stalled(1e9, 1e9, 0.0) or "")
-        card._send(two)
-        assert card.stalled(1e9, 1e9, 0.0) is None
-        card.took(1)
         card.restart_clocks()  # a fresh driver: what the old one took is not its
         assert card.stalled(1e9, 1e9, 0.0) is None
+        card.took([two], epoch)  # the old driver's reply, counted after the recovery
+        assert card.stalled(1e9, 1e9, 0.0) is None
+    finally:
+        card.close()
+
+
+def test_places_are_kept_for_every_frame_delivered_and_no_more() -> None:
+    """Frames past the card's bound of frames delivered and not passed up are
+    forgotten oldest first; each of the others may still be passed up by place."""
+    from nooks.net.card import MAX_DELIVERED
+
+    card = Card("e1000", bytes.fromhex("525400000001"), lambda f: None, lambda: None)
+    try:
+        at = iter(range(0, 1 << 30, 64))
+
+        def receive(frame: bytes) -> bool:
+            card.model.placed(next(at), frame)
+            return True
+
+        card.model.receive = receive  # type: ignore[method-assign]
+        frames = [FRAME + i.to_bytes(2, "big") for i in range(MAX_DELIVERED + 1)]
+        for frame in frames:
+            card.arrived(frame)
+        with pytest.raises(Refused):
+            card.passed_up_at(0, len(frames[0]))  # the oldest: forgotten
+        for i, frame in enumerate(frames[1:], 1):
+            assert card.passed_up_at(64 * i, len(frame)) is frame
+        assert not card._at and not card._place
     finally:
         card.close()

@@ -1,6 +1,6 @@
 """A network card's port: an AF_PACKET socket on one end of a veth.
 
-What the card sends goes out on the wire whole (one ``send`` per frame); what
+What the card sends goes out on the wire whole (one ``sendmsg`` per frame); what
 arrives is the card's to receive, frames the port itself sent excluded
 (``PACKET_OUTGOING``). The socket is made in the wire's namespace: it stays
 bound to that interface whatever namespace its user runs in.

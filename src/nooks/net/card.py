@@ -25,7 +25,6 @@ gives back is always full). The host recovers such a driver as hung.
 from __future__ import annotations
 
 import collections
-import contextlib
 import ctypes
 import mmap
 import os
@@ -103,17 +102,19 @@ class Card:
         self._lock = threading.Lock()
         self._given: collections.deque[bytes] = collections.deque()
         self._delivered: collections.deque[bytes] = collections.deque()
-        # where in DMA memory each delivered frame begins: the frames put at one place,
-        # oldest first (a driver gives a buffer back before its pass-up, posted, is run)
+        # where in DMA memory delivered frames begin: the frames put at one place,
+        # oldest first (a driver gives a buffer back before its pass-up, posted, is
+        # run), and each frame's place (by identity; as long as it is delivered)
         self._at: dict[int, collections.deque[bytes]] = {}
-        self._placed_count = 0
+        self._place: dict[int, int] = {}
         # since when each list has waited without moving (None: it is empty)
         self._tx_since: float | None = None
-        # frames the driver took (its ``xmit`` said so, after the card sent them: a
-        # doorbell is run before the reply) against frames sent, since the last fresh
-        # driver; since when the card has sent none while it took more than were sent
-        self._took = self._sent = 0
-        self._took_since: float | None = None
+        # frames given and not sent that the driver took (its ``xmit`` said so): by
+        # identity, when; and the fresh driver's number (a reply counted after a
+        # recovery is the old driver's)
+        self._given_ids: set[int] = set()
+        self._took_at: dict[int, float] = {}
+        self.epoch = 0
         self._rx_since: float | None = None
         self.own: tuple[bytes, ...] = ()  # this machine's address(es), as the system set
         self._misfiltered_since: float | None = None  # frames for it filtered out since
@@ -145,31 +146,48 @@ class Card:
     def gave(self, frame: bytes) -> None:
         """The system asks the driver to send ``frame``."""
         with self._lock:
-            if len(self._given) >= MAX_GIVEN:
-                self._given.popleft()
-                self.counts["given_forgotten"] += 1
-            self._given.append(frame)
+            self._give(frame)
             if self._tx_since is None:
                 self._tx_since = time.monotonic()
+
+    def _give(self, frame: bytes) -> None:
+        # under self._lock
+        if len(self._given) >= MAX_GIVEN:
+            self._let_go(0)
+            self.counts["given_forgotten"] += 1
+        self._given.append(frame)
+        self._given_ids.add(id(frame))
+
+    def _let_go(self, i: int) -> None:
+        # under self._lock: given frame ``i`` is no longer to be sent
+        frame = self._given[i]
+        del self._given[i]
+        self._given_ids.discard(id(frame))
+        self._took_at.pop(id(frame), None)
 
     def forget(self, frames: list[bytes]) -> None:
         """The system will not ask for ``frames`` any more (they were dropped)."""
         with self._lock:
             for frame in frames:
-                with contextlib.suppress(ValueError):
-                    self._given.remove(frame)
+                # itself, else an equal one (given again while it was still given)
+                same = [i for i, f in enumerate(self._given) if f is frame] or \
+                    [i for i, f in enumerate(self._given) if f == frame][:1]
+                if same:
+                    self._let_go(same[0])
             if not self._given:
                 self._tx_since = None
 
-    def took(self, count: int) -> None:
-        """The driver took ``count`` frames to send: a card sends them at the doorbell,
-        at once."""
+    def took(self, frames: list[bytes], epoch: int) -> None:
+        """The driver of ``epoch`` took ``frames`` to send. A card sends at the
+        doorbell, before the driver's reply: those not sent yet wait for a driver
+        that sends them later (a frame held for an interrupt), and not for long."""
+        now = time.monotonic()
         with self._lock:
-            self._took += count
-            if self._took <= self._sent:
-                self._took_since = None
-            elif self._took_since is None:
-                self._took_since = time.monotonic()
+            if epoch != self.epoch:
+                return  # (taken by a driver since replaced: its successor is offered them)
+            for frame in frames:
+                if id(frame) in self._given_ids:
+                    self._took_at.setdefault(id(frame), now)
 
     def moved(self) -> int:
         """A count that grows each time the card sends a frame or one is passed up."""
@@ -181,8 +199,8 @@ class Card:
         with self._lock:
             self._tx_since = now if self._given else None
             self._rx_since = now if self._delivered else None
-            self._took = self._sent = 0
-            self._took_since = None
+            self._took_at.clear()
+            self.epoch += 1
             self._misfiltered_since, self._misfiltered = None, 0
 
     def unsent(self) -> list[bytes]:
@@ -197,10 +215,11 @@ class Card:
         seconds taken by the driver and not sent, if anything."""
         now = time.monotonic()
         with self._lock:
-            since = self._took_since
-            if took_limit is not None and since is not None and now - since > took_limit:
-                return (f"the driver took {self._took - self._sent} frames to send and the "
-                        f"card sent none for {took_limit:g} s")
+            if took_limit is not None and self._took_at:
+                late = sum(1 for t in self._took_at.values() if now - t > took_limit)
+                if late:
+                    return (f"the driver took {late} frames to send that the card had not "
+                            f"sent {took_limit:g} s later")
             if self._tx_since is not None and now - self._tx_since > limit:
                 return (f"{len(self._given)} frames given to the driver were not sent for "
                         f"{limit:g} s")
@@ -221,10 +240,7 @@ class Card:
         with self._lock:
             for frame in frames:
                 if frame not in self._given:
-                    if len(self._given) >= MAX_GIVEN:
-                        self._given.popleft()
-                        self.counts["given_forgotten"] += 1
-                    self._given.append(frame)
+                    self._give(frame)
             if self._given:
                 self._tx_since = time.monotonic()
 
@@ -233,11 +249,8 @@ class Card:
             for i, f in enumerate(self._given):
                 if frame == f or (len(f) < ETH_ZLEN == len(frame)
                                   and frame == f + bytes(ETH_ZLEN - len(f))):
-                    del self._given[i]
+                    self._let_go(i)
                     self._tx_since = time.monotonic() if self._given else None
-                    self._sent += 1
-                    self._took_since = (time.monotonic() if self._took > self._sent
-                                        else None)
                     break
             else:
                 self.counts["tx_refused"] += 1
@@ -252,7 +265,7 @@ class Card:
         forgotten if the card did not take it."""
         with self._lock:
             if len(self._delivered) >= MAX_DELIVERED:
-                self._delivered.popleft()
+                self._unplace(self._delivered.popleft())
             self._delivered.append(frame)
             if self._rx_since is None:
                 self._rx_since = time.monotonic()
@@ -272,21 +285,33 @@ class Card:
                 for i in range(len(self._delivered) - 1, -1, -1):
                     if self._delivered[i] is frame:
                         del self._delivered[i]
+                        self._unplace(frame)
                         break
                 if not self._delivered:
                     self._rx_since = None
 
     def _placed(self, address: int, frame: bytes) -> None:
         with self._lock:
-            if self._placed_count >= MAX_DELIVERED:
-                self._forget_places()  # (a driver that never passes up: only its own loss)
+            if id(frame) in self._place:  # (put somewhere else before: not there now)
+                self._unplace(frame)
             self._at.setdefault(address, collections.deque()).append(frame)
-            self._placed_count += 1
+            self._place[id(frame)] = address
 
-    def _forget_places(self) -> None:
-        # under self._lock
-        self._at.clear()
-        self._placed_count = 0
+    def _unplace(self, frame: bytes) -> None:
+        # under self._lock: ``frame`` is no longer delivered (places are as many as
+        # the frames delivered, at most MAX_DELIVERED)
+        address = self._place.pop(id(frame), None)
+        if address is None:
+            return
+        here = self._at.get(address)
+        if here is None:
+            return
+        for i, f in enumerate(here):
+            if f is frame:
+                del here[i]
+                break
+        if not here:
+            del self._at[address]
 
     def passed_up_at(self, address: int, length: int) -> bytes:
         """The driver passes up the frame the card put at ``address`` in DMA memory:
@@ -294,14 +319,8 @@ class Card:
         does not reach the system); Refused unless the card put one of ``length``
         bytes there that was not passed up yet."""
         with self._lock:
-            here = self._at.get(address)
-            for i, frame in enumerate(here or ()):
+            for frame in self._at.get(address, ()):
                 if len(frame) == length and self._take_delivered(frame):
-                    assert here is not None
-                    del here[i]
-                    self._placed_count -= 1
-                    if not here:
-                        del self._at[address]
                     return frame
             self.counts["rx_refused"] += 1
         raise Refused(f"the driver passed up {length} bytes at {address:#x} where the card "
@@ -312,6 +331,7 @@ class Card:
         for i, f in enumerate(self._delivered):
             if f is frame:
                 del self._delivered[i]
+                self._unplace(frame)
                 self.counts["passed_up"] += 1
                 self._rx_since = time.monotonic() if self._delivered else None
                 return True
@@ -323,6 +343,7 @@ class Card:
             for i, f in enumerate(self._delivered):
                 if f == frame:
                     del self._delivered[i]
+                    self._unplace(f)
                     self.counts["passed_up"] += 1
                     self._rx_since = time.monotonic() if self._delivered else None
                     return
@@ -349,13 +370,14 @@ class Card:
         with self._lock:
             # (what the system gave and was not sent is still to be sent: it stays)
             pending, self._delivered = list(self._delivered), collections.deque()
-            self._forget_places()
+            self._at.clear()
+            self._place.clear()
             self._dma_next = 0
             self._rx_since = None
             self._misfiltered_since, self._misfiltered = None, 0
             self._tx_since = time.monotonic() if self._given else None
-            self._took = self._sent = 0
-            self._took_since = None
+            self._took_at.clear()
+            self.epoch += 1
         return pending
 
     def _zero_dma(self) -> None:

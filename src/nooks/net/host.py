@@ -67,8 +67,8 @@ MAX_TAKEN = 1024  # frames the driver took remembered, for a recovery
 # resolution, which gives up after three tries a second apart)
 MISFILTERED = 0.5
 WATCHDOG = 2.0  # seconds the transmit queue may stay full before the driver is hung
-# seconds frames the driver took may wait unsent (a card sends at the doorbell: a
-# driver that took frames and rang no bell, or set up its ring wrong, lost them; the
+# seconds a frame the driver took may stay unsent (a card sends at the doorbell: a
+# driver that took a frame and rang no bell, or set up its ring wrong, lost it; the
 # system's neighbour resolution and a ping's deadline do not wait two seconds)
 UNSENT = 0.5
 POLL = 0.1  # seconds the threads wait before looking whether the host is stopping
@@ -337,6 +337,7 @@ class NetHost(SupervisedHost):
     def _call_xmit(self, offered: list[bytes]) -> Any:
         """``xmit``, with ``offered`` in flight while it runs (a recovery meanwhile lets
         its frames go once more), and what the driver took remembered."""
+        epoch = self.card.epoch if self.card is not None else 0
         try:
             taken = self._drive("xmit", offered)
         finally:
@@ -344,7 +345,7 @@ class NetHost(SupervisedHost):
         if isinstance(taken, int) and taken > 0:
             self._taken.extend(offered[:taken])
             if self.card is not None:
-                self.card.took(min(taken, len(offered)))
+                self.card.took(offered[:taken], epoch)
         return taken
 
     def _check_stall(self) -> None:
