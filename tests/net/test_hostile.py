@@ -80,7 +80,7 @@ def test_a_driver_that_scribbles_is_recovered_and_the_host_goes_on(
 
 
 @pytest.mark.parametrize(("driver", "what"), [("Deaf", "received stayed in the card"),
-                                              ("Mute", "the card sent none"),
+                                              ("Mute", "that the card had not sent"),
                                               ("Misfiltering", "took no frame for this machine")])
 def test_a_driver_that_stops_working_without_crashing_is_recovered_as_hung(
         monkeypatch: pytest.MonkeyPatch, driver: str, what: str) -> None:
