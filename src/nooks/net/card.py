@@ -330,22 +330,23 @@ class Card:
         # under self._lock: ``frame`` itself (not an equal one) is passed up, if delivered
         for i, f in enumerate(self._delivered):
             if f is frame:
-                del self._delivered[i]
-                self._unplace(frame)
-                self.counts["passed_up"] += 1
-                self._rx_since = time.monotonic() if self._delivered else None
+                self._up(i)
                 return True
         return False
+
+    def _up(self, i: int) -> None:
+        # under self._lock: delivered frame ``i`` is passed up
+        self._unplace(self._delivered[i])
+        del self._delivered[i]
+        self.counts["passed_up"] += 1
+        self._rx_since = time.monotonic() if self._delivered else None
 
     def passed_up(self, frame: bytes) -> None:
         """The driver passes ``frame`` up; Refused unless the card delivered it."""
         with self._lock:
             for i, f in enumerate(self._delivered):
                 if f == frame:
-                    del self._delivered[i]
-                    self._unplace(f)
-                    self.counts["passed_up"] += 1
-                    self._rx_since = time.monotonic() if self._delivered else None
+                    self._up(i)
                     return
             self.counts["rx_refused"] += 1
         raise Refused(f"the driver passed up a frame of {len(frame)} bytes the wire never "

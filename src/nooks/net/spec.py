@@ -5,8 +5,9 @@ card found (``probe``), up or down, its address, MTU, receive mode (promiscuous,
 all-multicast, the multicast groups) — and a fresh driver gets it back in that
 order: probe, address, MTU, receive mode, open. The address is the system's: the
 one it set, or the one the first driver found, which the interface took (a fresh
-driver that reads another from the card is told the system's). The card is reset before each
-fresh driver is built (``prepare_restart``: the host's). The rules for requests:
+driver that reads another from the card is told the system's). The card is reset
+before each fresh driver is built (``prepare_restart``: the host's). The rules for
+requests:
 
 * while the driver recovers, transmits wait in arrival order (at most
   ``max_held``; past that a frame is dropped, counted) and go to the fresh
