@@ -124,9 +124,11 @@ def test_frames_the_driver_took_and_the_card_never_sent_are_a_stall() -> None:
         card._send(one)  # sent at the doorbell, during the call
         card.took([one], epoch)  # then its reply
         assert card.stalled(1e9, 1e9, 0.0) is None
+        assert card.sent_all_taken()  # (a full queue now is a ring never reclaimed)
         card.took([two, three], epoch)  # two lost; three sent a moment later
         card._send(three)
         assert "took 1 frames to send" in (card.stalled(1e9, 1e9, 0.0) or "")
+        assert not card.sent_all_taken()
         card.restart_clocks()  # a fresh driver: what the old one took is not its
         assert card.stalled(1e9, 1e9, 0.0) is None
         card.took([two], epoch)  # the old driver's reply, counted after the recovery

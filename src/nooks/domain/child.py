@@ -44,7 +44,7 @@ from nooks.errors import InterfaceError
 from nooks.wrappers import InterfaceSpec, declare, load
 from nooks.xpc import messages as m
 from nooks.xpc.arena import map_readonly, map_writable
-from nooks.xpc.poll import recv_spinning, spin_budget
+from nooks.xpc.poll import Poller
 
 _runtime: Runtime | None = None
 
@@ -147,7 +147,7 @@ class Runtime:
         self.decoder = msgspec.msgpack.Decoder(m.ToDomain)
         self.any_decoder = msgspec.msgpack.Decoder()
         self.buf = bytearray(MAX_MESSAGE)
-        self.spin = spin_budget(cfg.spin_us)
+        self.poller = Poller(cfg.spin_us, cfg.busy_spin_us)
         self.view = memoryview(self.buf)
         self.send_lock = threading.Lock()
         self.posted: list[tuple[int, tuple[Any, ...]]] = []  # posted kernel calls not yet sent
@@ -198,7 +198,7 @@ class Runtime:
         self._send(m.encode((m.TAG_POST, calls)))
 
     def recv(self) -> Any:
-        n = recv_spinning(self.sock, self.buf, self.spin)
+        n = self.poller.recv(self.sock, self.buf)
         if n == 0:
             os._exit(0)  # the host closed the channel: nothing more to do
         return self.decoder.decode(bytes(self.view[:n]))

@@ -36,6 +36,7 @@ class ChildConfig(msgspec.Struct, frozen=True, kw_only=True):
     seccomp: list[str] | None = None  # syscalls allowed once the driver is constructed
     preload: list[str] = []  # modules a warm spare imports ahead
     spin_us: float = 0.0  # poll this long for the next message before sleeping
+    busy_spin_us: float = 0.0  # and this long while messages stream (nooks.xpc.poll)
     fault: FaultPlan | None = None
     host_pid: int = 0  # the domain ends when this process does (0: not watched)
     harden: bool = False  # drop capabilities and deny syscalls (nooks.domain.harden)

@@ -100,6 +100,7 @@ class Incarnation:
                 inline_max=spec.inline_max, threads=spec.threads, call_style=spec.call_style,
                 seccomp=list(spec.limits.seccomp) if spec.limits.seccomp is not None else None,
                 preload=list(spec.preload), spin_us=spec.spin_us,
+                busy_spin_us=spec.busy_spin_us,
                 fault=spec.fault if with_fault else None,
                 host_pid=os.getpid(), harden=spec.limits.harden,
                 cgroup=self.cgroup.relative if self.cgroup is not None else None,

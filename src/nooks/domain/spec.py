@@ -93,6 +93,9 @@ class DriverSpec:
     # both sides poll this long for the next message before sleeping (0: never);
     # only where the process may use more than one CPU (see nooks.xpc.poll)
     spin_us: float = 50.0
+    # and this long while calls come closer together than that (0: as ``spin_us``):
+    # a stream of calls then never waits for a sleeping CPU (nooks.xpc.poll.Poller)
+    busy_spin_us: float = 0.0
     # the host side's own polling, if it differs: a host whose many threads share
     # one interpreter lock does better asleep than spinning (the web class)
     host_spin_us: float | None = None

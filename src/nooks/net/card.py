@@ -189,6 +189,11 @@ class Card:
                 if id(frame) in self._given_ids:
                     self._took_at.setdefault(id(frame), now)
 
+    def sent_all_taken(self) -> bool:
+        """Whether every frame the current driver took has gone out on the wire."""
+        with self._lock:
+            return not self._took_at
+
     def moved(self) -> int:
         """A count that grows each time the card sends a frame or one is passed up."""
         return self.counts["sent"] + self.counts["passed_up"]

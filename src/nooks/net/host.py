@@ -8,7 +8,8 @@ driver in a domain (or, natively, in this process). Three threads move frames:
   are queued, at most ``MAX_BURST``) are given to the card's checks, then to the
   driver (``xmit``), as many at a time as the card last took (a four-slot card
   is not sent sixty-four frames to take four); when the card has no room the thread
-  waits for ``tx_wake`` — at most ``WATCHDOG`` seconds, then the driver counts
+  waits for ``tx_wake`` — at most ``WATCHDOG`` seconds (``UNSENT`` if the card
+  has sent every frame the driver took: its ring is free), then the driver counts
   as hung (Linux's ``tx_timeout``) and is recovered;
 * **receive**: a frame arriving on the wire goes into the card's ring (the card
   raises its line);
@@ -74,6 +75,9 @@ UNSENT = 0.5
 POLL = 0.1  # seconds the threads wait before looking whether the host is stopping
 BLOCK_TIMEOUT = 10.0  # seconds a call may wait for a recovering driver
 DEFAULT_MAC = bytes.fromhex("525400000001")
+# microseconds the domain polls for the next call while calls stream (a frame every
+# few hundred microseconds would otherwise wake its sleeping CPU each time)
+BUSY_SPIN_US = 2000.0
 
 
 class _Stop(Exception):
@@ -132,7 +136,8 @@ class NetHost(SupervisedHost):
                             kernel=NetKernelInterface,
                             kernel_impl=lambda ctx: NetKernel(self, card, ctx),
                             name=driver, deadline=deadline, limits=limits or Limits(),
-                            regions=self.card.regions(), fault=fault)
+                            regions=self.card.regions(), fault=fault,
+                            busy_spin_us=BUSY_SPIN_US)
             self.sup = Supervised(ds, self.spec, native=native,
                                   fault=fault if native else None, start_tries=max_tries,
                                   max_tries=max_tries, block_timeout=BLOCK_TIMEOUT,
@@ -325,14 +330,19 @@ class NetHost(SupervisedHost):
                 self._offer = (min(MAX_BURST, 2 * self._offer) if taken == len(offered)
                                else taken)
                 continue
-            # the card is full: wait for room, at most the watchdog's time
+            # the card is full: wait for room, at most the watchdog's time -- or
+            # ``UNSENT`` if the card has sent every frame the driver took: its ring is
+            # free, and a driver that still takes nothing never reclaims it
             t0 = time.monotonic()
             self._tx_room.wait(POLL)
             waited += time.monotonic() - t0
-            if waited >= WATCHDOG:
+            if waited >= WATCHDOG or (waited >= UNSENT and self.card.sent_all_taken()):
                 self.counts["watchdog"] += 1
+                self._hung(f"the transmit queue stayed full for {WATCHDOG:g} s"
+                           if waited >= WATCHDOG else
+                           f"the driver took no frame for {UNSENT:g} s though the card had "
+                           "sent every frame it took (its transmit ring is not reclaimed)")
                 waited = 0.0
-                self._hung(f"the transmit queue stayed full for {WATCHDOG:g} s")
 
     def _call_xmit(self, offered: list[bytes]) -> Any:
         """``xmit``, with ``offered`` in flight while it runs (a recovery meanwhile lets
