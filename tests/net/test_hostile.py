@@ -79,7 +79,7 @@ def test_a_driver_that_scribbles_is_recovered_and_the_host_goes_on(
     assert not [n for n in netns.listnetns() if n.startswith(f"nooks-scrib-{os.getpid()}")]
 
 
-@pytest.mark.parametrize(("driver", "what"), [("Deaf", "received stayed in the card"),
+@pytest.mark.parametrize(("driver", "what"), [("Deaf", "frames received in its ring"),
                                               ("Mute", "that the card had not sent"),
                                               ("Misfiltering", "took no frame for this machine")])
 def test_a_driver_that_stops_working_without_crashing_is_recovered_as_hung(

@@ -5,6 +5,7 @@ driver may have sent part of it before it died)."""
 from __future__ import annotations
 
 import struct
+import time
 
 import pytest
 
@@ -159,5 +160,33 @@ def test_places_are_kept_for_every_frame_delivered_and_no_more() -> None:
         for i, frame in enumerate(frames[1:], 1):
             assert card.passed_up_at(64 * i, len(frame)) is frame
         assert not card._at and not card._place
+    finally:
+        card.close()
+
+
+def test_a_frame_an_interrupt_handler_left_in_the_ring_is_a_stall() -> None:
+    """A handler that began after a frame came polls the ring it is in: a driver whose
+    poll stops short of the card's write pointer (one frame behind) leaves it there
+    while later frames go up."""
+    from nooks.hw import rtl8139 as r
+
+    card = Card("rtl8139", bytes.fromhex("525400000001"), lambda f: None, lambda: None)
+    frame = b"\xff" * 6 + bytes(6) + b"\x08\x06" + bytes(46)
+    try:
+        struct.pack_into("<I", card.model.regs, r.RBSTART, 0x8000)
+        struct.pack_into("<I", card.model.regs, r.RCR, r.RCR_AB)
+        card.model.write(r.CR, r.CR_RE | r.CR_TE)
+        epoch = card.epoch
+        before = time.monotonic()
+        card.arrived(frame)
+        card.polled(before, epoch)  # a handler that began before it came
+        assert card.stalled(1e9, 1e9, 0.0) is None
+        card.polled(time.monotonic(), epoch + 1)  # a replaced driver's handler
+        assert card.stalled(1e9, 1e9, 0.0) is None
+        card.polled(time.monotonic(), epoch)  # one that began after and left it
+        assert "left 1 frames received" in (card.stalled(1e9, 1e9, 0.0) or "")
+        assert card.stalled(1e9, 1e9, 1e9) is None  # (not for long yet)
+        card.passed_up_at(0x8000 + 4, len(frame))
+        assert card.stalled(1e9, 1e9, 0.0) is None
     finally:
         card.close()

@@ -116,6 +116,11 @@ class Card:
         self._took_at: dict[int, float] = {}
         self.epoch = 0
         self._rx_since: float | None = None
+        # when each delivered frame arrived (by identity), and when the last interrupt
+        # handler of the current driver that returned had begun: a frame older than
+        # that handler is one the driver's poll of its ring left behind
+        self._arrived_at: dict[int, float] = {}
+        self._polled = 0.0
         self.own: tuple[bytes, ...] = ()  # this machine's address(es), as the system set
         self._misfiltered_since: float | None = None  # frames for it filtered out since
         self._misfiltered = 0  # how many since
@@ -194,6 +199,13 @@ class Card:
         with self._lock:
             return not self._took_at
 
+    def polled(self, since: float, epoch: int) -> None:
+        """The interrupt handler the driver of ``epoch`` began at ``since`` returned
+        (what it passed up, posted, has reached the card)."""
+        with self._lock:
+            if epoch == self.epoch:
+                self._polled = max(self._polled, since)
+
     def moved(self) -> int:
         """A count that grows each time the card sends a frame or one is passed up."""
         return self.counts["sent"] + self.counts["passed_up"]
@@ -206,6 +218,7 @@ class Card:
             self._rx_since = now if self._delivered else None
             self._took_at.clear()
             self.epoch += 1
+            self._polled = 0.0
             self._misfiltered_since, self._misfiltered = None, 0
 
     def unsent(self) -> list[bytes]:
@@ -217,7 +230,8 @@ class Card:
                 took_limit: float | None = None) -> str | None:
         """What has gone ``limit`` seconds without moving, ``filter_limit`` seconds
         filtered out against the system's settings, or (if given) ``took_limit``
-        seconds taken by the driver and not sent, if anything."""
+        seconds taken by the driver and not sent, or received and left in the ring by
+        an interrupt handler that began after they came, if anything."""
         now = time.monotonic()
         with self._lock:
             if took_limit is not None and self._took_at:
@@ -225,6 +239,12 @@ class Card:
                 if late:
                     return (f"the driver took {late} frames to send that the card had not "
                             f"sent {took_limit:g} s later")
+            if took_limit is not None and self._polled:
+                left = sum(1 for t in self._arrived_at.values()
+                           if t < self._polled and now - t > took_limit)
+                if left:
+                    return (f"the driver's interrupt handler left {left} frames received "
+                            f"in its ring for {took_limit:g} s")
             if self._tx_since is not None and now - self._tx_since > limit:
                 return (f"{len(self._given)} frames given to the driver were not sent for "
                         f"{limit:g} s")
@@ -270,8 +290,9 @@ class Card:
         forgotten if the card did not take it."""
         with self._lock:
             if len(self._delivered) >= MAX_DELIVERED:
-                self._unplace(self._delivered.popleft())
+                self._gone(self._delivered.popleft())
             self._delivered.append(frame)
+            self._arrived_at[id(frame)] = time.monotonic()
             if self._rx_since is None:
                 self._rx_since = time.monotonic()
         taken = self.model.receive(frame)
@@ -290,7 +311,7 @@ class Card:
                 for i in range(len(self._delivered) - 1, -1, -1):
                     if self._delivered[i] is frame:
                         del self._delivered[i]
-                        self._unplace(frame)
+                        self._gone(frame)
                         break
                 if not self._delivered:
                     self._rx_since = None
@@ -301,6 +322,11 @@ class Card:
                 self._unplace(frame)
             self._at.setdefault(address, collections.deque()).append(frame)
             self._place[id(frame)] = address
+
+    def _gone(self, frame: bytes) -> None:
+        # under self._lock: ``frame`` is no longer delivered
+        self._arrived_at.pop(id(frame), None)
+        self._unplace(frame)
 
     def _unplace(self, frame: bytes) -> None:
         # under self._lock: ``frame`` is no longer delivered (places are as many as
@@ -341,7 +367,7 @@ class Card:
 
     def _up(self, i: int) -> None:
         # under self._lock: delivered frame ``i`` is passed up
-        self._unplace(self._delivered[i])
+        self._gone(self._delivered[i])
         del self._delivered[i]
         self.counts["passed_up"] += 1
         self._rx_since = time.monotonic() if self._delivered else None
@@ -378,6 +404,8 @@ class Card:
             pending, self._delivered = list(self._delivered), collections.deque()
             self._at.clear()
             self._place.clear()
+            self._arrived_at.clear()
+            self._polled = 0.0
             self._dma_next = 0
             self._rx_since = None
             self._misfiltered_since, self._misfiltered = None, 0

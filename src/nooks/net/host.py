@@ -8,8 +8,8 @@ driver in a domain (or, natively, in this process). Three threads move frames:
   are queued, at most ``MAX_BURST``) are given to the card's checks, then to the
   driver (``xmit``), as many at a time as the card last took (a four-slot card
   is not sent sixty-four frames to take four); when the card has no room the thread
-  waits for ``tx_wake`` — at most ``WATCHDOG`` seconds (``UNSENT`` if the card
-  has sent every frame the driver took: its ring is free), then the driver counts
+  waits for ``tx_wake`` — at most ``WATCHDOG`` seconds (``UNRECLAIMED`` if the
+  card has sent every frame the driver took: its ring is free), then the driver counts
   as hung (Linux's ``tx_timeout``) and is recovered;
 * **receive**: a frame arriving on the wire goes into the card's ring (the card
   raises its line);
@@ -71,7 +71,11 @@ WATCHDOG = 2.0  # seconds the transmit queue may stay full before the driver is 
 # seconds a frame the driver took may stay unsent (a card sends at the doorbell: a
 # driver that took a frame and rang no bell, or set up its ring wrong, lost it; the
 # system's neighbour resolution and a ping's deadline do not wait two seconds)
-UNSENT = 0.5
+UNSENT = 0.2
+# seconds the transmit queue may stay full while the card has sent every frame the
+# driver took (the card raised its transmit interrupt as it sent them: a working
+# driver reclaims its ring within a handler call, a millisecond or so)
+UNRECLAIMED = 0.1
 POLL = 0.1  # seconds the threads wait before looking whether the host is stopping
 BLOCK_TIMEOUT = 10.0  # seconds a call may wait for a recovering driver
 DEFAULT_MAC = bytes.fromhex("525400000001")
@@ -331,17 +335,18 @@ class NetHost(SupervisedHost):
                                else taken)
                 continue
             # the card is full: wait for room, at most the watchdog's time -- or
-            # ``UNSENT`` if the card has sent every frame the driver took: its ring is
-            # free, and a driver that still takes nothing never reclaims it
+            # ``UNRECLAIMED`` if the card has sent every frame the driver took: its ring
+            # is free, and a driver that still takes nothing never reclaims it
             t0 = time.monotonic()
             self._tx_room.wait(POLL)
             waited += time.monotonic() - t0
-            if waited >= WATCHDOG or (waited >= UNSENT and self.card.sent_all_taken()):
+            if waited >= WATCHDOG or (waited >= UNRECLAIMED and self.card.sent_all_taken()):
                 self.counts["watchdog"] += 1
                 self._hung(f"the transmit queue stayed full for {WATCHDOG:g} s"
                            if waited >= WATCHDOG else
-                           f"the driver took no frame for {UNSENT:g} s though the card had "
-                           "sent every frame it took (its transmit ring is not reclaimed)")
+                           f"the driver took no frame for {UNRECLAIMED:g} s though the card "
+                           "had sent every frame it took (its transmit ring is not "
+                           "reclaimed)")
                 waited = 0.0
 
     def _call_xmit(self, offered: list[bytes]) -> Any:
@@ -360,9 +365,10 @@ class NetHost(SupervisedHost):
 
     def _check_stall(self) -> None:
         """A driver that is up but has left frames unsent or received ones in its ring
-        for ``WATCHDOG`` seconds, or whose card took no frame for this machine for
-        ``MISFILTERED`` seconds, has stopped working: it is hung (its fresh successor
-        gets what it left)."""
+        for ``WATCHDOG`` seconds, frames it took unsent or received ones its handler
+        passed over for ``UNSENT`` seconds, or whose card took no frame for this
+        machine for ``MISFILTERED`` seconds, has stopped working: it is hung (its
+        fresh successor gets what it left)."""
         if self.card is None or self.native or not self.spec.opened:
             return
         sup = self.sup
@@ -416,8 +422,10 @@ class NetHost(SupervisedHost):
             for _ in range(MAX_RECALLS):
                 if self._stopping.is_set() or not self.card.model.pending():
                     break
+                began, epoch = time.monotonic(), self.card.epoch
                 try:
                     self._drive("interrupt")
+                    self.card.polled(began, epoch)
                 except Refused:
                     self.counts["refused"] += 1
                 except (NooksError, OSError) as e:
