@@ -125,11 +125,13 @@ def test_frames_the_driver_took_and_the_card_never_sent_are_a_stall() -> None:
         card._send(one)  # sent at the doorbell, during the call
         card.took([one], epoch)  # then its reply
         assert card.stalled(1e9, 1e9, 0.0) is None
-        assert card.sent_all_taken()  # (a full queue now is a ring never reclaimed)
+        assert not card.reclaimable()  # (no handler has seen its ring since)
+        card.polled(time.monotonic() + 1, epoch)
+        assert card.reclaimable()  # (a full queue now is a ring never reclaimed)
         card.took([two, three], epoch)  # two lost; three sent a moment later
         card._send(three)
         assert "took 1 frames to send" in (card.stalled(1e9, 1e9, 0.0) or "")
-        assert not card.sent_all_taken()
+        assert not card.reclaimable()
         card.restart_clocks()  # a fresh driver: what the old one took is not its
         assert card.stalled(1e9, 1e9, 0.0) is None
         card.took([two], epoch)  # the old driver's reply, counted after the recovery
@@ -155,11 +157,12 @@ def test_places_are_kept_for_every_frame_delivered_and_no_more() -> None:
         frames = [FRAME + i.to_bytes(2, "big") for i in range(MAX_DELIVERED + 1)]
         for frame in frames:
             card.arrived(frame)
+        assert len(card._arrived_at) == MAX_DELIVERED  # (the oldest's time went with it)
         with pytest.raises(Refused):
             card.passed_up_at(0, len(frames[0]))  # the oldest: forgotten
         for i, frame in enumerate(frames[1:], 1):
             assert card.passed_up_at(64 * i, len(frame)) is frame
-        assert not card._at and not card._place
+        assert not card._at and not card._place and not card._arrived_at
     finally:
         card.close()
 
@@ -177,16 +180,18 @@ def test_a_frame_an_interrupt_handler_left_in_the_ring_is_a_stall() -> None:
         struct.pack_into("<I", card.model.regs, r.RCR, r.RCR_AB)
         card.model.write(r.CR, r.CR_RE | r.CR_TE)
         epoch = card.epoch
-        before = time.monotonic()
+        before = time.monotonic() - 1
         card.arrived(frame)
         card.polled(before, epoch)  # a handler that began before it came
-        assert card.stalled(1e9, 1e9, 0.0) is None
-        card.polled(time.monotonic(), epoch + 1)  # a replaced driver's handler
-        assert card.stalled(1e9, 1e9, 0.0) is None
-        card.polled(time.monotonic(), epoch)  # one that began after and left it
-        assert "left 1 frames received" in (card.stalled(1e9, 1e9, 0.0) or "")
-        assert card.stalled(1e9, 1e9, 1e9) is None  # (not for long yet)
+        assert card.stalled(1e9, 1e9, 1e9, 0.0) is None
+        card.polled(time.monotonic() + 1, epoch + 1)  # a replaced driver's handler
+        assert card.stalled(1e9, 1e9, 1e9, 0.0) is None
+        card.polled(time.monotonic() + 1, epoch)  # one that began after and left it
+        assert "left 1 frames received" in (card.stalled(1e9, 1e9, 1e9, 0.0) or "")
+        assert card.stalled(1e9, 1e9, 1e9, 1e9) is None  # (not for long yet)
         card.passed_up_at(0x8000 + 4, len(frame))
-        assert card.stalled(1e9, 1e9, 0.0) is None
+        assert card.stalled(1e9, 1e9, 1e9, 0.0) is None and not card._arrived_at
+        card.arrived(frame)  # again, and the card powered off: nothing is left of it
+        assert card.reset() == [frame] and not card._arrived_at
     finally:
         card.close()

@@ -1,59 +1,77 @@
-"""Adaptive polling: a long spin while messages stream, a short one after a pause."""
+"""Adaptive polling: a long spin while messages stream, a short one after a pause,
+none where the process has one CPU or was told not to poll."""
 
 from __future__ import annotations
 
 import os
 import socket
-import threading
-import time
-from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
+from nooks.xpc import poll
 from nooks.xpc.poll import Poller
 
-Pair = tuple[socket.socket, socket.socket]
-pytestmark = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2,
-                                reason="polling is off with one CPU")
+
+class _Clock:
+    """The poller's clock, moved by the fake receive: each message comes ``wait``
+    seconds after its receive began."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
 
 
 @pytest.fixture
-def pair() -> Iterator[Pair]:
+def fake(monkeypatch: pytest.MonkeyPatch) -> tuple[_Clock, list[float], list[float]]:
+    """Two CPUs, a fake clock, and a receive that records the budget it was given
+    and takes as long as the next of ``waits`` says."""
+    clock, budgets, waits = _Clock(), list[float](), list[float]()
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(poll, "time", clock)
+
+    def recv_spinning(sock: Any, buf: bytearray, budget: float) -> int:
+        budgets.append(budget)
+        clock.now += waits.pop(0)
+        return 1
+
+    monkeypatch.setattr(poll, "recv_spinning", recv_spinning)
+    return clock, budgets, waits
+
+
+def test_streaming_messages_spin_long_and_a_pause_spins_short(
+        fake: tuple[_Clock, list[float], list[float]]) -> None:
+    _, budgets, waits = fake
+    p = Poller(50, 2000)
+    # at once, soon, after a pause (longer than 2 ms), at once again
+    waits += [0.0, 0.0015, 0.5, 0.0001, 0.0001]
+    for _ in range(5):
+        p.recv(None, bytearray(1))  # type: ignore[arg-type]
+    assert budgets == pytest.approx([50e-6, 2e-3, 2e-3, 50e-6, 2e-3])
+    assert p.budget == pytest.approx(2e-3)
+
+
+def test_without_a_busy_budget_or_a_base_it_spins_the_base_only(
+        fake: tuple[_Clock, list[float], list[float]]) -> None:
+    _, budgets, waits = fake
+    waits += [0.0] * 4
+    for p in (Poller(50), Poller(0, 2000)):  # (told not to poll: never does)
+        p.recv(None, bytearray(1))  # type: ignore[arg-type]
+        p.recv(None, bytearray(1))  # type: ignore[arg-type]
+    assert budgets == pytest.approx([50e-6, 50e-6, 0.0, 0.0])
+
+
+def test_with_one_cpu_it_never_spins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    p = Poller(50, 2000)
+    assert p.budget == 0.0
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    yield a, b
-    a.close()
-    b.close()
-
-
-def test_streaming_messages_spin_long_and_a_pause_spins_short(pair: Pair) -> None:
-    a, b = pair
-    buf = bytearray(64)
-    p = Poller(50, 1000)
-    assert p.budget == pytest.approx(50e-6)  # (the first wait: nothing streams yet)
-    a.send(b"one")
-    assert p.recv(b, buf) == 3 and buf[:3] == b"one"
-    assert p.budget == pytest.approx(1e-3)  # it came at once: messages stream
-    # the next one comes long after the busy budget: the domain may sleep again
-    timer = threading.Timer(0.05, a.send, (b"two",))
-    t0 = time.perf_counter()
-    timer.start()
-    assert p.recv(b, buf) == 3 and buf[:3] == b"two"
-    assert time.perf_counter() - t0 >= 0.05
-    timer.join()
-    assert p.budget == pytest.approx(50e-6)
-
-
-def test_without_a_busy_budget_it_spins_the_base_only(pair: Pair) -> None:
-    a, b = pair
-    buf = bytearray(64)
-    p = Poller(50)
-    a.send(b"x")
-    assert p.recv(b, buf) == 1
-    assert p.budget == pytest.approx(50e-6)
-
-
-def test_a_closed_peer_is_an_empty_read(pair: Pair) -> None:
-    a, b = pair
-    p = Poller(50, 1000)
-    a.close()
-    assert p.recv(b, bytearray(8)) == 0
+    with a, b:
+        a.send(b"one")
+        buf = bytearray(8)
+        assert p.recv(b, buf) == 3 and buf[:3] == b"one"  # (a real socket, blocking)
+        assert p.budget == 0.0
+        a.close()
+        assert p.recv(b, buf) == 0  # a closed peer: an empty read

@@ -19,7 +19,10 @@ driver that takes frames and never sends them, or leaves received ones in its
 ring, has stopped working without crashing; so has one whose card takes no
 frame for this machine's own address (``own``) or broadcasts: it programmed the
 card's filter or ring otherwise than the system needs (a ring a driver never
-gives back is always full). The host recovers such a driver as hung.
+gives back is always full). The card also follows each frame the driver took
+and has not sent (``took``), and each received frame an interrupt handler that
+began after it came has left in the ring (``polled``). The host recovers such a
+driver as hung.
 """
 
 from __future__ import annotations
@@ -120,7 +123,8 @@ class Card:
         # handler of the current driver that returned had begun: a frame older than
         # that handler is one the driver's poll of its ring left behind
         self._arrived_at: dict[int, float] = {}
-        self._polled = 0.0
+        self._polled: float | None = None
+        self._sent_at: float | None = None  # when the card last sent a frame
         self.own: tuple[bytes, ...] = ()  # this machine's address(es), as the system set
         self._misfiltered_since: float | None = None  # frames for it filtered out since
         self._misfiltered = 0  # how many since
@@ -194,17 +198,21 @@ class Card:
                 if id(frame) in self._given_ids:
                     self._took_at.setdefault(id(frame), now)
 
-    def sent_all_taken(self) -> bool:
-        """Whether every frame the current driver took has gone out on the wire."""
+    def reclaimable(self) -> bool:
+        """Whether every frame the current driver took has gone out on the wire and an
+        interrupt handler of the driver has begun (and returned) since the last went:
+        its transmit ring is free, and it has had its chance to see so."""
         with self._lock:
-            return not self._took_at
+            polled = self._polled
+            return not self._took_at and polled is not None and (
+                self._sent_at is None or polled > self._sent_at)
 
     def polled(self, since: float, epoch: int) -> None:
         """The interrupt handler the driver of ``epoch`` began at ``since`` returned
         (what it passed up, posted, has reached the card)."""
         with self._lock:
-            if epoch == self.epoch:
-                self._polled = max(self._polled, since)
+            if epoch == self.epoch and (self._polled is None or since > self._polled):
+                self._polled = since
 
     def moved(self) -> int:
         """A count that grows each time the card sends a frame or one is passed up."""
@@ -218,7 +226,7 @@ class Card:
             self._rx_since = now if self._delivered else None
             self._took_at.clear()
             self.epoch += 1
-            self._polled = 0.0
+            self._polled = None
             self._misfiltered_since, self._misfiltered = None, 0
 
     def unsent(self) -> list[bytes]:
@@ -226,12 +234,13 @@ class Card:
         with self._lock:
             return list(self._given)
 
-    def stalled(self, limit: float, filter_limit: float,
-                took_limit: float | None = None) -> str | None:
+    def stalled(self, limit: float, filter_limit: float, took_limit: float | None = None,
+                passed_over_limit: float | None = None) -> str | None:
         """What has gone ``limit`` seconds without moving, ``filter_limit`` seconds
-        filtered out against the system's settings, or (if given) ``took_limit``
-        seconds taken by the driver and not sent, or received and left in the ring by
-        an interrupt handler that began after they came, if anything."""
+        filtered out against the system's settings, (if given) ``took_limit``
+        seconds taken by the driver and not sent, or ``passed_over_limit`` seconds
+        received and left in the ring by an interrupt handler that began after they
+        came, if anything."""
         now = time.monotonic()
         with self._lock:
             if took_limit is not None and self._took_at:
@@ -239,12 +248,13 @@ class Card:
                 if late:
                     return (f"the driver took {late} frames to send that the card had not "
                             f"sent {took_limit:g} s later")
-            if took_limit is not None and self._polled:
+            polled = self._polled
+            if passed_over_limit is not None and polled is not None:
                 left = sum(1 for t in self._arrived_at.values()
-                           if t < self._polled and now - t > took_limit)
+                           if t < polled and now - t > passed_over_limit)
                 if left:
                     return (f"the driver's interrupt handler left {left} frames received "
-                            f"in its ring for {took_limit:g} s")
+                            f"in its ring for {passed_over_limit:g} s")
             if self._tx_since is not None and now - self._tx_since > limit:
                 return (f"{len(self._given)} frames given to the driver were not sent for "
                         f"{limit:g} s")
@@ -283,6 +293,7 @@ class Card:
                               "never gave it")
         self._send_wire(frame)
         self.counts["sent"] += 1
+        self._sent_at = time.monotonic()
 
     def arrived(self, frame: bytes) -> None:
         """A frame arrived from the wire. It is listed as delivered before the card
@@ -296,6 +307,10 @@ class Card:
             if self._rx_since is None:
                 self._rx_since = time.monotonic()
         taken = self.model.receive(frame)
+        if taken:
+            with self._lock:  # (in the ring from now: a handler that began before may
+                if id(frame) in self._arrived_at:  # have looked before it was there)
+                    self._arrived_at[id(frame)] = time.monotonic()
         at = VNET_HDR if self.offloads else 0
         dest = frame[at:at + 6]
         if self.own and (dest == BROADCAST or dest in self.own):
@@ -405,7 +420,7 @@ class Card:
             self._at.clear()
             self._place.clear()
             self._arrived_at.clear()
-            self._polled = 0.0
+            self._polled = None
             self._dma_next = 0
             self._rx_since = None
             self._misfiltered_since, self._misfiltered = None, 0

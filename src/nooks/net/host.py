@@ -73,9 +73,12 @@ WATCHDOG = 2.0  # seconds the transmit queue may stay full before the driver is 
 # system's neighbour resolution and a ping's deadline do not wait two seconds)
 UNSENT = 0.2
 # seconds the transmit queue may stay full while the card has sent every frame the
-# driver took (the card raised its transmit interrupt as it sent them: a working
-# driver reclaims its ring within a handler call, a millisecond or so)
+# driver took and an interrupt handler has run since (a working driver reclaims
+# its ring in the handler, or in its next ``xmit``)
 UNRECLAIMED = 0.1
+# seconds a received frame may stay in the ring after an interrupt handler that
+# began after it came has returned (a working driver's poll takes all there is)
+PASSED_OVER = 0.2
 POLL = 0.1  # seconds the threads wait before looking whether the host is stopping
 BLOCK_TIMEOUT = 10.0  # seconds a call may wait for a recovering driver
 DEFAULT_MAC = bytes.fromhex("525400000001")
@@ -335,12 +338,13 @@ class NetHost(SupervisedHost):
                                else taken)
                 continue
             # the card is full: wait for room, at most the watchdog's time -- or
-            # ``UNRECLAIMED`` if the card has sent every frame the driver took: its ring
-            # is free, and a driver that still takes nothing never reclaims it
+            # ``UNRECLAIMED`` if the card has sent every frame the driver took and an
+            # interrupt handler has run since: its ring is free, and a driver that
+            # still takes nothing never reclaims it
             t0 = time.monotonic()
             self._tx_room.wait(POLL)
             waited += time.monotonic() - t0
-            if waited >= WATCHDOG or (waited >= UNRECLAIMED and self.card.sent_all_taken()):
+            if waited >= WATCHDOG or (waited >= UNRECLAIMED and self.card.reclaimable()):
                 self.counts["watchdog"] += 1
                 self._hung(f"the transmit queue stayed full for {WATCHDOG:g} s"
                            if waited >= WATCHDOG else
@@ -365,19 +369,28 @@ class NetHost(SupervisedHost):
 
     def _check_stall(self) -> None:
         """A driver that is up but has left frames unsent or received ones in its ring
-        for ``WATCHDOG`` seconds, frames it took unsent or received ones its handler
-        passed over for ``UNSENT`` seconds, or whose card took no frame for this
-        machine for ``MISFILTERED`` seconds, has stopped working: it is hung (its
-        fresh successor gets what it left)."""
+        for ``WATCHDOG`` seconds, frames it took unsent for ``UNSENT`` seconds or
+        received ones its handler passed over for ``PASSED_OVER``, or whose card
+        took no frame for this machine for ``MISFILTERED`` seconds, has stopped
+        working: it is hung (its fresh successor gets what it left)."""
         if self.card is None or self.native or not self.spec.opened:
             return
         sup = self.sup
         if sup is None or sup.shadow is None or sup.shadow.mode != "passive":
             return  # (being recovered: the fresh driver's clocks start once it is back)
-        stalled = self.card.stalled(WATCHDOG, MISFILTERED, UNSENT)
+        stalled = self.card.stalled(WATCHDOG, MISFILTERED, UNSENT, PASSED_OVER)
         if stalled is not None:
             self.counts["stalls"] += 1
             self._hung(stalled)
+
+    def _serving(self) -> int | None:
+        """The generation of the driver that serves calls now; None while it is being
+        recovered (or natively)."""
+        sup = self.sup
+        shadow = sup.shadow if sup is not None else None
+        if shadow is None or shadow.mode != "passive":
+            return None
+        return shadow.generation
 
     def _hung(self, detail: str) -> None:
         if self.sup is None or self.sup.domain is None or self.sup.shadow is None:
@@ -423,9 +436,11 @@ class NetHost(SupervisedHost):
                 if self._stopping.is_set() or not self.card.model.pending():
                     break
                 began, epoch = time.monotonic(), self.card.epoch
+                reached = self._serving()  # (else the shadow drops it: no handler runs)
                 try:
                     self._drive("interrupt")
-                    self.card.polled(began, epoch)
+                    if reached is not None and reached == self._serving():
+                        self.card.polled(began, epoch)
                 except Refused:
                     self.counts["refused"] += 1
                 except (NooksError, OSError) as e:

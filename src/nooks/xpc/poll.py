@@ -61,7 +61,8 @@ class Poller:
 
     def __init__(self, base_us: float, busy_us: float = 0.0) -> None:
         self._base = spin_budget(base_us)
-        self._busy = max(self._base, spin_budget(busy_us))
+        # (no polling at all stays so: a process told not to poll never does)
+        self._busy = max(self._base, spin_budget(busy_us)) if self._base else 0.0
         self._budget = self._base
 
     @property
