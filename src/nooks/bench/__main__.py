@@ -1,4 +1,4 @@
-"""``python -m nooks.bench xpc|fs|web|net [--json PATH] [--quick]``."""
+"""``python -m nooks.bench xpc|fs|fuse|web|net [--json PATH] [--quick]``."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The ``bench`` command: run a benchmark, print its table, optionally its JSON.
 
-``nooks bench xpc|fs|web|net`` and ``python -m nooks.bench xpc|fs|web|net`` are the same
+``nooks bench xpc|fs|fuse|web|net`` and ``python -m nooks.bench ...`` are the same
 command (``add_parser`` registers it with the ``nooks`` command line).
 """
 
@@ -29,13 +29,15 @@ def add_parser(sub: Any) -> None:
 
 def add_arguments(b: argparse.ArgumentParser) -> None:
     """The bench command's arguments, on its own parser or as a subcommand."""
-    b.add_argument("what", choices=["xpc", "fs", "web", "net"], help="what to measure")
+    b.add_argument("what", choices=["xpc", "fs", "fuse", "web", "net"],
+                   help="what to measure")
     b.add_argument("--workers", type=argcheck.count(1, 64), default=2,
                    help="web benchmark: workers per server")
     b.add_argument("--driver", default="passthrough", choices=["passthrough", "vfat"],
                    help="driver for the fs benchmark")
     b.add_argument("--placement", default="one-core", choices=["one-core", "free"],
-                   help="fs benchmark: everything on one CPU, or where the scheduler puts it")
+                   help="fs and fuse benchmarks: everything on one CPU, or where the "
+                   "scheduler puts it")
     b.add_argument("--nic", action="append", choices=NICS, metavar="DRIVER",
                    help="net benchmark: a network driver (repeatable; default: all of "
                    f"{', '.join(NICS)})")
@@ -62,6 +64,13 @@ def run(args: argparse.Namespace) -> int:
             result = web.run(workers=args.workers, quick=args.quick,
                              progress=lambda s: status.update(f"web: {s}"))
         print_web(result)
+    elif args.what == "fuse":
+        from nooks.bench import fuse
+
+        with console.status("benchmarking ways to serve FUSE") as status:
+            result = fuse.run(quick=args.quick, placement=args.placement,
+                              progress=lambda s: status.update(f"fuse: {s}"))
+        print_fuse(result)
     elif args.what == "fs":
         from nooks.bench import fs
 
@@ -83,6 +92,20 @@ def run(args: argparse.Namespace) -> int:
             with open(args.json, "w") as f:
                 f.write(text + "\n")
     return 0 if all(result["targets_met"].values()) else 1
+
+
+def print_fuse(r: dict[str, Any]) -> None:
+    t = Table(title=f"FUSE from Python: stat (a LOOKUP and a GETATTR), caching off, "
+              f"{r['placement']} (medians)")
+    for col in ("served by", "µs per stat", "stat/s", "speed vs mfusepy"):
+        t.add_column(col, justify="left" if col == "served by" else "right")
+    names = {"kernel": "the kernel's protocol on /dev/fuse",
+             "lowlevel": "libfuse low-level API (ctypes)",
+             "highlevel": "libfuse high-level API (mfusepy)"}
+    for kind, s in r["servers"].items():
+        t.add_row(names[kind], f"{s['stat_us']:.1f}", f"{s['stat_ops_s']:,.0f}",
+                  f"{s['speed_vs_highlevel']:.2f}×")
+    console.print(t)
 
 
 def print_xpc(r: dict[str, Any]) -> None:
