@@ -23,33 +23,26 @@ import ctypes
 import errno
 import os
 import stat as st
-import struct
 import sys
 import time
 from typing import Any
 
+from nooks.fs import kernelproto as kp
+
 ROOT, FILE = 1, 2
 SIZE = 123
 MS_NOSUID, MS_NODEV = 2, 4
+GETATTR, LOOKUP = int(kp.Op.GETATTR), int(kp.Op.LOOKUP)  # (plain ints: compared per request)
 
-# the kernel's protocol (include/uapi/linux/fuse.h)
-IN_HEADER = struct.Struct("<IIQQIIIHH")  # len, opcode, unique, nodeid, uid, gid, pid, ...
-OUT_HEADER = struct.Struct("<IiQ")  # len, error, unique
-ATTR = struct.Struct("<QQQQQQIIIIIIIIII")  # fuse_attr
-ENTRY_OUT = struct.Struct("<QQQQII")  # nodeid, generation, valid times (then fuse_attr)
-ATTR_OUT = struct.Struct("<QII")  # attr_valid, nsec, dummy (then fuse_attr)
-INIT_IN = struct.Struct("<IIII")  # major, minor, max_readahead, flags
-INIT_OUT = struct.Struct("<IIIIHHIIHHII24x")
-LOOKUP, FORGET, GETATTR, INIT, BATCH_FORGET = 1, 2, 3, 26, 42
 
 
 def _attr(ino: int) -> bytes:
-    now = int(time.time())
+    now = time.time_ns()
     if ino == ROOT:
-        return ATTR.pack(ROOT, 0, 0, now, now, now, 0, 0, 0, st.S_IFDIR | 0o755, 2, 0, 0, 0,
-                         4096, 0)
-    return ATTR.pack(FILE, SIZE, 1, now, now, now, 0, 0, 0, st.S_IFREG | 0o644, 1, 0, 0, 0,
-                     4096, 0)
+        return kp.attr(ROOT, st.S_IFDIR | 0o755, nlink=2, atime_ns=now, mtime_ns=now,
+                       ctime_ns=now)
+    return kp.attr(FILE, st.S_IFREG | 0o644, size=SIZE, blocks=1, atime_ns=now,
+                   mtime_ns=now, ctime_ns=now)
 
 
 def serve_kernel(mountpoint: str) -> None:
@@ -72,24 +65,20 @@ def serve_kernel(mountpoint: str) -> None:
             if e.errno in (errno.EINTR, errno.ENOENT):  # (ENOENT: an interrupted request)
                 continue
             raise
-        _, op, unique, node, _, _, _, _, _ = IN_HEADER.unpack_from(buf)
+        op, unique, node, _, _, _ = kp.header(buf, n)
         if op == GETATTR:
-            body = ATTR_OUT.pack(0, 0, 0) + _attr(node)
+            write(fd, kp.reply(unique, kp.attr_out(_attr(node))))
         elif op == LOOKUP:
-            if bytes(buf[IN_HEADER.size:n - 1]) != b"f":
-                write(fd, OUT_HEADER.pack(OUT_HEADER.size, -errno.ENOENT, unique))
-                continue
-            body = ENTRY_OUT.pack(FILE, 0, 0, 0, 0, 0) + _attr(FILE)
-        elif op == INIT:
-            _, _, readahead, _ = INIT_IN.unpack_from(buf, IN_HEADER.size)
+            if kp.names(buf, n, 1) != [b"f"]:
+                write(fd, kp.reply(unique, error=errno.ENOENT))
+            else:
+                write(fd, kp.reply(unique, kp.entry_out(FILE, _attr(FILE))))
+        elif op == kp.Op.INIT:
+            _, _, readahead, _, _ = kp.init_in(buf, n)
             # 7.31, no flags: nothing asked for that the others would not do either
-            body = INIT_OUT.pack(7, 31, readahead, 0, 16, 12, 1 << 17, 1, 32, 0, 0, 0)
-        elif op in (FORGET, BATCH_FORGET):
-            continue  # (no reply)
-        else:
-            write(fd, OUT_HEADER.pack(OUT_HEADER.size, -errno.ENOSYS, unique))
-            continue
-        write(fd, OUT_HEADER.pack(OUT_HEADER.size + len(body), 0, unique) + body)
+            write(fd, kp.reply(unique, kp.init_out(31, readahead, flags=0, max_write=1 << 17)))
+        elif op not in (kp.Op.FORGET, kp.Op.BATCH_FORGET):  # (those: no reply)
+            write(fd, kp.reply(unique, error=errno.ENOSYS))
 
 
 class _Timespec(ctypes.Structure):
