@@ -1,0 +1,83 @@
+"""The node table: counts as the kernel keeps them, paths as a path-based driver
+needs them, and the same table rebuilt from its log by a successor."""
+
+from __future__ import annotations
+
+import mmap
+import random
+from collections.abc import Iterator
+
+import pytest
+
+from nooks.fs.kernelproto import ROOT_ID
+from nooks.fs.nodes import Nodes
+from nooks.fs.statelog import StateLog, size_for
+
+
+@pytest.fixture
+def log() -> Iterator[StateLog]:
+    m = mmap.mmap(-1, size_for(4096))
+    view = memoryview(m)
+    log = StateLog(view)
+    yield log
+    log.close()
+    view.release()
+    m.close()
+
+
+def _table(nodes: Nodes) -> dict[int, tuple[bytes | None, int]]:
+    return {k: (nodes.path(k), n.count) for k, n in nodes.nodes.items()}
+
+
+def test_a_name_looked_up_twice_is_one_node_until_forgotten(log: StateLog) -> None:
+    nodes = Nodes(log)
+    d = nodes.lookup(ROOT_ID, b"d")
+    assert nodes.lookup(ROOT_ID, b"d") == d and nodes.nodes[d].count == 2
+    f = nodes.lookup(d, b"f")
+    assert nodes.path(f) == b"/d/f" and nodes.path(ROOT_ID) == b"/"
+    nodes.forget(f, 1)
+    assert f not in nodes.nodes and nodes.lookup(d, b"f") != f  # (gone: a new one)
+
+
+def test_a_rename_moves_what_is_under_it_and_an_unlink_takes_the_name(
+        log: StateLog) -> None:
+    nodes = Nodes(log)
+    d = nodes.lookup(ROOT_ID, b"d")
+    f = nodes.lookup(d, b"f")
+    e = nodes.lookup(ROOT_ID, b"e")
+    nodes.moved(ROOT_ID, b"d", ROOT_ID, b"e")  # (onto e: e loses its name)
+    assert nodes.path(f) == b"/e/f" and nodes.path(e) is None
+    nodes.removed(d, b"f")
+    assert nodes.path(f) is None and f in nodes.nodes  # (until the kernel forgets it)
+    assert nodes.lookup(d, b"f") != f
+
+
+def test_a_successor_rebuilds_the_same_table_from_the_log() -> None:
+    """Random work — lookups, forgets, renames, unlinks — enough to fill the log
+    and compact it; a fresh table read from the log is the same."""
+    m = mmap.mmap(-1, size_for(32768))
+    view = memoryview(m)
+    log = StateLog(view)
+    rng = random.Random(12)
+    nodes = Nodes(log)
+    names = [b"a", b"b", b"c", b"longer-name-%d" % 7]
+    for _ in range(3000):
+        known = list(nodes.nodes)
+        parent = rng.choice(known)
+        what = rng.random()
+        if what < 0.5:
+            nodes.lookup(parent, rng.choice(names))
+        elif what < 0.8:
+            node = rng.choice(known)
+            nodes.forget(node, rng.randint(1, 2))
+        elif what < 0.9:
+            nodes.moved(parent, rng.choice(names), rng.choice(known), rng.choice(names))
+        else:
+            nodes.removed(parent, rng.choice(names))
+    again = Nodes(log)
+    assert _table(again) == _table(nodes) and not log.torn
+    assert len(list(log.records())) < 3000  # (compacted on the way)
+    assert again.next_id == nodes.next_id  # (ids are not handed out twice)
+    log.close()
+    view.release()
+    m.close()
