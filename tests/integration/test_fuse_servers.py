@@ -13,13 +13,17 @@ from pathlib import Path
 import pytest
 
 from nooks.bench.fuse import READY_TIMEOUT, wait_mounted
-from nooks.bench.fuseservers import SERVERS, SIZE
+from nooks.bench.fuseservers import DRIVEN, SERVERS, SIZE
 
 
-@pytest.mark.parametrize("kind", sorted(SERVERS))
+@pytest.mark.parametrize("kind", sorted([*SERVERS, *DRIVEN]))
 def test_each_server_serves_the_same_tree(kind: str, tmp_path: Path) -> None:
-    mp = str(tmp_path)
-    proc = subprocess.Popen([sys.executable, "-m", "nooks.bench.fuseservers", kind, mp],
+    mp, root = str(tmp_path / "mnt"), tmp_path / "root"
+    os.mkdir(mp)
+    root.mkdir()
+    (root / "f").write_bytes(bytes(SIZE))
+    proc = subprocess.Popen([sys.executable, "-m", "nooks.bench.fuseservers", kind, mp,
+                             *([str(root)] if kind in DRIVEN else [])],
                             stdout=subprocess.PIPE, text=True)
     try:
         wait_mounted(proc, mp)

@@ -101,10 +101,12 @@ def print_fuse(r: dict[str, Any]) -> None:
         t.add_column(col, justify="left" if col == "served by" else "right")
     names = {"kernel": "the kernel's protocol on /dev/fuse",
              "lowlevel": "libfuse low-level API (ctypes)",
-             "highlevel": "libfuse high-level API (mfusepy)"}
+             "highlevel": "libfuse high-level API (mfusepy)",
+             "passthrough-mfusepy": "passthrough driver, mounted with mfusepy",
+             "passthrough-direct": "passthrough driver, direct mode's FUSE layer"}
     for kind, s in r["servers"].items():
         t.add_row(names[kind], f"{s['stat_us']:.1f}", f"{s['stat_ops_s']:,.0f}",
-                  f"{s['speed_vs_highlevel']:.2f}×")
+                  f"{s['speed_vs_mfusepy']:.2f}×")
     console.print(t)
 
 

@@ -13,8 +13,15 @@ kernel caching off (entries and attributes valid for 0 s), so that every
   node table and path resolution, then mfusepy's ctypes callback), as a
   filesystem driver is mounted today.
 
-``python -m nooks.bench.fuseservers KIND MOUNTPOINT``: prints ``ready`` once
-mounted, serves until the mount goes away.
+And a real driver two ways — the passthrough driver over a directory holding
+``f`` (``SIZE`` bytes), with ``attr_timeout``/``entry_timeout`` 0:
+
+* ``passthrough-mfusepy``: mounted directly with mfusepy (libfuse's high level);
+* ``passthrough-direct``: served by direct mode's FUSE layer
+  (``nooks.fs.serve``) on a mount the host holds (``nooks.fs.devfuse``).
+
+``python -m nooks.bench.fuseservers KIND MOUNTPOINT [ROOT]``: prints ``ready``
+once mounted, serves until the mount goes away.
 """
 
 from __future__ import annotations
@@ -182,7 +189,39 @@ def serve_highlevel(mountpoint: str) -> None:
                  entry_timeout=0, negative_timeout=0)
 
 
+def serve_passthrough_mfusepy(mountpoint: str, root: str) -> None:
+    os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
+    import mfusepy
+
+    from nooks.drivers.passthrough import Passthrough
+
+    print("ready", flush=True)
+    mfusepy.FUSE(Passthrough(root), mountpoint, foreground=True, nothreads=True,
+                 attr_timeout=0, entry_timeout=0, negative_timeout=0)
+
+
+def serve_passthrough_direct(mountpoint: str, root: str) -> None:
+    import mmap
+
+    from nooks.drivers.passthrough import Passthrough
+    from nooks.fs.devfuse import Connection
+    from nooks.fs.nodes import Nodes
+    from nooks.fs.serve import Server
+    from nooks.fs.statelog import StateLog, size_for
+
+    log = StateLog(memoryview(mmap.mmap(-1, size_for(1 << 20))))
+    with Connection(mountpoint) as conn:
+        conn.init()
+        print("ready", flush=True)
+        Server(conn.fd, Passthrough(root), Nodes(log)).serve()
+
+
 SERVERS = {"kernel": serve_kernel, "lowlevel": serve_lowlevel, "highlevel": serve_highlevel}
+DRIVEN = {"passthrough-mfusepy": serve_passthrough_mfusepy,
+          "passthrough-direct": serve_passthrough_direct}
 
 if __name__ == "__main__":
-    SERVERS[sys.argv[1]](sys.argv[2])
+    if sys.argv[1] in DRIVEN:
+        DRIVEN[sys.argv[1]](sys.argv[2], sys.argv[3])
+    else:
+        SERVERS[sys.argv[1]](sys.argv[2])

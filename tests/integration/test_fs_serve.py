@@ -1,0 +1,132 @@
+"""Direct mode's FUSE layer serving the unmodified passthrough driver on a mount the
+host holds: what programs see through it is the directory beneath; a fresh
+server on the same connection and node table takes over where the first
+stopped, with files and directories already known to the kernel."""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import os
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nooks.drivers.passthrough import Passthrough
+from nooks.fs.devfuse import Connection
+from nooks.fs.nodes import Nodes
+from nooks.fs.serve import Server
+from nooks.fs.statelog import StateLog, size_for
+
+
+@pytest.fixture
+def log() -> Iterator[StateLog]:
+    m = mmap.mmap(-1, size_for(1 << 20))
+    view = memoryview(m)
+    log = StateLog(view)
+    yield log
+    log.close()
+    view.release()
+    m.close()
+
+
+def _serving(conn: Connection, root: Path, log: StateLog) -> threading.Thread:
+    server = Server(conn.fd, Passthrough(str(root)), Nodes(log))
+    t = threading.Thread(target=server.serve, daemon=True)
+    t.start()
+    return t
+
+
+def test_programs_see_the_directory_beneath(tmp_path: Path, log: StateLog) -> None:
+    root, mp = tmp_path / "root", tmp_path / "mnt"
+    root.mkdir()
+    mp.mkdir()
+    conn = Connection(str(mp))
+    try:
+        conn.init()
+        t = _serving(conn, root, log)
+        data = os.urandom(300_000)
+        (mp / "d").mkdir()
+        (mp / "d" / "f").write_bytes(data)
+        assert (root / "d" / "f").read_bytes() == data  # (written through)
+        assert hashlib.sha256((mp / "d" / "f").read_bytes()).digest() == \
+            hashlib.sha256(data).digest()
+        os.rename(mp / "d" / "f", mp / "d" / "g")
+        os.symlink("g", mp / "d" / "s")
+        os.link(mp / "d" / "g", mp / "d" / "h")
+        assert os.readlink(mp / "d" / "s") == "g"
+        assert sorted(os.listdir(mp / "d")) == ["g", "h", "s"]
+        assert os.stat(mp / "d" / "g").st_nlink == 2
+        os.chmod(mp / "d" / "g", 0o600)
+        os.truncate(mp / "d" / "g", 1000)
+        os.utime(mp / "d" / "g", ns=(1_000_000_007, 2_000_000_009))
+        st, below = os.stat(mp / "d" / "g"), os.stat(root / "d" / "g")
+        assert (st.st_mode, st.st_size, st.st_mtime_ns) == (below.st_mode, 1000,
+                                                            2_000_000_009)
+        with pytest.raises(FileNotFoundError):
+            os.stat(mp / "nothing")
+        r = subprocess.run(["cp", "-a", str(mp / "d"), str(mp / "e")], capture_output=True,
+                           text=True, check=False)
+        assert r.returncode == 0, r.stderr
+        r = subprocess.run(["diff", "-r", str(root / "d"), str(mp / "e")],
+                           capture_output=True, text=True, check=False)
+        assert r.returncode == 0, r.stdout + r.stderr
+        for name in ("g", "h", "s"):
+            os.unlink(mp / "e" / name)
+        os.rmdir(mp / "e")
+        assert not (root / "e").exists()
+    finally:
+        conn.close()
+    t.join(10)
+    assert not t.is_alive()  # (it ends with the mount)
+
+
+def test_a_fresh_server_takes_over_known_nodes(tmp_path: Path, log: StateLog) -> None:
+    """The first server stops after the requests of one open; the kernel's node ids
+    for the directory and the file are served by a second one whose table is
+    rebuilt from the log. (Both run in this process, so the driver's file handle
+    stays good: re-opening handles in a fresh domain is not built yet.)"""
+    root, mp = tmp_path / "root", tmp_path / "mnt"
+    root.mkdir()
+    mp.mkdir()
+    (root / "d").mkdir()
+    (root / "d" / "f").write_bytes(b"hello")
+    conn = Connection(str(mp))
+    try:
+        conn.init()
+        first = Server(conn.fd, Passthrough(str(root)), Nodes(log))
+        # serve exactly the requests of one look at the file, in this thread
+        done = threading.Event()
+        got: list[bytes] = []
+
+        def look() -> None:
+            fd = os.open(mp / "d" / "f", os.O_RDONLY)
+            try:
+                done.wait(10)
+                got.append(os.read(fd, 5))  # (served by the second)
+            finally:
+                os.close(fd)
+
+        reader = threading.Thread(target=look)
+        buf = bytearray(1 << 18)
+        reader.start()
+        seen = []
+        while b"OPEN" not in seen:  # LOOKUP d, LOOKUP f, OPEN
+            n = os.readv(conn.fd, [buf])
+            op = int.from_bytes(buf[4:8], "little")
+            seen.append({1: b"LOOKUP", 14: b"OPEN", 3: b"GETATTR"}.get(op, b"?"))
+            out = first.handle(buf, n)
+            if out is not None:
+                os.write(conn.fd, out)
+        t = _serving(conn, root, log)  # a fresh server: a new table from the log
+        done.set()
+        reader.join(10)
+        assert not reader.is_alive() and got == [b"hello"]
+        assert (mp / "d" / "f").read_bytes() == b"hello"
+        assert seen == [b"LOOKUP", b"LOOKUP", b"OPEN"]  # (the second knew d and f)
+    finally:
+        conn.close()
+    t.join(10)
