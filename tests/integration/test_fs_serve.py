@@ -8,7 +8,9 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
+import signal
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -130,3 +132,87 @@ def test_a_fresh_server_takes_over_known_nodes(tmp_path: Path, log: StateLog) ->
     finally:
         conn.close()
     t.join(10)
+
+
+SERVER = """
+import mmap, os, sys
+from nooks.drivers.passthrough import Passthrough
+from nooks.fs.handles import Handles
+from nooks.fs.nodes import Nodes
+from nooks.fs.serve import Server
+from nooks.fs.statelog import StateLog
+fd, root, nodes_fd, handles_fd, size = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:])
+print("spare", flush=True)
+sys.stdin.readline()  # (a warm spare: it holds the connection, and waits to be told)
+logs = [StateLog(memoryview(mmap.mmap(f, size))) for f in (nodes_fd, handles_fd)]
+print("serving", flush=True)
+Server(int(fd), Passthrough(root), Nodes(logs[0]), Handles(logs[1])).serve()
+"""
+
+
+def test_files_held_open_across_a_server_killed_keep_working(tmp_path: Path) -> None:
+    """A program keeps a file open for reading and writing while the process that
+    serves the mount is SIGKILLed and a warm spare takes over the same connection
+    and the same logs: its reads and writes go on, through handles the successor
+    re-opened by path. (The spare is started before: a process holding a file of
+    the mount cannot start one once the server is dead — closing the file's
+    descriptor in the child between fork and exec waits for a server.)"""
+    root, mp = tmp_path / "root", tmp_path / "mnt"
+    root.mkdir()
+    mp.mkdir()
+    size = size_for(1 << 16)
+    logs = [os.memfd_create(f"nooks-test-{what}") for what in ("nodes", "handles")]
+    procs: list[subprocess.Popen[str]] = []
+    conn = Connection(str(mp))
+
+    def spare() -> subprocess.Popen[str]:
+        proc = subprocess.Popen([sys.executable, "-c", SERVER, str(conn.fd), str(root),
+                                 *map(str, logs), str(size)], pass_fds=(conn.fd, *logs),
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        procs.append(proc)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "spare"
+        return proc
+
+    def go(proc: subprocess.Popen[str]) -> None:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "serving"
+
+    def abort() -> None:  # (whatever went wrong: no request of this test waits forever)
+        for proc in procs:
+            proc.kill()
+        conn.close()
+
+    guard = threading.Timer(30, abort)
+    guard.start()
+    try:
+        for fd in logs:
+            os.ftruncate(fd, size)
+        conn.init()
+        first, second = spare(), spare()
+        go(first)
+        (mp / "d").mkdir()
+        f = os.open(mp / "d" / "f", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            assert os.write(f, b"before ") == 7
+            first.send_signal(signal.SIGKILL)
+            first.wait()
+            go(second)
+            if conn.can_resend:  # (what the dead one had read, if anything)
+                conn.resend()
+            assert os.write(f, b"after") == 5  # a handle the dead server handed out
+            assert os.pread(f, 100, 0) == b"before after"
+        finally:
+            os.close(f)
+        assert (root / "d" / "f").read_bytes() == b"before after"
+        assert os.listdir(mp / "d") == ["f"]
+    finally:
+        guard.cancel()
+        conn.close()
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        for fd in logs:
+            os.close(fd)

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from nooks.fs import kernelproto as kp
+from nooks.fs.handles import REOPEN_STRIP, Handles
 from nooks.fs.nodes import Nodes
 
 FATTR_MODE, FATTR_UID, FATTR_GID, FATTR_SIZE = 1 << 0, 1 << 1, 1 << 2, 1 << 3
@@ -37,11 +38,14 @@ UNKNOWN_INO = 0xFFFFFFFF  # what libfuse's high level puts in a directory entry
 
 
 class Server:
-    def __init__(self, fd: int, ops: Any, nodes: Nodes, *, attr_timeout: float = 0.0,
-                 entry_timeout: float = 0.0) -> None:
+    def __init__(self, fd: int, ops: Any, nodes: Nodes, handles: Handles | None = None, *,
+                 attr_timeout: float = 0.0, entry_timeout: float = 0.0) -> None:
+        """``handles``: the kernel is given virtual handles from it (a successor
+        re-opens them); without, the driver's own."""
         self.fd = fd
         self.ops = ops
         self.nodes = nodes
+        self.handles = handles
         self.use_ns = bool(getattr(ops, "use_ns", False))
         self.attr_timeout, self.entry_timeout = attr_timeout, entry_timeout
         self.listings: dict[int, list[tuple[bytes, int]]] = {}  # a directory handle's
@@ -146,6 +150,32 @@ class Server:
     def _name(self, buf: bytearray, n: int, at: int = kp.IN_HEADER.size) -> bytes:
         return kp.names(buf, n, 1, at)[0]
 
+    def _handed(self, node: int, flags: int, driver: Any, directory: bool = False) -> int:
+        """The handle the kernel is given for what the driver opened as ``driver``."""
+        fh = int(driver or 0)
+        if self.handles is None:
+            return fh
+        return self.handles.opened(node, flags, fh, directory=directory)
+
+    def _fh(self, handle: int) -> int:
+        """The driver's handle behind the kernel's ``handle``: re-opened by path if
+        this server's driver never opened it."""
+        if self.handles is None:
+            return handle
+        h = self.handles.handles.get(handle)
+        if h is None:
+            raise OSError(errno.EBADF, "no such handle")
+        if h.driver is None:
+            path = self._path(h.node)
+            opened = self.ops.opendir(path) if h.directory else \
+                self.ops.open(path, h.flags & ~REOPEN_STRIP)
+            h.driver = int(opened or 0)
+        return h.driver
+
+    def _closed(self, handle: int) -> None:
+        if self.handles is not None:
+            self.handles.closed(handle)
+
     # -- the operations ----------------------------------------------------------------
 
     def _lookup(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
@@ -154,7 +184,8 @@ class Server:
     def _getattr(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
         flags, _, fh = kp.args(kp.GETATTR_IN, buf, n)
         path = self._path(node)
-        st = self.ops.getattr(path, fh) if flags & GETATTR_FH else self.ops.getattr(path)
+        st = self.ops.getattr(path, self._fh(fh)) if flags & GETATTR_FH else \
+            self.ops.getattr(path)
         return kp.attr_out(self._attr(node, st), self.attr_timeout)
 
     def _setattr(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
@@ -168,7 +199,7 @@ class Server:
                            gid if valid & FATTR_GID else -1)
         if valid & FATTR_SIZE:
             if valid & FATTR_FH:
-                self.ops.truncate(path, size, fh)
+                self.ops.truncate(path, size, self._fh(fh))
             else:
                 self.ops.truncate(path, size)
         if valid & (FATTR_ATIME | FATTR_MTIME):
@@ -187,7 +218,8 @@ class Server:
                 self.ops.utimens(path, tuple(t / 1e9 for t in times))
             else:
                 self.ops.utimens(path, times)
-        st = self.ops.getattr(path, fh) if valid & FATTR_FH else self.ops.getattr(path)
+        st = self.ops.getattr(path, self._fh(fh)) if valid & FATTR_FH else \
+            self.ops.getattr(path)
         return kp.attr_out(self._attr(node, st), self.attr_timeout)
 
     def _readlink(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
@@ -246,11 +278,11 @@ class Server:
 
     def _open(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
         flags, _ = kp.args(kp.OPEN_IN, buf, n)
-        return kp.open_out(int(self.ops.open(self._path(node), flags) or 0))
+        return kp.open_out(self._handed(node, flags, self.ops.open(self._path(node), flags)))
 
     def _read(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
         fh, offset, size, _, _, _, _ = kp.args(kp.READ_IN, buf, n)
-        data = self.ops.read(self._path(node), size, offset, fh)
+        data = self.ops.read(self._path(node), size, offset, self._fh(fh))
         return bytes(data[:size])
 
     def _write(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
@@ -258,33 +290,38 @@ class Server:
         at = kp.IN_HEADER.size + kp.READ_IN.size
         if n - at < size:
             raise kp.Malformed("a write shorter than it says")
-        written = self.ops.write(self._path(node), bytes(buf[at:at + size]), offset, fh)
+        written = self.ops.write(self._path(node), bytes(buf[at:at + size]), offset,
+                                 self._fh(fh))
         return kp.write_out(int(written))
 
     def _flush(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
         fh, _, _, _ = kp.args(kp.FLUSH_IN, buf, n)
-        self.ops.flush(self._path(node), fh)
+        self.ops.flush(self._path(node), self._fh(fh))
         return b""
 
     def _fsync(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
         fh, flags, _ = kp.args(kp.FSYNC_IN, buf, n)
-        self.ops.fsync(self._path(node), flags & 1, fh)
+        self.ops.fsync(self._path(node), flags & 1, self._fh(fh))
         return b""
 
     def _release(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
         fh, _, _, _ = kp.args(kp.RELEASE_IN, buf, n)
-        self.ops.release(self._path(node), fh)
+        try:
+            self.ops.release(self._path(node), self._fh(fh))
+        finally:
+            self._closed(fh)
         return b""
 
     def _opendir(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
-        return kp.open_out(int(self.ops.opendir(self._path(node)) or 0))
+        path = self._path(node)
+        return kp.open_out(self._handed(node, 0, self.ops.opendir(path), directory=True))
 
     def _readdir(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
         fh, offset, size, _, _, _, _ = kp.args(kp.READ_IN, buf, n)
         listing = self.listings.get(fh) if offset else None
         if listing is None:
             listing = []
-            for entry in self.ops.readdir(self._path(node), fh):
+            for entry in self.ops.readdir(self._path(node), self._fh(fh)):
                 name, attrs = (entry, None) if isinstance(entry, str) else (entry[0],
                                                                             entry[1])
                 kind = (int(attrs["st_mode"]) >> 12) if attrs and "st_mode" in attrs else 0
@@ -302,7 +339,10 @@ class Server:
     def _releasedir(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
         fh, _, _, _ = kp.args(kp.RELEASE_IN, buf, n)
         self.listings.pop(fh, None)
-        self.ops.releasedir(self._path(node), fh)
+        try:
+            self.ops.releasedir(self._path(node), self._fh(fh))
+        finally:
+            self._closed(fh)
         return b""
 
     def _statfs(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
@@ -326,5 +366,5 @@ class Server:
         # (as mfusepy: a create that takes the open flags is given them)
         fh = self.ops.create(path, mode, flags) if self._create_flags else \
             self.ops.create(path, mode)
-        fh = int(fh or 0)
-        return self._entry(node, name) + kp.open_out(fh)
+        entry = self._entry(node, name)
+        return entry + kp.open_out(self._handed(kp.ENTRY_OUT.unpack_from(entry)[0], flags, fh))
