@@ -2,7 +2,8 @@
 handler does nothing after a while: received frames stay in the ring), one goes
 mute (it takes frames to send and never rings the card's tail), one stops
 reclaiming its transmit ring (it fills, and stays full), one lags (it passes each
-received frame up only when the next one comes). Each fresh one works for a
+received frame up only when the next one comes), one never acknowledges its
+interrupts (the line stays up). Each fresh one works for a
 while again, as a driver with a transient fault would."""
 
 from __future__ import annotations
@@ -99,3 +100,20 @@ class _Holding:
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.kernel, name)
+
+
+class Unacknowledging(E1000):
+    """After a while its handler polls the rings but never acknowledges the card's
+    causes: the line stays up, and the handler is called again and again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.handled = 0
+
+    def interrupt(self) -> None:
+        self.handled += 1
+        if self.handled <= WORKS_FOR:
+            super().interrupt()
+            return
+        self._rx()
+        self._tx_clean()

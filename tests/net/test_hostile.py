@@ -81,11 +81,12 @@ def test_a_driver_that_scribbles_is_recovered_and_the_host_goes_on(
     assert not [n for n in netns.listnetns() if n.startswith(f"nooks-scrib-{os.getpid()}")]
 
 
-@pytest.mark.parametrize(("driver", "what"), [("Deaf", "frames received in its ring"),
+@pytest.mark.parametrize(("driver", "what"), [("Deaf", "in its ring|not acknowledge"),
                                               ("Mute", "that the card had not sent"),
                                               ("Misfiltering", "took no frame for this machine"),
                                               ("Unreclaiming", "ring is not reclaimed"),
-                                              ("Lagging", "frames received in its ring")])
+                                              ("Lagging", "frames received in its ring"),
+                                              ("Unacknowledging", "not acknowledge")])
 def test_a_driver_that_stops_working_without_crashing_is_recovered_as_hung(
         monkeypatch: pytest.MonkeyPatch, driver: str, what: str) -> None:
     monkeypatch.setitem(DRIVERS, driver, (f"tests.drivers.stalling:{driver}", "e1000"))
@@ -101,7 +102,7 @@ def test_a_driver_that_stops_working_without_crashing_is_recovered_as_hung(
             time.sleep(0.05)  # (polling a condition, bounded)
         recs = st["recoveries"]
         assert st["stalls"] + st["watchdog"] >= 1 and recs, ping
-        assert all(r["kind"] == "hung" and what in r["detail"] for r in recs), recs
+        assert all(r["kind"] == "hung" and re.search(what, r["detail"]) for r in recs), recs
         if driver != "Misfiltering":  # (what its card filtered out is lost, as on a wire)
             # what the stalled driver left was delivered or sent by the next one (a
             # lagging driver's last reply goes up once it is caught: ping, which waits

@@ -50,3 +50,15 @@ def test_the_same_address_is_not_set_again_and_one_the_system_set_always_is() ->
     spec.reinit(domain)  # type: ignore[arg-type]
     spec.replay(domain)  # type: ignore[arg-type]
     assert domain.calls[1] == ("set_mac", (SYSTEMS,))
+
+
+def test_a_probe_that_finds_no_cards_address_is_a_violation() -> None:
+    """A multicast or zero address cannot be the interface's (its link would not come
+    up): the driver misbehaved, and a fresh one is asked."""
+    spec = NetShadow()
+    ok = Info(mac=bytes.fromhex("525400000001"), max_mtu=1500)
+    assert spec.violation("probe", (), ok) is None
+    for bad in ("010203040506", "000000000000"):
+        found = spec.violation("probe", (), Info(mac=bytes.fromhex(bad), max_mtu=1500))
+        assert found is not None and "not one card's" in found
+    assert spec.violation("stats", (), {}) is None

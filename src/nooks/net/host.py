@@ -62,6 +62,10 @@ DRIVERS = {"ne2000": ("nooks.drivers.ne2000:Ne2000", "ne2000"),
            "virtio-net": ("nooks.drivers.virtio_net:VirtioNet", "virtio")}
 MAX_BURST = 64  # frames read from the TAP and given to the driver in one call
 MAX_RECALLS = 64  # handler calls in a row while the line stays up
+# runs of MAX_RECALLS calls in a row, the line up throughout and the card idle, after
+# which the driver is hung: it does not acknowledge its interrupts (Linux's "nobody
+# cared"); a working handler acknowledges them or moves the card
+STORMS = 2
 MAX_TAKEN = 1024  # frames the driver took remembered, for a recovery
 # seconds a card may take no frame for this machine's own address or broadcasts
 # (a working card takes some: a short wait spares the system's neighbour
@@ -421,6 +425,7 @@ class NetHost(SupervisedHost):
     def _interrupts(self) -> None:
         assert self.card is not None and self.sup is not None
         check = time.monotonic() + POLL
+        storms = 0
         while not self._stopping.is_set():
             woken = self._irq.wait(POLL)
             if time.monotonic() >= check:  # (also under traffic: the line may never rest)
@@ -432,6 +437,7 @@ class NetHost(SupervisedHost):
             # while the line stays up, a bounded number of times in a row; if the driver
             # made the card move meanwhile, at once again, else after POLL at the latest
             moved = self.card.moved()
+            served = 0  # calls that reached a driver up and serving
             for _ in range(MAX_RECALLS):
                 if self._stopping.is_set() or not self.card.model.pending():
                     break
@@ -441,6 +447,7 @@ class NetHost(SupervisedHost):
                     self._drive("interrupt")
                     if reached is not None and reached == self._serving():
                         self.card.polled(began, epoch)
+                        served += 1
                 except Refused:
                     self.counts["refused"] += 1
                 except (NooksError, OSError) as e:
@@ -449,6 +456,17 @@ class NetHost(SupervisedHost):
             else:
                 if self.card.moved() != moved:
                     self._irq.set()
+                    storms = 0
+                    continue
+                storms = storms + 1 if served == MAX_RECALLS else 0
+                if storms >= STORMS:
+                    storms = 0
+                    self.counts["stalls"] += 1
+                    self._hung(f"the interrupt line stayed up through {STORMS * MAX_RECALLS} "
+                               "handler calls in a row while the card was idle (the driver "
+                               "does not acknowledge it)")
+                continue
+            storms = 0
 
     # -- control -------------------------------------------------------------------------
 

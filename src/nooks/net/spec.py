@@ -73,6 +73,14 @@ class NetShadow(ClassSpec):
             self.last_stats = dict(result)
         return result
 
+    def violation(self, op: str, args: tuple[Any, ...], result: Any) -> str | None:
+        if op == "probe" and isinstance(result, Info) and (
+                result.mac[0] & 1 or not any(result.mac)):
+            # (the system's interface cannot take it: its link would not come up)
+            return (f"probe found the address {result.mac.hex(':')}, which is not one "
+                    "card's (multicast or zero)")
+        return None
+
     def answer(self, op: str, args: tuple[Any, ...]) -> Any:
         if op == "stats":
             return dict(self.last_stats)
