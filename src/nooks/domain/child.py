@@ -50,7 +50,7 @@ _runtime: Runtime | None = None
 
 
 _native_kernel: Any = None
-_host_fd = -1  # a pidfd of the host, watched once the driver is built
+_host_fd = -1  # a pidfd of the host, watched (from the start, or once the driver is built)
 
 
 def kernel() -> Any:
@@ -475,6 +475,8 @@ def _enter(cfg: ChildConfig) -> None:
     global _host_fd
     if cfg.host_pid:
         _host_fd = _above(harden.open_host(cfg.host_pid), cfg.fd_floor)
+        if not cfg.hide:  # (watched from now: a driver that hangs while it is built,
+            harden.watch_host(_host_fd)  # its host gone, must not run on alone)
     if cfg.harden:
         harden.not_dumpable()
         keep = harden.KEEP_CAPABILITIES
@@ -485,11 +487,12 @@ def _enter(cfg: ChildConfig) -> None:
 
 
 def _built(cfg: ChildConfig) -> None:
-    """The driver is built: drop what building it needed; watch the host (a thread:
-    none may run while the driver is built, see ``harden.beneath``)."""
+    """The driver is built: drop what building it needed; watch the host if that
+    could not be done before (a thread: none may run while a driver is built
+    beneath its own mount, see ``harden.beneath``)."""
     if cfg.harden and cfg.hide:
         harden.built()
-    if _host_fd >= 0:
+    if _host_fd >= 0 and cfg.hide:
         harden.watch_host(_host_fd)
 
 
