@@ -49,6 +49,7 @@ from typing import Any
 
 from nooks.domain.host import Domain
 from nooks.errors import FailureReport
+from nooks.fs.handles import REOPEN_STRIP
 from nooks.fs.interface import FsInterface, os_error
 from nooks.fs.spill import Spill
 from nooks.fs.writes import Written, WrittenFiles
@@ -67,7 +68,6 @@ FH_AT = MEANINGS.handle_at
 OPENERS = MEANINGS.openers
 CLOSERS = MEANINGS.closers
 LOGGED = MEANINGS.logged
-REPLAY_STRIP = os.O_CREAT | os.O_EXCL | os.O_TRUNC
 # errors a driver gives when it is broken more often than when the world is: a
 # fresh driver is asked again before the application sees one
 SUSPECT = frozenset({errno.EIO, errno.EFAULT, errno.ENOSPC,
@@ -386,7 +386,7 @@ class FsShadow(ClassSpec):
             self.written.clear()
             if self._spill is not None:
                 self._spill.reset()
-            self._base = {vfh: (h.kind, h.path, h.flags & ~REPLAY_STRIP)
+            self._base = {vfh: (h.kind, h.path, h.flags & ~REOPEN_STRIP)
                           for vfh, h in self.handles.items() if not h.lost}
 
     # -- active mode ---------------------------------------------------------------------
@@ -506,7 +506,7 @@ def _opener(domain: Domain) -> Callable[[Handle], int]:
     def reopen(h: Handle) -> int:
         if h.kind == "dir":
             return int(domain.call("opendir", ROOT_CTX, h.path))
-        return int(domain.call("open", ROOT_CTX, h.path, h.flags & ~REPLAY_STRIP))
+        return int(domain.call("open", ROOT_CTX, h.path, h.flags & ~REOPEN_STRIP))
     return reopen
 
 
