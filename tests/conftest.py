@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import mmap
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -9,6 +11,7 @@ from dataclasses import dataclass
 import pytest
 
 from nooks.domain.incarnation import wait_cgroups_ended
+from nooks.fs.statelog import StateLog, size_for
 
 
 def child_pids() -> set[int]:
@@ -63,3 +66,17 @@ def no_leaks() -> Iterator[Snapshot]:
     wait_cgroups_ended()  # ended on threads of their own as domains exit
     leaks = snap.leaks()
     assert not leaks, f"leaked: {leaks}"
+
+
+@contextlib.contextmanager
+def anonymous_log(buffer: int) -> Iterator[StateLog]:
+    """A ``StateLog`` with two ``buffer``-byte buffers in anonymous memory."""
+    m = mmap.mmap(-1, size_for(buffer))
+    view = memoryview(m)
+    log = StateLog(view)
+    try:
+        yield log
+    finally:
+        log.close()
+        view.release()
+        m.close()

@@ -6,7 +6,6 @@ stopped, with files and directories already known to the kernel."""
 from __future__ import annotations
 
 import hashlib
-import mmap
 import os
 import signal
 import subprocess
@@ -22,17 +21,13 @@ from nooks.fs.devfuse import Connection
 from nooks.fs.nodes import Nodes
 from nooks.fs.serve import Server
 from nooks.fs.statelog import StateLog, size_for
+from tests.conftest import anonymous_log
 
 
 @pytest.fixture
 def log() -> Iterator[StateLog]:
-    m = mmap.mmap(-1, size_for(1 << 20))
-    view = memoryview(m)
-    log = StateLog(view)
-    yield log
-    log.close()
-    view.release()
-    m.close()
+    with anonymous_log(1 << 20) as log:
+        yield log
 
 
 def _serving(conn: Connection, root: Path, log: StateLog) -> threading.Thread:

@@ -3,18 +3,14 @@ same table rebuilt from the log (without the dead driver's own handles)."""
 
 from __future__ import annotations
 
-import mmap
 import os
 
 from nooks.fs.handles import Handles
-from nooks.fs.statelog import StateLog, size_for
+from tests.conftest import anonymous_log
 
 
 def test_handles_are_rebuilt_without_the_drivers_own() -> None:
-    m = mmap.mmap(-1, size_for(1024))
-    view = memoryview(m)
-    log = StateLog(view)
-    try:
+    with anonymous_log(1024) as log:
         table = Handles(log)
         a = table.opened(5, os.O_RDWR, driver=17)
         b = table.opened(6, 0, driver=18, directory=True)
@@ -26,7 +22,3 @@ def test_handles_are_rebuilt_without_the_drivers_own() -> None:
         assert (again.handles[a].node, again.handles[a].flags) == (5, os.O_RDWR)
         assert again.handles[b].directory and again.handles[a].driver is None
         assert again.opened(8, 0, driver=1) not in (a, b)  # (never one still held)
-    finally:
-        log.close()
-        view.release()
-        m.close()

@@ -3,7 +3,6 @@ needs them, and the same table rebuilt from its log by a successor."""
 
 from __future__ import annotations
 
-import mmap
 import random
 from collections.abc import Iterator
 
@@ -11,18 +10,14 @@ import pytest
 
 from nooks.fs.kernelproto import ROOT_ID
 from nooks.fs.nodes import Nodes
-from nooks.fs.statelog import StateLog, size_for
+from nooks.fs.statelog import StateLog
+from tests.conftest import anonymous_log
 
 
 @pytest.fixture
 def log() -> Iterator[StateLog]:
-    m = mmap.mmap(-1, size_for(4096))
-    view = memoryview(m)
-    log = StateLog(view)
-    yield log
-    log.close()
-    view.release()
-    m.close()
+    with anonymous_log(4096) as log:
+        yield log
 
 
 def _table(nodes: Nodes) -> dict[int, tuple[bytes | None, int]]:
@@ -55,9 +50,11 @@ def test_a_rename_moves_what_is_under_it_and_an_unlink_takes_the_name(
 def test_a_successor_rebuilds_the_same_table_from_the_log() -> None:
     """Random work — lookups, forgets, renames, unlinks — enough to fill the log
     and compact it; a fresh table read from the log is the same."""
-    m = mmap.mmap(-1, size_for(32768))
-    view = memoryview(m)
-    log = StateLog(view)
+    with anonymous_log(32768) as log:
+        _rebuilt_alike(log)
+
+
+def _rebuilt_alike(log: StateLog) -> None:
     rng = random.Random(12)
     nodes = Nodes(log)
     names = [b"a", b"b", b"c", b"longer-name-%d" % 7]
@@ -78,6 +75,3 @@ def test_a_successor_rebuilds_the_same_table_from_the_log() -> None:
     assert _table(again) == _table(nodes) and not log.torn
     assert len(list(log.records())) < 3000  # (compacted on the way)
     assert again.next_id == nodes.next_id  # (ids are not handed out twice)
-    log.close()
-    view.release()
-    m.close()
