@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from nooks.drivers.passthrough import Passthrough
+from nooks.fs.adapter import FsAdapter
 from nooks.fs.devfuse import Connection
 from nooks.fs.nodes import Nodes
 from nooks.fs.serve import Server
@@ -30,8 +30,13 @@ def log() -> Iterator[StateLog]:
         yield log
 
 
+def passthrough(root: Path) -> FsAdapter:
+    """The unmodified passthrough driver, as direct mode's domain builds it."""
+    return FsAdapter("nooks.drivers.passthrough:Passthrough", [str(root)], {})
+
+
 def _serving(conn: Connection, root: Path, log: StateLog) -> threading.Thread:
-    server = Server(conn.fd, Passthrough(str(root)), Nodes(log))
+    server = Server(conn.fd, passthrough(root), Nodes(log))
     t = threading.Thread(target=server.serve, daemon=True)
     t.start()
     return t
@@ -94,7 +99,7 @@ def test_a_fresh_server_takes_over_known_nodes(tmp_path: Path, log: StateLog) ->
     conn = Connection(str(mp))
     try:
         conn.init()
-        first = Server(conn.fd, Passthrough(str(root)), Nodes(log))
+        first = Server(conn.fd, passthrough(root), Nodes(log))
         # serve exactly the requests of one look at the file, in this thread
         done = threading.Event()
         got: list[bytes] = []
@@ -131,7 +136,7 @@ def test_a_fresh_server_takes_over_known_nodes(tmp_path: Path, log: StateLog) ->
 
 SERVER = """
 import mmap, os, sys
-from nooks.drivers.passthrough import Passthrough
+from nooks.fs.adapter import FsAdapter
 from nooks.fs.handles import Handles
 from nooks.fs.nodes import Nodes
 from nooks.fs.serve import Server
@@ -141,7 +146,8 @@ print("spare", flush=True)
 sys.stdin.readline()  # (a warm spare: it holds the connection, and waits to be told)
 logs = [StateLog(memoryview(mmap.mmap(f, size))) for f in (nodes_fd, handles_fd)]
 print("serving", flush=True)
-Server(int(fd), Passthrough(root), Nodes(logs[0]), Handles(logs[1])).serve()
+ops = FsAdapter("nooks.drivers.passthrough:Passthrough", [root], {})
+Server(int(fd), ops, Nodes(logs[0]), Handles(logs[1])).serve()
 """
 
 

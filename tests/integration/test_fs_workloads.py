@@ -1,6 +1,7 @@
 """Real programs on a real FUSE mount while the driver is killed, made to raise
-and made to hang: every program exits 0, every check passes; with --native the
-same fault takes the mount down and the program sees it."""
+and made to hang: every program exits 0, every check passes, in both modes
+(the host passing every request on, and the domain serving the mount itself);
+with --native the same fault takes the mount down and the program sees it."""
 
 from __future__ import annotations
 
@@ -31,19 +32,25 @@ def has_vfat() -> bool:
     return importlib.util.find_spec("nooks.drivers.vfat") is not None
 
 
-@pytest.fixture(params=["passthrough", "vfat"])
-def driver(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, list[str]]:
-    if request.param == "passthrough":
+# the driver, its arguments, and the flags of the mode it is mounted in
+Driver = tuple[str, list[str], tuple[str, ...]]
+
+
+@pytest.fixture(params=["passthrough", "vfat", "passthrough-direct", "vfat-direct"])
+def driver(request: pytest.FixtureRequest, tmp_path: Path) -> Driver:
+    name, _, mode = str(request.param).partition("-")
+    flags = ("--mode", mode) if mode else ()
+    if name == "passthrough":
         backing = tmp_path / "backing"
         backing.mkdir()
-        return "passthrough", [str(backing)]
+        return "passthrough", [str(backing)], flags
     if not has_vfat():
         pytest.skip("vfat driver not available")
     from nooks.fs.mkfs import mkfs_vfat
 
     image = tmp_path / "disk.img"
     mkfs_vfat(str(image), 128 << 20)
-    return "vfat", [str(image)]
+    return "vfat", [str(image)], flags
 
 
 @pytest.fixture
@@ -82,17 +89,17 @@ def assert_recovered(m: Mount, inj: Injector) -> None:
     assert st["poisoned"] == 0
 
 
-def check_fsck(driver: tuple[str, list[str]]) -> None:
+def check_fsck(driver: Driver) -> None:
     if driver[0] == "vfat":
         r = run(["fsck.fat", "-n", driver[1][0]])
         assert r.returncode == 0, r.stdout + r.stderr
 
 
-def test_cp_and_sha256sum(driver: tuple[str, list[str]], src: tuple[Path, str],
+def test_cp_and_sha256sum(driver: Driver, src: tuple[Path, str],
                           tmp_path: Path) -> None:
     root, sums = src
     (tmp_path / "sums").write_text(sums)
-    with mounted(str(tmp_path), driver[0], *driver[1], extra=("--deadline", "1")) as m:
+    with mounted(str(tmp_path), driver[0], *driver[1], extra=("--deadline", "1", *driver[2])) as m:
         def round_(i: int) -> None:
             dest = os.path.join(m.path, f"copy{i}")
             r = run(["cp", "-a", str(root), dest])
@@ -106,10 +113,10 @@ def test_cp_and_sha256sum(driver: tuple[str, list[str]], src: tuple[Path, str],
     check_fsck(driver)
 
 
-def test_tar_create_and_extract(driver: tuple[str, list[str]], src: tuple[Path, str],
+def test_tar_create_and_extract(driver: Driver, src: tuple[Path, str],
                                 tmp_path: Path) -> None:
     root, sums = src
-    with mounted(str(tmp_path), driver[0], *driver[1], extra=("--deadline", "1")) as m:
+    with mounted(str(tmp_path), driver[0], *driver[1], extra=("--deadline", "1", *driver[2])) as m:
         r = run(["cp", "-a", str(root), os.path.join(m.path, "tree")])
         assert r.returncode == 0, r.stderr
 
@@ -155,11 +162,11 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_python_open_seek_write_fsync_rename(driver: tuple[str, list[str]],
+def test_python_open_seek_write_fsync_rename(driver: Driver,
                                              tmp_path: Path) -> None:
     script = tmp_path / "w.py"
     script.write_text(SCRIPT)
-    with mounted(str(tmp_path), driver[0], *driver[1], extra=("--deadline", "1")) as m:
+    with mounted(str(tmp_path), driver[0], *driver[1], extra=("--deadline", "1", *driver[2])) as m:
         def round_(i: int) -> None:
             r = run([sys.executable, str(script), m.path, str(i)])
             assert r.returncode == 0 and r.stdout.startswith("ok"), r.stdout + r.stderr
@@ -169,8 +176,8 @@ def test_python_open_seek_write_fsync_rename(driver: tuple[str, list[str]],
     check_fsck(driver)
 
 
-def test_sqlite_transactions(driver: tuple[str, list[str]], tmp_path: Path) -> None:
-    with mounted(str(tmp_path), driver[0], *driver[1], extra=("--deadline", "1")) as m:
+def test_sqlite_transactions(driver: Driver, tmp_path: Path) -> None:
+    with mounted(str(tmp_path), driver[0], *driver[1], extra=("--deadline", "1", *driver[2])) as m:
         db = os.path.join(m.path, "test.db")
         total = 0
 
@@ -196,9 +203,11 @@ def test_sqlite_transactions(driver: tuple[str, list[str]], tmp_path: Path) -> N
     check_fsck(driver)
 
 
-def test_native_mount_dies_with_its_driver(driver: tuple[str, list[str]], src: tuple[Path, str],
+def test_native_mount_dies_with_its_driver(driver: Driver, src: tuple[Path, str],
                                            tmp_path: Path) -> None:
     root, _ = src
+    if driver[2]:
+        pytest.skip("native mode has no mode of serving")
     with mounted(str(tmp_path), driver[0], *driver[1], native=True) as m:
         assert run(["cp", "-a", str(root), os.path.join(m.path, "before")]).returncode == 0
         m.inject("segv")

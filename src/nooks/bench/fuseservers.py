@@ -203,7 +203,7 @@ def serve_passthrough_mfusepy(mountpoint: str, root: str) -> None:
 def serve_passthrough_direct(mountpoint: str, root: str) -> None:
     import mmap
 
-    from nooks.drivers.passthrough import Passthrough
+    from nooks.fs.adapter import FsAdapter
     from nooks.fs.devfuse import Connection
     from nooks.fs.nodes import Nodes
     from nooks.fs.serve import Server
@@ -213,7 +213,8 @@ def serve_passthrough_direct(mountpoint: str, root: str) -> None:
     with Connection(mountpoint) as conn:
         conn.init()
         print("ready", flush=True)
-        Server(conn.fd, Passthrough(root), Nodes(log)).serve()
+        ops = FsAdapter("nooks.drivers.passthrough:Passthrough", [root], {})
+        Server(conn.fd, ops, Nodes(log)).serve()
 
 
 SERVERS = {"kernel": serve_kernel, "lowlevel": serve_lowlevel, "highlevel": serve_highlevel}

@@ -87,6 +87,14 @@ def set_native_regions(regions: dict[str, memoryview]) -> None:
     _native_regions.update(regions)
 
 
+def descriptor(name: str) -> int:
+    """The kernel channel named ``name`` that the host handed this domain to serve."""
+    found = _runtime.descriptors.get(name) if _runtime is not None else None
+    if found is None:
+        raise KeyError(f"no descriptor {name!r} in this domain")
+    return found
+
+
 def kernel_arena_address() -> int:
     """Address of the read-only kernel arena in this process."""
     if _runtime is None:
@@ -140,6 +148,7 @@ class Runtime:
         for name, fd, size in cfg.regions:
             self.regions[name] = map_writable(fd, size)
             os.close(fd)
+        self.descriptors = {name: _above(fd, cfg.fd_floor) for name, fd in cfg.descriptors}
         self.iface = declare(load(cfg.interface))
         self.kernel: KernelProxy | None = None
         if cfg.kernel:
@@ -257,6 +266,17 @@ class Runtime:
         if self.cfg.seccomp is not None:
             apply_seccomp(self.cfg.seccomp)
         self.send(m.encode(m.Ready()))
+        if self.cfg.runs is not None:
+            threading.Thread(target=self._run_own, args=(getattr(self.driver, self.cfg.runs),),
+                             name="nooks-runs", daemon=True).start()
+
+    def _run_own(self, method: Any) -> None:
+        """The driver serving its own channel: what escapes is a failure; a return (its
+        channel closed) leaves the domain to wait for the host's Shutdown."""
+        try:
+            method()
+        except BaseException as e:
+            self.fail(e)
 
     def _bind(self, name: str) -> Any:
         if self.cfg.call_style == "__call__":

@@ -49,6 +49,9 @@ class ChildConfig(msgspec.Struct, frozen=True, kw_only=True):
     # shared memory the driver reaches directly (a device's registers, its DMA
     # memory): (name, descriptor, size), mapped read-write, then closed
     regions: list[tuple[str, int, int]] = []
+    # kernel channels the driver serves itself: (name, descriptor), kept open
+    descriptors: list[tuple[str, int]] = []
+    runs: str | None = None  # the built driver's method run on a thread of its own
 
 
 def apply_seccomp(extra: list[str]) -> None:

@@ -180,6 +180,8 @@ class Domain:
     def _make_current(self, inc: Incarnation) -> None:
         inc.idle_hook = lambda report: self._idle_failure(inc, report)
         self._inc = inc
+        if self.spec.runs is not None:
+            inc.listen()
 
     def _idle_failure(self, inc: Incarnation, report: FailureReport) -> None:
         if self._inc is not inc:
@@ -535,7 +537,7 @@ class Domain:
         ch = inc.channel
         cid = next(self._ids)
         expires = time.monotonic() + timeout
-        w = ch.register(cid, expires, f"inject {fault}", soft=True)
+        w = ch.register(cid, expires, f"inject {fault}", soft=True, control=True)
         try:
             ch.send(m.encode(m.Inject(fault, cid, expires)))
             ch.wait(w)
@@ -550,7 +552,7 @@ class Domain:
             return inc.report
         # taken, and no failure yet: a hang shows as a ping nobody answers
         cid = next(self._ids)
-        w = ch.register(cid, time.monotonic() + self.spec.deadline, "ping")
+        w = ch.register(cid, time.monotonic() + self.spec.deadline, "ping", control=True)
         try:
             ch.send(m.encode(m.Ping(cid)))
             ch.wait(w)

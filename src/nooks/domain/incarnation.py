@@ -41,7 +41,7 @@ from nooks.errors import (
 from nooks.wrappers import InterfaceSpec, declare
 from nooks.xpc import messages as m
 from nooks.xpc.arena import HostArena
-from nooks.xpc.channel import CONTROL_ID, Channel
+from nooks.xpc.channel import CONTROL_ID, LISTEN, LISTEN_ID, Channel
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +106,13 @@ class Incarnation:
                 cgroup=self.cgroup.relative if self.cgroup is not None else None,
                 hide=list(spec.hide), fd_floor=fd_floor(spec.limits.open_files),
                 regions=[(r.name, r.fd, r.size) for r in spec.regions],
+                descriptors=[(d.name, d.fd) for d in spec.descriptors], runs=spec.runs,
             )
             lim = spec.limits
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "nooks.domain", msgspec.json.encode(cfg).decode()],
                 pass_fds=(child_sock.fileno(), self.karena.fd, self.darena.fd,
-                          *(r.fd for r in spec.regions)),
+                          *(r.fd for r in spec.regions), *(d.fd for d in spec.descriptors)),
                 stdin=subprocess.DEVNULL, env=domain_environment(spec),
                 user=lim.user, group=lim.group,
                 extra_groups=[] if lim.user is not None or lim.group is not None else None,
@@ -183,6 +184,30 @@ class Incarnation:
                                  "construct")
         self.constructed = True
 
+    def listen(self) -> None:
+        """Read the channel even while no host call waits for an answer: the driver
+        serves a kernel channel of its own (``DriverSpec.runs``) and makes kernel
+        calls of its own accord. A failure the reader meets is reported as a failure
+        while idle (``idle_hook``)."""
+        threading.Thread(target=self._listen, name=f"nooks-listen-{self.name}",
+                         daemon=True).start()
+
+    def _listen(self) -> None:
+        while not self.closed:
+            try:
+                w = self.channel.register(LISTEN_ID, time.monotonic() + LISTEN_WAIT, LISTEN,
+                                          soft=True)
+                self.channel.wait(w)
+            except TimeoutError:
+                continue
+            except DomainFailed as e:
+                hook = self.idle_hook
+                if hook is not None and not self.closed:
+                    hook(e.report)
+                return
+            except BaseException:
+                return  # (closed)
+
     # -- failure -------------------------------------------------------------------------
 
     def _fail_now(self, kind: FailureKind, detail: str, call: str | None,
@@ -194,7 +219,7 @@ class Incarnation:
         return self.channel.broken  # type: ignore[return-value]
 
     def _current_call(self) -> str | None:
-        calls = [c for c in self.channel.in_flight() if c != "start"]
+        calls = [c for c in self.channel.in_flight() if c != "start"]  # (nor LISTEN)
         return ", ".join(calls) if calls else None
 
     def on_broken(self, exc: BaseException) -> None:
@@ -498,6 +523,9 @@ class Incarnation:
     @property
     def alive(self) -> bool:
         return not self.closed and self.channel.broken is None
+
+
+LISTEN_WAIT = 1e6  # seconds a listening reader waits before it registers again
 
 
 def _closed() -> BaseException:

@@ -65,6 +65,16 @@ class Region:
 
 
 @dataclass(frozen=True)
+class Descriptor:
+    """A kernel channel a driver serves itself (a ``/dev/fuse`` connection): the host
+    owns ``fd`` and keeps it across incarnations; each domain gets a duplicate
+    (``nooks.domain.child.descriptor``)."""
+
+    name: str
+    fd: int
+
+
+@dataclass(frozen=True)
 class DriverSpec:
     """A driver to run in a domain.
 
@@ -112,6 +122,12 @@ class DriverSpec:
     hide: tuple[str, ...] = ()
     # shared memory mapped into every domain of this spec (nooks.domain.child.region)
     regions: tuple[Region, ...] = ()
+    # descriptors handed to every domain of this spec (nooks.domain.child.descriptor)
+    descriptors: tuple[Descriptor, ...] = ()
+    # a method of the built driver that the domain runs on a thread of its own from
+    # the moment it is built (a driver that serves its own kernel channel); anything
+    # that escapes it is the driver's failure
+    runs: str | None = None
 
     @property
     def label(self) -> str:

@@ -94,6 +94,12 @@ class FsAdapter:
             self._ops[name] = op
         return op
 
+    def request_done(self) -> None:
+        """The request is answered next (direct mode): the block device's writes are
+        committed before the kernel hears of it."""
+        for device in self._devices:
+            device.request_done()
+
     def implemented(self) -> list[str]:
         out = []
         for name in OPERATIONS:

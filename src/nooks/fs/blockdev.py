@@ -40,6 +40,9 @@ class BlockDeviceInterface(Interface):
     @posted
     def bd_write(self, offset: Offset, data: Chunk) -> None: ...
     def bd_sync(self) -> None: ...
+    # the request is answered: its writes become the image (a domain that answers the
+    # kernel itself says so before it writes the reply: nooks.fs.serve)
+    def bd_commit(self) -> None: ...
 
 
 class UndoLog:
@@ -174,6 +177,9 @@ class ImageDevice:
         self.call_done()
         os.fsync(self.fd)
 
+    def bd_commit(self) -> None:
+        self.call_done()
+
     def call_done(self) -> None:
         """A request completed: its writes become the image."""
         with self._lock:
@@ -232,6 +238,7 @@ class BlockDeviceFile(io.RawIOBase):
         self._epoch = 0
         self._committed_before = 0  # writes of earlier epochs are in the image
         self._own: list[tuple[int, int, bytes]] = []  # (epoch, offset, data)
+        self._uncommitted = False  # written to since the last ``request_done``
         self._map: mmap.mmap | None = None
         try:
             fd = os.open(kernel.bd_path(), os.O_RDONLY | os.O_CLOEXEC)
@@ -245,6 +252,16 @@ class BlockDeviceFile(io.RawIOBase):
 
     def request_started(self) -> None:
         self._epoch += 1
+
+    def request_done(self) -> None:
+        """The request is about to be answered: have its writes committed first (for
+        a domain that answers the kernel itself; the host commits on each reply it
+        reads otherwise)."""
+        if self._uncommitted:
+            self._k.bd_commit()
+            self._uncommitted = False
+            self._committed_before = self._epoch
+            self._own.clear()
 
     def _answered(self) -> None:
         """A kernel call was answered: earlier requests' writes are committed."""
@@ -298,6 +315,7 @@ class BlockDeviceFile(io.RawIOBase):
         if self._pos + len(data) > self._size:
             raise OSError(28, "write past the end of the device")  # ENOSPC
         self._k.bd_write(self._pos, data)  # posted: not waited for
+        self._uncommitted = True
         self._own.append((self._epoch, self._pos, data))
         self._pos += len(data)
         if len(self._own) > OWN_MAX and self._own[0][0] < self._epoch:

@@ -57,6 +57,11 @@ def add_parsers(sub: Any, formatter: type[argparse.HelpFormatter], error: Report
     mt.add_argument("--log", metavar="PATH", help="with --daemon: append messages to PATH "
                     "(default: none are kept)")
     mt.add_argument("--threads", action="store_true", help="multi-threaded FUSE loop")
+    mt.add_argument("--mode", choices=["host", "direct"], default="host",
+                    help="host: every request passes through the host, which checks each "
+                    "answer from outside the driver's process; direct: the driver's domain "
+                    "serves the mount itself, the host holds the connection and recovers it "
+                    "(faster; see docs/DESIGN.md) (default: %(default)s)")
     mt.add_argument("--state", choices=["volatile", "persistent"],
                     help="where a module:Class driver keeps its files: in its own memory "
                     "(nooks journals every change and replays it into a restarted driver) "
@@ -190,7 +195,7 @@ def _run(args: argparse.Namespace, driver: Any, mountpoint: str, fault: FaultPla
                       threads=args.threads, deadline=args.deadline,
                       options=_fuse_options(args.options), on_ready=on_ready, fault=fault,
                       record_lines=args.record_lines, check_interval=args.check_interval,
-                      limits=limits)
+                      limits=limits, mode=args.mode)
     except Exception as e:
         return failed(f"the driver did not start: {e}")
     try:

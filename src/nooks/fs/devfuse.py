@@ -40,15 +40,17 @@ class Connection:
     holds; ``init`` answers the kernel's FUSE_INIT."""
 
     def __init__(self, mountpoint: str, *, fsname: str = "nooks", subtype: str = "nooks",
-                 allow_other: bool = False) -> None:
+                 allow_other: bool = False, default_permissions: bool = False) -> None:
+        """``subtype`` "": the mount's type is plain ``fuse`` (as libfuse's)."""
         self.mountpoint = os.path.abspath(mountpoint)
         self.fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
         opts = (f"fd={self.fd},rootmode=40000,user_id={os.getuid()},"
-                f"group_id={os.getgid()}" + (",allow_other" if allow_other else ""))
+                f"group_id={os.getgid()}" + (",allow_other" if allow_other else "")
+                + (",default_permissions" if default_permissions else ""))
+        fstype = f"fuse.{subtype}" if subtype else "fuse"
         try:
-            _check(_libc.mount(fsname.encode(), self.mountpoint.encode(),
-                               f"fuse.{subtype}".encode(), MS_NOSUID | MS_NODEV,
-                               opts.encode()), f"mount {self.mountpoint}")
+            _check(_libc.mount(fsname.encode(), self.mountpoint.encode(), fstype.encode(),
+                               MS_NOSUID | MS_NODEV, opts.encode()), f"mount {self.mountpoint}")
         except BaseException:
             os.close(self.fd)
             raise

@@ -7,9 +7,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nooks.domain.config import FaultPlan
-from nooks.domain.spec import DriverSpec, Limits
+from nooks.domain.spec import Descriptor, DriverSpec, Limits, Region
 from nooks.fs.blockdev import BlockDeviceInterface, ImageDevice, UndoLog
 from nooks.fs.interface import FsInterface
+
+
+@dataclass(frozen=True)
+class Served:
+    """Direct mode's part of a domain spec: the connection and the memory the domain
+    serves the mount with (``nooks.fs.direct.Session``), and how long the kernel
+    may cache attributes and names."""
+
+    regions: tuple[Region, ...]
+    descriptors: tuple[Descriptor, ...]
+    attr_timeout: float
+    entry_timeout: float
 
 
 @dataclass(frozen=True)
@@ -34,18 +46,24 @@ class FsDriver:
 
     def spec(self, *, name: str, deadline: float, limits: Limits,
              fault: FaultPlan | None = None, undo: UndoLog | None = None,
-             hide: tuple[str, ...] = ()) -> DriverSpec:
+             hide: tuple[str, ...] = (), served: Served | None = None) -> DriverSpec:
         """The domain spec: the adapter runs the driver inside the domain; ``undo``
         saves what each committed write of the image overwrites; ``hide`` as in
-        DriverSpec (the mountpoint)."""
+        DriverSpec (the mountpoint); ``served``: the domain serves the mount itself
+        (direct mode)."""
         kernel = kernel_impl = None
         if self.image is not None:
             image = self.image
             kernel = BlockDeviceInterface
             kernel_impl = lambda _ctx: ImageDevice(image, undo)  # noqa: E731
         return DriverSpec(
-            target="nooks.fs.adapter:FsAdapter",
+            target="nooks.fs.served:ServedFs" if served else "nooks.fs.adapter:FsAdapter",
             args=(self.target, list(self.args), {}),
+            kwargs={"attr_timeout": served.attr_timeout,
+                    "entry_timeout": served.entry_timeout} if served else {},
+            regions=served.regions if served else (),
+            descriptors=served.descriptors if served else (),
+            runs="serve" if served else None,
             interface=FsInterface, name=name, kernel=kernel, kernel_impl=kernel_impl,
             # loading and building a driver is held to the request deadline too (but
             # at least 10 s): a driver that hangs while starting is restarted in time

@@ -13,6 +13,8 @@ import importlib.util
 import json
 import logging
 import os
+import signal
+import threading
 from typing import Any
 
 from nooks.domain import harden
@@ -24,7 +26,8 @@ from nooks.fs import bridge
 from nooks.fs.beneath import Beneath
 from nooks.fs.blockdev import UndoLog
 from nooks.fs.consistency import Checkpoints, preflight
-from nooks.fs.drivers import FsDriver
+from nooks.fs.direct import DirectSpec, Session, Watch
+from nooks.fs.drivers import FsDriver, Served
 from nooks.fs.spec import ROOT_CTX, FsShadow
 from nooks.shadow.engine import Shadow
 from nooks.shadow.supervised import Supervised, SupervisedHost
@@ -40,7 +43,13 @@ class FsHost(SupervisedHost):
                  block_timeout: float = 60.0, max_tries: int = 3, volatile: bool | None = None,
                  limits: Limits | None = None, options: dict[str, Any] | None = None,
                  on_ready: Any = None, fault: FaultPlan | None = None,
-                 record_lines: str | None = None, check_interval: float = 1.0) -> None:
+                 record_lines: str | None = None, check_interval: float = 1.0,
+                 mode: str = "host") -> None:
+        """``mode``: "host" (every request through the host, which checks each answer
+        from outside the driver's process) or "direct" (the domain serves the mount
+        itself: ``nooks.fs.direct``); native mode has neither."""
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}: give one of {', '.join(MODES)}")
         mountpoint = os.path.realpath(mountpoint)
         super().__init__(name or mountpoint)
         self.driver = driver
@@ -49,7 +58,7 @@ class FsHost(SupervisedHost):
         self.threads = threads
         self.options = options or {}
         self.on_ready = on_ready
-        self.sup: Supervised[FsShadow] | None = None
+        self.sup: Supervised[Any] | None = None  # (FsShadow; direct mode: DirectSpec)
         self.checkpoints: Checkpoints | None = None
         self.unchecked: str | None = None  # why a checkable image is not checked
         self.kernel_cache = bridge.KernelCache()
@@ -57,6 +66,11 @@ class FsHost(SupervisedHost):
         self._recorder: LineRecorder | None = None
         self._record_lines = record_lines
         self.beneath: Beneath | None = None
+        self.mode = "native" if native else mode
+        self.session: Session | None = None  # direct mode's connection and memory
+        self.direct: DirectSpec | None = None
+        self._watch: Watch | None = None
+        self._stop = threading.Event()
         self._lock_fd = _lock_image(driver.image) if driver.image is not None else -1
         self.commands["checkpoint"] = self._checkpoint_now
         try:
@@ -68,7 +82,7 @@ class FsHost(SupervisedHost):
             raise
 
     @property
-    def shadow(self) -> Shadow[FsShadow] | None:
+    def shadow(self) -> Shadow[Any] | None:
         return self.sup.shadow if self.sup is not None else None
 
     @property
@@ -80,6 +94,11 @@ class FsHost(SupervisedHost):
                limits: Limits | None, fault: FaultPlan | None, record_lines: str | None,
                check_interval: float) -> None:
         label = driver.target.rpartition(":")[2].lower()
+        if self.mode == "direct":
+            self._start_direct(driver, label, deadline=deadline, max_tries=max_tries,
+                               volatile=volatile, limits=limits, fault=fault,
+                               block_timeout=block_timeout)
+            return
         checked = not native and driver.image is not None and bool(driver.checker) \
             and check_interval > 0
         if checked:
@@ -127,6 +146,29 @@ class FsHost(SupervisedHost):
             self.beneath = Beneath(self.mountpoint, self.use_ns)
             fs.beneath = self.beneath.answer
 
+    def _start_direct(self, driver: FsDriver, label: str, *, deadline: float,
+                      max_tries: int, volatile: bool | None, limits: Limits | None,
+                      fault: FaultPlan | None, block_timeout: float) -> None:
+        if driver.volatile if volatile is None else volatile:
+            raise ValueError("direct mode does not journal a volatile driver's files yet: "
+                             "mount it in host mode")
+        if driver.image is not None and driver.checker:
+            self.unchecked = "not checked in direct mode yet"
+        # answering before the mount appears: whoever waits for it may ask at once
+        self.open_control()
+        self.session = Session(self.mountpoint, _fsname(driver), self.options)
+        served = Served(self.session.regions(), self.session.descriptors(),
+                        self.session.attr_timeout, self.session.entry_timeout)
+        spec = driver.spec(name=label, deadline=deadline, limits=limits or Limits(),
+                           fault=fault, hide=(self.mountpoint,), served=served)
+        self.direct = DirectSpec(self.session, max_tries=max_tries)
+        self.sup = Supervised(spec, self.direct, start_tries=max_tries, max_tries=max_tries,
+                              block_timeout=block_timeout, host=self.name)
+        self.supervised = [self.sup]
+        self._call = self.sup.call
+        self.direct.domain, self.direct.shadow = self.sup.domain, self.sup.shadow
+        self._watch = Watch(self.direct, deadline)
+
     # -- control -------------------------------------------------------------------------
 
     def info(self) -> dict[str, Any]:
@@ -134,7 +176,7 @@ class FsHost(SupervisedHost):
 
     def status(self) -> dict[str, Any]:
         out = {**self.base_status(), "mountpoint": self.mountpoint,
-               "driver": self.driver.label}
+               "driver": self.driver.label, "serving": self.mode}
         if self.sup is not None and self.sup.shadow is not None:
             out["consistency"] = self.checkpoints.status() if self.checkpoints is not None \
                 else {"checker": " ".join(self.driver.checker),
@@ -170,13 +212,16 @@ class FsHost(SupervisedHost):
     def run(self) -> None:
         """Mount and serve until unmounted."""
         harden.protect_host()
+        if self.session is not None:
+            self._run_direct()
+            return
         try:
             self.open_control()
             ops = bridge.make_operations(
                 self._call, self.implemented, self.use_ns, on_init=self._init,
                 on_destroy=self._destroying,
                 on_close=self._closed if self.shadow is not None else None)
-            fsname = f"nooks-{self.driver.target.rpartition(':')[2].lower()}"
+            fsname = _fsname(self.driver)
             if self._recorder is not None:
                 self._recorder.start()
             if self.checkpoints is not None:
@@ -192,17 +237,51 @@ class FsHost(SupervisedHost):
         finally:
             self.close()
 
+    def _run_direct(self) -> None:
+        """Direct mode: the domain serves; the host waits for the unmount (or SIGINT,
+        SIGTERM, SIGHUP: then it unmounts), then lets the driver end as mfusepy would
+        (its ``destroy``)."""
+        assert self.session is not None and self.sup is not None
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, lambda *_: self._stop.set())
+        try:
+            if self.on_ready is not None:
+                self.on_ready()
+            self.session.wait_unmounted(self._stop)
+            if self._watch is not None:
+                self._watch.close()
+            if self.sup.usable and "destroy" in self.sup.ask("implemented"):
+                self._call("destroy", ROOT_CTX, "/")
+        finally:
+            self.close()
+
+    def stop(self) -> None:
+        """Unmount (direct mode: ``run`` returns)."""
+        self._stop.set()
+
     def close(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
         if self.checkpoints is not None:
             self.checkpoints.close()
         if self.beneath is not None:
             self.beneath.close()
         self.close_supervised()
+        if self.session is not None:
+            self.session.close()  # (unmounts, if the mount is still there)
         if self._undo is not None:
             self._undo.close()
         if self._lock_fd >= 0:
             os.close(self._lock_fd)  # the image is free for another mount
             self._lock_fd = -1
+
+
+MODES = ("host", "direct")
+
+
+def _fsname(driver: FsDriver) -> str:
+    return f"nooks-{driver.target.rpartition(':')[2].lower()}"
 
 
 class ImageBusy(RuntimeError):

@@ -1,32 +1,50 @@
-"""Serving ``/dev/fuse`` for a path-based driver (an mfusepy ``Operations``), as
-libfuse's high-level API and mfusepy would: the first cut of direct mode's FUSE
-layer (not yet wired to a domain).
+"""Serving ``/dev/fuse`` for a path-based driver as libfuse's high-level API and
+mfusepy would: direct mode's FUSE layer, run in the driver's domain.
 
 Each request names nodes; ``Nodes`` gives their paths and keeps the table in a
-``StateLog``. The driver is called as mfusepy calls it — the same methods, the
-same arguments (times in nanoseconds if it says ``use_ns``, in seconds
-otherwise), its ``FuseOSError``/``OSError`` answered with their errno and any
-other exception with EINVAL — and attributes go to the kernel with the node id
-as the inode number (libfuse's default, without ``use_ino``).
+``StateLog`` the host owns. The driver is called through its adapter
+(``nooks.fs.adapter.FsAdapter``: the context of the request first, then what
+mfusepy would pass it, its answers read as mfusepy reads them), and
+attributes go to the kernel with the node id as the inode number (libfuse's
+default, without ``use_ino``).
 
-Served so far: lookup, forget, getattr, setattr (mode, owner, size, times),
-readlink, symlink, mknod, mkdir, unlink, rmdir, rename, link, open, read, write,
-flush, fsync, release, opendir, readdir, releasedir, statfs, access, create.
-Anything else is ENOSYS.
+What the host checks of every answer in the host-mediated mode is checked
+here, before the reply is written: each result is converted to the type its
+declaration in ``FsInterface`` gives, and one that does not convert (a
+negative size, a mode wider than 32 bits, a write of more than was given) is
+the driver's misbehaviour (``Misbehaved``, raised out of ``serve``: the domain
+fails with it, and the request goes to a fresh driver). An error the driver
+means (an ``OSError``) is answered with its errno.
+
+The request being served is in ``InFlight`` (the host sees a hung driver from
+its age, and which request a dead one had taken). A request the kernel sends
+again after a server died (``RESEND`` in its id) that fails with an error its
+declaration lists as "done" (``done_if``: an EEXIST from a mkdir) had its
+effect before: it is answered as done.
+
+Served: lookup, forget, getattr, setattr (mode, owner, size, times), readlink,
+symlink, mknod, mkdir, unlink, rmdir, rename, link, open, read, write, flush,
+fsync, release, opendir, readdir, releasedir, statfs, access, create. Anything
+else is ENOSYS.
 """
 
 from __future__ import annotations
 
 import errno
-import inspect
 import os
+import struct
 import time
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
 from nooks.fs import kernelproto as kp
 from nooks.fs.handles import REOPEN_STRIP, Handles
+from nooks.fs.inflight import InFlight
+from nooks.fs.interface import FsInterface
 from nooks.fs.nodes import Nodes
+from nooks.wrappers import declare
 
 FATTR_MODE, FATTR_UID, FATTR_GID, FATTR_SIZE = 1 << 0, 1 << 1, 1 << 2, 1 << 3
 FATTR_ATIME, FATTR_MTIME, FATTR_FH = 1 << 4, 1 << 5, 1 << 6
@@ -34,24 +52,62 @@ FATTR_ATIME_NOW, FATTR_MTIME_NOW = 1 << 7, 1 << 8
 GETATTR_FH = 1
 UTIME_OMIT = (1 << 30) - 2
 BUFFER = kp.MIN_READ_BUFFER + (1 << 17)
+_UNIQUE = struct.Struct("<Q")
 UNKNOWN_INO = 0xFFFFFFFF  # what libfuse's high level puts in a directory entry
+RESEND = 1 << 63  # in a request's id: sent again after its first server died
+SLOT = 0  # this server's slot in the in-flight record (one serving thread)
+Ctx = tuple[int, int, int]
+
+_DECLARED = declare(FsInterface)
+_RESULTS = {m.name: m.result for m in _DECLARED.methods}
+# the operation each opcode is, for what its declaration says when it comes again
+_OPERATION = {kp.Op.MKNOD: "mknod", kp.Op.MKDIR: "mkdir", kp.Op.UNLINK: "unlink",
+              kp.Op.RMDIR: "rmdir", kp.Op.SYMLINK: "symlink", kp.Op.RENAME: "rename",
+              kp.Op.RENAME2: "rename", kp.Op.LINK: "link", kp.Op.RELEASE: "release",
+              kp.Op.RELEASEDIR: "releasedir"}
+_DONE_IF: dict[int, frozenset[int]] = {
+    op: _DECLARED.method(name).meaning.done_if for op, name in _OPERATION.items()}
+# a create sent again that finds its file: the first try made it (then it is opened)
+_DONE_IF[kp.Op.CREATE] = frozenset({errno.EEXIST})
+_ENTRY_AFTER = frozenset({kp.Op.MKNOD, kp.Op.MKDIR, kp.Op.SYMLINK, kp.Op.LINK})
+
+
+# what libfuse's high level does without the driver's: succeeds
+_UNNEEDED = frozenset({"open", "opendir", "release", "releasedir"})
+
+
+class Misbehaved(Exception):
+    """The driver gave an answer its declaration does not allow."""
+
+
+def checked(name: str, value: Any) -> Any:
+    """``value`` as the declared result of ``name``; Misbehaved if it is not one."""
+    try:
+        return msgspec.convert(value, _RESULTS[name])
+    except msgspec.ValidationError as e:
+        raise Misbehaved(f"{name} returned a bad result: {e}") from None
 
 
 class Server:
     def __init__(self, fd: int, ops: Any, nodes: Nodes, handles: Handles | None = None, *,
-                 attr_timeout: float = 0.0, entry_timeout: float = 0.0) -> None:
-        """``handles``: the kernel is given virtual handles from it (a successor
-        re-opens them); without, the driver's own."""
+                 inflight: InFlight | None = None, attr_timeout: float = 0.0,
+                 entry_timeout: float = 0.0) -> None:
+        """``ops``: the driver's adapter (``FsAdapter``); ``handles``: the kernel is
+        given virtual handles from it (a successor re-opens them), without, the
+        driver's own; ``inflight``: where the request being served is recorded."""
         self.fd = fd
         self.ops = ops
         self.nodes = nodes
         self.handles = handles
-        self.use_ns = bool(getattr(ops, "use_ns", False))
+        self.inflight = inflight
+        self.use_ns = bool(ops.uses_ns())
         self.attr_timeout, self.entry_timeout = attr_timeout, entry_timeout
         self.listings: dict[int, list[tuple[bytes, int]]] = {}  # a directory handle's
-        create = getattr(ops, "create", None)
-        self._create_flags = create is not None and len(
-            inspect.signature(create).parameters) > 2
+        self.ctx: Ctx = (0, 0, 0)  # the caller of the request being served
+        self.resent = False  # whether the request being served is sent again
+        # what the driver implements, as mfusepy would register it with libfuse
+        self._bound: dict[str, Callable[..., Any]] = {
+            name: getattr(ops, name) for name in ops.implemented()}
         self._handlers: dict[int, Callable[[int, int, bytearray, int], bytes | None]] = {
             kp.Op.LOOKUP: self._lookup, kp.Op.GETATTR: self._getattr,
             kp.Op.SETATTR: self._setattr, kp.Op.READLINK: self._readlink,
@@ -69,6 +125,7 @@ class Server:
     def serve(self) -> None:
         """Serve until the mount goes away."""
         buf = bytearray(BUFFER)
+        done = self.ops.request_done
         while True:
             try:
                 n = os.readv(self.fd, [buf])
@@ -78,7 +135,13 @@ class Server:
                 if e.errno in (errno.EINTR, errno.ENOENT, errno.EAGAIN):
                     continue  # (ENOENT: a request interrupted before it was read)
                 raise
+            record = self.inflight
+            if record is not None and n >= kp.IN_HEADER.size:
+                record.took(SLOT, _UNIQUE.unpack_from(buf, 8)[0],
+                            _UNIQUE.unpack_from(buf, 4)[0] & 0xFFFFFFFF,
+                            int(time.monotonic() * 1000))
             out = self.handle(buf, n)
+            done()  # (what the request stored is kept before the kernel hears of it)
             if out is not None:
                 try:
                     os.write(self.fd, out)
@@ -87,10 +150,14 @@ class Server:
                         return
                     if e.errno != errno.ENOENT:  # (its caller was interrupted: gone)
                         raise
+            if record is not None:
+                record.done(SLOT)
 
     def handle(self, buf: bytearray, n: int) -> bytes | None:
         """The reply to the request in ``buf[:n]`` (None for those that get none)."""
-        op, unique, node, _, _, _ = kp.header(buf, n)
+        op, unique, node, uid, gid, pid = kp.header(buf, n)
+        self.ctx = (uid, gid, pid)
+        self.resent = bool(unique & RESEND)
         if op == kp.Op.FORGET:
             self.nodes.forget(node, kp.args(kp.FORGET_IN, buf, n)[0])
             return None
@@ -110,13 +177,50 @@ class Server:
             return kp.reply(unique, handler(node, op, buf, n) or b"")
         except OSError as e:
             code = e.errno if isinstance(e.errno, int) and e.errno > 0 else errno.EINVAL
+            if unique & RESEND and code in _DONE_IF.get(op, frozenset()):
+                return kp.reply(unique, self._done_before(node, op, buf, n))
             return kp.reply(unique, error=code)
         except kp.Malformed:
             return kp.reply(unique, error=errno.EINVAL)
-        except Exception:  # (mfusepy answers a driver's own exception so)
-            return kp.reply(unique, error=errno.EINVAL)
+
+    def _done_before(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
+        """The answer to a request sent again whose first try had done its work."""
+        if op in (kp.Op.RENAME, kp.Op.RENAME2):
+            at = kp.IN_HEADER.size + (kp.RENAME_IN.size if op == kp.Op.RENAME
+                                      else kp.RENAME2_IN.size)
+            old, new = kp.names(buf, n, 2, at)
+            self.nodes.moved(node, old, kp.args(kp.RENAME_IN, buf, n)[0], new)
+        elif op in (kp.Op.UNLINK, kp.Op.RMDIR):
+            self.nodes.removed(node, self._name(buf, n))
+        elif op in (kp.Op.RELEASE, kp.Op.RELEASEDIR):
+            self._closed(kp.args(kp.RELEASE_IN, buf, n)[0])
+        elif op == kp.Op.CREATE:
+            flags, _, _, _ = kp.args(kp.CREATE_IN, buf, n)
+            name = self._name(buf, n, kp.IN_HEADER.size + kp.CREATE_IN.size)
+            entry = self._entry(node, name)
+            fh = checked("open", self._call("open", self._path(node, name),
+                                             flags & ~REOPEN_STRIP))
+            return entry + kp.open_out(self._handed(kp.ENTRY_OUT.unpack_from(entry)[0],
+                                                    flags, fh))
+        elif op in _ENTRY_AFTER:
+            name = (kp.names(buf, n, 2)[0] if op == kp.Op.SYMLINK
+                    else self._name(buf, n, kp.IN_HEADER.size + (
+                        kp.MKNOD_IN.size if op == kp.Op.MKNOD else kp.MKDIR_IN.size
+                        if op == kp.Op.MKDIR else kp.LINK_IN.size)))
+            return self._entry(node, name)
+        return b""
 
     # -- helpers -----------------------------------------------------------------------
+
+    def _call(self, name: str, *args: Any) -> Any:
+        """The driver's ``name`` for this request, or what libfuse's high level answers
+        for a driver without it."""
+        op = self._bound.get(name)
+        if op is None:
+            if name in _UNNEEDED:
+                return 0
+            raise OSError(errno.ENOSYS, f"the driver has no {name}")
+        return op(self.ctx, *args)
 
     def _path(self, node: int, name: bytes | None = None) -> str:
         base = self.nodes.path(node)
@@ -143,7 +247,7 @@ class Server:
 
     def _entry(self, parent: int, name: bytes) -> bytes:
         """Look ``name`` up in ``parent`` (the driver's getattr) and count it."""
-        st = self.ops.getattr(self._path(parent, name))
+        st = checked("getattr", self._call("getattr", self._path(parent, name)))
         node = self.nodes.lookup(parent, name)
         return kp.entry_out(node, self._attr(node, st), self.entry_timeout, self.attr_timeout)
 
@@ -167,9 +271,9 @@ class Server:
             raise OSError(errno.EBADF, "no such handle")
         if h.driver is None:
             path = self._path(h.node)
-            opened = self.ops.opendir(path) if h.directory else \
-                self.ops.open(path, h.flags & ~REOPEN_STRIP)
-            h.driver = int(opened or 0)
+            opened = self._call("opendir", path) if h.directory else \
+                self._call("open", path, h.flags & ~REOPEN_STRIP)
+            h.driver = checked("open", opened)
         return h.driver
 
     def _closed(self, handle: int) -> None:
@@ -184,8 +288,8 @@ class Server:
     def _getattr(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
         flags, _, fh = kp.args(kp.GETATTR_IN, buf, n)
         path = self._path(node)
-        st = self.ops.getattr(path, self._fh(fh)) if flags & GETATTR_FH else \
-            self.ops.getattr(path)
+        st = checked("getattr", self._call("getattr", path, self._fh(fh))
+                     if flags & GETATTR_FH else self._call("getattr", path))
         return kp.attr_out(self._attr(node, st), self.attr_timeout)
 
     def _setattr(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
@@ -193,15 +297,15 @@ class Server:
          _) = kp.args(kp.SETATTR_IN, buf, n)
         path = self._path(node)
         if valid & FATTR_MODE:
-            self.ops.chmod(path, mode)
+            self._call("chmod", path, mode)
         if valid & (FATTR_UID | FATTR_GID):
-            self.ops.chown(path, uid if valid & FATTR_UID else -1,
+            self._call("chown", path, uid if valid & FATTR_UID else -1,
                            gid if valid & FATTR_GID else -1)
         if valid & FATTR_SIZE:
             if valid & FATTR_FH:
-                self.ops.truncate(path, size, self._fh(fh))
+                self._call("truncate", path, size, self._fh(fh))
             else:
-                self.ops.truncate(path, size)
+                self._call("truncate", path, size)
         if valid & (FATTR_ATIME | FATTR_MTIME):
             now = time.time_ns()
 
@@ -215,48 +319,48 @@ class Server:
             times = (when(FATTR_ATIME, FATTR_ATIME_NOW, atime, atimens),
                      when(FATTR_MTIME, FATTR_MTIME_NOW, mtime, mtimens))
             if not self.use_ns:
-                self.ops.utimens(path, tuple(t / 1e9 for t in times))
+                self._call("utimens", path, tuple(t / 1e9 for t in times))
             else:
-                self.ops.utimens(path, times)
-        st = self.ops.getattr(path, self._fh(fh)) if valid & FATTR_FH else \
-            self.ops.getattr(path)
+                self._call("utimens", path, times)
+        st = checked("getattr", self._call("getattr", path, self._fh(fh))
+                     if valid & FATTR_FH else self._call("getattr", path))
         return kp.attr_out(self._attr(node, st), self.attr_timeout)
 
     def _readlink(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
-        return os.fsencode(self.ops.readlink(self._path(node)))
+        return os.fsencode(checked("readlink", self._call("readlink", self._path(node))))
 
     def _symlink(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
         name, target = kp.names(buf, n, 2)
-        self.ops.symlink(self._path(node, name), os.fsdecode(target))
+        self._call("symlink", self._path(node, name), os.fsdecode(target))
         return self._entry(node, name)
 
     def _mknod(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
         mode, rdev, _, _ = kp.args(kp.MKNOD_IN, buf, n)
         name = self._name(buf, n, kp.IN_HEADER.size + kp.MKNOD_IN.size)
-        self.ops.mknod(self._path(node, name), mode, rdev)
+        self._call("mknod", self._path(node, name), mode, rdev)
         return self._entry(node, name)
 
     def _mkdir(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
         mode, _ = kp.args(kp.MKDIR_IN, buf, n)
         name = self._name(buf, n, kp.IN_HEADER.size + kp.MKDIR_IN.size)
-        self.ops.mkdir(self._path(node, name), mode)
+        self._call("mkdir", self._path(node, name), mode)
         return self._entry(node, name)
 
     def _unlink(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
         name = self._name(buf, n)
-        self.ops.unlink(self._path(node, name))
+        self._call("unlink", self._path(node, name))
         self.nodes.removed(node, name)
         return b""
 
     def _rmdir(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
         name = self._name(buf, n)
-        self.ops.rmdir(self._path(node, name))
+        self._call("rmdir", self._path(node, name))
         self.nodes.removed(node, name)
         return b""
 
     def _renamed(self, node: int, newdir: int, buf: bytearray, n: int, at: int) -> bytes:
         old, new = kp.names(buf, n, 2, at)
-        self.ops.rename(self._path(node, old), self._path(newdir, new))
+        self._call("rename", self._path(node, old), self._path(newdir, new))
         self.nodes.moved(node, old, newdir, new)
         return b""
 
@@ -273,59 +377,69 @@ class Server:
     def _link(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
         (old,) = kp.args(kp.LINK_IN, buf, n)
         name = self._name(buf, n, kp.IN_HEADER.size + kp.LINK_IN.size)
-        self.ops.link(self._path(node, name), self._path(old))
+        self._call("link", self._path(node, name), self._path(old))
         return self._entry(node, name)
 
     def _open(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
         flags, _ = kp.args(kp.OPEN_IN, buf, n)
-        return kp.open_out(self._handed(node, flags, self.ops.open(self._path(node), flags)))
+        fh = checked("open", self._call("open", self._path(node), flags))
+        return kp.open_out(self._handed(node, flags, fh))
 
     def _read(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
         fh, offset, size, _, _, _, _ = kp.args(kp.READ_IN, buf, n)
-        data = self.ops.read(self._path(node), size, offset, self._fh(fh))
-        return bytes(data[:size])
+        data = checked("read", self._call("read", self._path(node), size, offset,
+                                             self._fh(fh)))
+        if len(data) > size:
+            raise Misbehaved(f"read returned {len(data)} bytes, {size} were asked for")
+        return bytes(data)
 
     def _write(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
         fh, offset, size, _, _, _, _ = kp.args(kp.READ_IN, buf, n)
         at = kp.IN_HEADER.size + kp.READ_IN.size
         if n - at < size:
             raise kp.Malformed("a write shorter than it says")
-        written = self.ops.write(self._path(node), bytes(buf[at:at + size]), offset,
+        written = self._call("write", self._path(node), bytes(buf[at:at + size]), offset,
                                  self._fh(fh))
-        return kp.write_out(int(written))
+        written = checked("write", written)
+        if written > size:
+            raise Misbehaved(f"write says it wrote {written} bytes of {size}")
+        return kp.write_out(written)
 
     def _flush(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
         fh, _, _, _ = kp.args(kp.FLUSH_IN, buf, n)
-        self.ops.flush(self._path(node), self._fh(fh))
+        self._call("flush", self._path(node), self._fh(fh))
         return b""
 
     def _fsync(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
         fh, flags, _ = kp.args(kp.FSYNC_IN, buf, n)
-        self.ops.fsync(self._path(node), flags & 1, self._fh(fh))
+        self._call("fsync", self._path(node), flags & 1, self._fh(fh))
         return b""
 
     def _release(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
         fh, _, _, _ = kp.args(kp.RELEASE_IN, buf, n)
         try:
-            self.ops.release(self._path(node), self._fh(fh))
+            self._call("release", self._path(node), self._fh(fh))
         finally:
             self._closed(fh)
         return b""
 
     def _opendir(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
         path = self._path(node)
-        return kp.open_out(self._handed(node, 0, self.ops.opendir(path), directory=True))
+        fh = checked("opendir", self._call("opendir", path))
+        return kp.open_out(self._handed(node, 0, fh, directory=True))
 
     def _readdir(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
         fh, offset, size, _, _, _, _ = kp.args(kp.READ_IN, buf, n)
         listing = self.listings.get(fh) if offset else None
         if listing is None:
             listing = []
-            for entry in self.ops.readdir(self._path(node), self._fh(fh)):
-                name, attrs = (entry, None) if isinstance(entry, str) else (entry[0],
-                                                                            entry[1])
-                kind = (int(attrs["st_mode"]) >> 12) if attrs and "st_mode" in attrs else 0
-                listing.append((os.fsencode(name), kind))
+            entries = checked("readdir", self._call("readdir", self._path(node),
+                                                          self._fh(fh)))
+            for entry in entries:
+                name, attrs = (entry, None) if isinstance(entry, str) else entry[:2]
+                mode = attrs if isinstance(attrs, int) else \
+                    attrs.get("st_mode", 0) if attrs else 0
+                listing.append((os.fsencode(name), (mode >> 12) & 0xF))
             self.listings[fh] = listing
         out = bytearray()
         for i in range(offset, len(listing)):
@@ -340,13 +454,16 @@ class Server:
         fh, _, _, _ = kp.args(kp.RELEASE_IN, buf, n)
         self.listings.pop(fh, None)
         try:
-            self.ops.releasedir(self._path(node), self._fh(fh))
+            self._call("releasedir", self._path(node), self._fh(fh))
         finally:
             self._closed(fh)
         return b""
 
     def _statfs(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
-        st = self.ops.statfs(self._path(node))
+        if "statfs" not in self._bound:  # (libfuse's high level answers so)
+            return kp.statfs_out(blocks=0, bfree=0, bavail=0, files=0, ffree=0, bsize=512,
+                                 namelen=255, frsize=0)
+        st = checked("statfs", self._call("statfs", self._path(node)))
         return kp.statfs_out(blocks=int(st.get("f_blocks", 0)), bfree=int(st.get("f_bfree", 0)),
                              bavail=int(st.get("f_bavail", 0)),
                              files=int(st.get("f_files", 0)), ffree=int(st.get("f_ffree", 0)),
@@ -356,15 +473,16 @@ class Server:
 
     def _access(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
         mask, _ = kp.args(kp.ACCESS_IN, buf, n)
-        self.ops.access(self._path(node), mask)
+        self._call("access", self._path(node), mask)
         return b""
 
     def _create(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
         flags, mode, _, _ = kp.args(kp.CREATE_IN, buf, n)
+        if self.resent:  # (the first try may have made the file: O_EXCL would refuse it)
+            flags &= ~os.O_EXCL
         name = self._name(buf, n, kp.IN_HEADER.size + kp.CREATE_IN.size)
         path = self._path(node, name)
         # (as mfusepy: a create that takes the open flags is given them)
-        fh = self.ops.create(path, mode, flags) if self._create_flags else \
-            self.ops.create(path, mode)
+        fh = checked("create", self._call("create", path, mode, flags))
         entry = self._entry(node, name)
         return entry + kp.open_out(self._handed(kp.ENTRY_OUT.unpack_from(entry)[0], flags, fh))

@@ -38,6 +38,9 @@ from nooks.xpc.poll import recv_spinning, spin_budget
 
 _REPLIES = (m.Reply, m.Raise, m.Reject, m.BatchReply)
 CONTROL_ID = 0  # waiter id for Hello/Ready
+# the waiter of a host thread that reads the channel while no call waits (a driver
+# that serves its own kernel channel makes kernel calls of its own accord): no call
+LISTEN_ID, LISTEN = -1, "listen"
 
 
 class Hooks(Protocol):
@@ -74,9 +77,11 @@ class Hooks(Protocol):
 
 
 class Waiter:
-    __slots__ = ("awake", "call", "deadline", "lock", "msg", "nested", "sleeping", "soft")
+    __slots__ = ("awake", "call", "control", "deadline", "lock", "msg", "nested", "sleeping",
+                 "soft")
 
-    def __init__(self, deadline: float, call: str, soft: bool = False) -> None:
+    def __init__(self, deadline: float, call: str, soft: bool = False,
+                 control: bool = False) -> None:
         # made when the waiter first sleeps (most calls never do); a wake that
         # comes before is remembered in ``awake``
         self.lock: threading.Lock | None = None
@@ -88,6 +93,9 @@ class Waiter:
         self.call = call
         # a soft deadline only ends the wait (TimeoutError); a hard one fails the domain
         self.soft = soft
+        # the answer to a control message (a ping, a fault to take), which the domain may
+        # give in the middle of a request: it says nothing of what is done (no on_reply)
+        self.control = control
 
 
 # messages read without waiting once a waiter's deadline has passed, before its verdict
@@ -118,10 +126,12 @@ class Channel:
 
     # -- calls ---------------------------------------------------------------------------
 
-    def register(self, cid: int, deadline: float, call: str, soft: bool = False) -> Waiter:
+    def register(self, cid: int, deadline: float, call: str, soft: bool = False,
+                 control: bool = False) -> Waiter:
         """A waiter for the answer to call ``cid``; past ``deadline`` the domain counts
-        as hung, or with ``soft`` only the wait ends (TimeoutError)."""
-        w = Waiter(deadline, call, soft)
+        as hung, or with ``soft`` only the wait ends (TimeoutError); ``control``: the
+        answer to a control message, not to a call."""
+        w = Waiter(deadline, call, soft, control)
         with self._mu:
             if self.broken is not None:
                 raise self.broken
@@ -147,7 +157,7 @@ class Channel:
     def in_flight(self) -> list[str]:
         """Names of the calls waiting for a reply."""
         with self._mu:
-            return [w.call for w in self._waiters.values()]
+            return [w.call for cid, w in self._waiters.items() if cid != LISTEN_ID]
 
     def wait(self, w: Waiter) -> Any:
         """The reply for ``w``; raises the channel's failure if it broke first, and
@@ -291,9 +301,11 @@ class Channel:
 
     def _route(self, msg: Any, me: Waiter | None) -> None:
         if isinstance(msg, _REPLIES):
-            self.hooks.on_reply()
             with self._mu:
                 w = self._waiters.pop(msg.id, None)
+            if w is None or not w.control:
+                self.hooks.on_reply()
+            with self._mu:
                 if w is not None:
                     w.msg = msg
                     if w is not me:

@@ -1,0 +1,226 @@
+"""Direct mode, the host's side: the host holds the FUSE connection and the
+memory the domain's FUSE layer keeps its state in; the domain serves
+``/dev/fuse`` itself (``nooks.fs.served``).
+
+What the host does here:
+
+* it mounts ``/dev/fuse`` itself and answers FUSE_INIT (``Connection``), so the
+  mount outlives every domain that serves it;
+* it owns the node and handle logs and the in-flight record (memfds mapped
+  into each domain), so a fresh domain takes over the kernel's node ids and
+  open handles;
+* on a failure, before the fresh driver is built (``DirectSpec.prepare_restart``):
+  it waits until the dead domain has let go of the connection, answers EIO
+  itself to a request that has now failed ``max_tries`` drivers (a poison
+  request), and writes ``FUSE_NOTIFY_RESEND``, so that the kernel queues again
+  every request the dead domain had read: the fresh driver serves them;
+* it watches the in-flight record: a request older than the deadline makes the
+  driver *hung* (``Watch``).
+
+A kernel without ``FUSE_NOTIFY_RESEND`` (before Linux 6.9) cannot give requests
+back: there the request the record shows is answered EIO, and any other the
+dead domain had read waits until the mount is unmounted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import mmap
+import os
+import subprocess
+import threading
+import time
+from typing import Any
+
+from nooks.domain.host import Domain
+from nooks.domain.spec import Descriptor, Region
+from nooks.errors import FailureKind
+from nooks.fs import kernelproto as kp
+from nooks.fs.devfuse import Connection
+from nooks.fs.inflight import InFlight
+from nooks.fs.inflight import size_for as inflight_size
+from nooks.fs.interface import FsInterface
+from nooks.fs.serve import RESEND
+from nooks.fs.served import FUSE, HANDLES, INFLIGHT, NODES
+from nooks.fs.statelog import size_for
+from nooks.shadow.engine import Shadow
+from nooks.shadow.spec import ClassSpec
+
+log = logging.getLogger(__name__)
+
+NODES_BUFFER = 8 << 20  # bytes per buffer of the node log (~170,000 nodes, compacted)
+HANDLES_BUFFER = 1 << 20  # and of the handle log (~40,000 open handles)
+DEAD_WAIT = 5.0  # seconds a killed domain may take to let go of the connection
+# the mount options that direct mode takes (libfuse's high level takes more)
+CACHE_OPTIONS = ("attr_timeout", "entry_timeout")
+MOUNT_OPTIONS = ("allow_other", "default_permissions")
+
+
+class Session:
+    """What the host holds for a direct mount: the connection and the shared memory."""
+
+    def __init__(self, mountpoint: str, fsname: str, options: dict[str, Any]) -> None:
+        unknown = sorted(set(options) - set(CACHE_OPTIONS) - set(MOUNT_OPTIONS) - {"fsname"})
+        if unknown:
+            raise ValueError(f"direct mode does not take the FUSE option(s) "
+                             f"{', '.join(unknown)}")
+        self.attr_timeout = _seconds(options, "attr_timeout")
+        self.entry_timeout = _seconds(options, "entry_timeout")
+        self.memfds: dict[str, tuple[int, int]] = {}
+        self.conn: Connection | None = None
+        try:
+            for name, size in ((NODES, size_for(NODES_BUFFER)),
+                               (HANDLES, size_for(HANDLES_BUFFER)),
+                               (INFLIGHT, inflight_size(1))):
+                fd = os.memfd_create(f"nooks-{name}", os.MFD_CLOEXEC)
+                self.memfds[name] = (fd, size)
+                os.ftruncate(fd, size)
+            fd, size = self.memfds[INFLIGHT]
+            self._map = mmap.mmap(fd, size)
+            self.inflight = InFlight(memoryview(self._map))
+            self.conn = Connection(mountpoint, fsname=str(options.get("fsname", fsname)),
+                                   subtype="", allow_other=bool(options.get("allow_other")),
+                                   default_permissions=bool(
+                                       options.get("default_permissions")))
+            self.conn.init(kp.ASYNC_READ | kp.BIG_WRITES)
+        except BaseException:
+            self.close()
+            raise
+
+    def regions(self) -> tuple[Region, ...]:
+        return tuple(Region(name, fd, size) for name, (fd, size) in self.memfds.items())
+
+    def descriptors(self) -> tuple[Descriptor, ...]:
+        assert self.conn is not None
+        return (Descriptor(FUSE, self.conn.fd),)
+
+    def wait_unmounted(self, stop: threading.Event) -> None:
+        """Until the mount goes away (``umount``, ``fusermount3 -u``) or ``stop`` is set."""
+        assert self.conn is not None
+        import select
+
+        p = select.poll()
+        p.register(self.conn.fd, 0)  # (only its error: the connection has ended)
+        while not stop.is_set():
+            if p.poll(200):
+                return
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+        for fd, _ in self.memfds.values():
+            os.close(fd)
+        self.memfds = {}
+
+
+def _seconds(options: dict[str, Any], key: str) -> float:
+    raw = options.get(key, 1.0)
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"{key}={raw}: not a number of seconds") from None
+    if not 0 <= value <= 86400:
+        raise ValueError(f"{key}={raw}: give 0 to 86400 seconds")
+    return value
+
+
+class DirectSpec(ClassSpec):
+    """The shadow's part in direct mode: the domain serves requests, the host's
+    engine restarts it; between a failure and the fresh driver, this gives the dead
+    one's requests back to the kernel."""
+
+    interface = FsInterface
+
+    def __init__(self, session: Session, *, max_tries: int) -> None:
+        self.session = session
+        self.max_tries = max_tries
+        self.domain: Domain | None = None
+        self.shadow: Shadow[DirectSpec] | None = None
+        self.resent = 0  # requests given back to the kernel (as far as the record shows)
+        self.poisoned = 0
+        self._tries: dict[int, int] = {}  # a request's id: drivers it was in flight with
+
+    def prepare_restart(self) -> None:
+        self._dead_gone()
+        conn = self.session.conn
+        assert conn is not None
+        taken = self.session.inflight.taken()
+        tries = {t.unique & ~RESEND: self._tries.get(t.unique & ~RESEND, 0) + 1
+                 for t in taken}
+        self._tries = tries
+        for t in taken:
+            if tries[t.unique & ~RESEND] >= self.max_tries or not conn.can_resend:
+                self._answer_eio(t.unique, t.opcode)
+                self.session.inflight.done(t.slot)
+                tries.pop(t.unique & ~RESEND, None)
+        if conn.can_resend:
+            self.resent += len(self.session.inflight.taken())
+            conn.resend()
+
+    def _answer_eio(self, unique: int, opcode: int) -> None:
+        assert self.session.conn is not None
+        log.error("request %d (opcode %d) failed %d drivers: answered EIO", unique & ~RESEND,
+                  opcode, self.max_tries)
+        self.poisoned += 1
+        if self.shadow is not None:
+            self.shadow.poisoned += 1
+        with contextlib.suppress(OSError):  # (its caller was interrupted: gone)
+            os.write(self.session.conn.fd, kp.reply(unique, error=errno.EIO))
+
+    def _dead_gone(self) -> None:
+        """Wait until the failed domain's process has exited: until then it may still
+        read a request the kernel is about to be told to send again."""
+        inc = self.domain.current if self.domain is not None else None
+        if inc is None or inc.proc is None:
+            return
+        inc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            inc.proc.wait(DEAD_WAIT)
+
+    def status(self) -> dict[str, Any]:
+        return {"direct": {"resent": self.resent, "in_flight": [
+            {"unique": t.unique & ~RESEND, "opcode": t.opcode}
+            for t in self.session.inflight.taken()]}}
+
+
+class Watch:
+    """Sees a hung driver from the in-flight record: a request older than
+    ``deadline`` condemns it (*hung*), and the engine recovers it."""
+
+    def __init__(self, spec: DirectSpec, deadline: float) -> None:
+        self.spec = spec
+        self.deadline_ms = int(deadline * 1000)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="nooks-direct-watch",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        interval = min(max(self.deadline_ms / 10_000, 0.01), 0.5)
+        while not self._stop.wait(interval):
+            record = self.spec.session.inflight
+            age = record.oldest_age_ms(int(time.monotonic() * 1000))
+            if age is None or age <= self.deadline_ms:
+                continue
+            domain, shadow = self.spec.domain, self.spec.shadow
+            if domain is None or shadow is None or domain.current is None:
+                continue
+            taken = record.taken()
+            what = kp.Op(taken[0].opcode).name.lower() if taken and \
+                taken[0].opcode in kp.Op._value2member_map_ else "a request"
+            generation = shadow.generation
+            try:
+                report = domain.condemn(f"no answer within the deadline "
+                                        f"({self.deadline_ms / 1000:g} s)", what,
+                                        FailureKind.HUNG)
+            except Exception:  # (being replaced or closed: whoever does so knows)
+                continue
+            shadow.recover_now(report, generation)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(5.0)
