@@ -299,8 +299,13 @@ def _eval(args: argparse.Namespace) -> int:
     if args.faults < 1 or args.jobs < 1:
         _error("nooks eval: --faults and --jobs must be at least 1")
         return 2
+    for d in drivers:
+        if args.mode not in campaign.TARGETS[d].modes:
+            _error(f"nooks eval: {d} has no {args.mode} mode")
+            return 2
     command = " ".join(["nooks eval reliability", *(f"--driver {d}" for d in drivers),
                         f"--faults {args.faults}", f"--jobs {args.jobs}", f"--seed {args.seed}",
+                        *([f"--mode {args.mode}"] if args.mode != "host" else []),
                         f"--out {args.out}"])
     counts: dict[str, int] = {}
     total = len(drivers) * args.faults * 2 if args.only is None else len(drivers) * 2
@@ -318,6 +323,7 @@ def _eval(args: argparse.Namespace) -> int:
 
             done = campaign.campaign(drivers, args.faults, jobs=args.jobs, seed=args.seed,
                                      out_dir=args.out, only=args.only, registry=registry,
+                                     serving=args.mode,
                                      progress=seen)
         written = report.write(done.results, args.out, command, args.seed,
                                report.Progress(done.done, done.planned, done.stopped_by))
@@ -441,6 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=1)
     ev.add_argument("--out", default="out/reliability", help="results directory (resumable)")
     ev.add_argument("--only", type=int, help="run only the fault with this index (replay)")
+    ev.add_argument("--mode", choices=["host", "direct"], default="host",
+                    help="the mode isolated filesystem hosts serve in (default: host; use a "
+                    "results directory of its own for each mode)")
     ev.set_defaults(func=_eval)
 
     return p

@@ -19,13 +19,14 @@ pytestmark = [pytest.mark.timeout(300),
               pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")]
 
 
-def test_poison_request_fails_alone(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["host", "direct"])
+def test_poison_request_fails_alone(tmp_path: Path, mode: str) -> None:
     backing = tmp_path / "backing"
     backing.mkdir()
     (backing / "poison.txt").write_text("this file kills the driver")
     (backing / "fine.txt").write_text("fine")
     with mounted(str(tmp_path), "tests.drivers.poison:PoisonedPassthrough",
-                 extra=("--state", "persistent"), ctor=(str(backing),)) as m:
+                 extra=("--state", "persistent", "--mode", mode), ctor=(str(backing),)) as m:
         stop = threading.Event()
         bystander_errors: list[BaseException] = []
         reads = [0]
@@ -117,10 +118,12 @@ def run_script(root: str, between: Callable[[int], None] = lambda i: None) -> li
     return out
 
 
-@pytest.mark.parametrize(("cls", "state"), [("memory:Memory", "volatile"),
-                                            ("loopback:Loopback", "persistent")])
+@pytest.mark.parametrize(("cls", "state", "mode"),
+                         [("memory:Memory", "volatile", "host"),
+                          ("loopback:Loopback", "persistent", "host"),
+                          ("loopback:Loopback", "persistent", "direct")])
 def test_mfusepy_examples_match_direct_mount_and_survive_crashes(
-        tmp_path: Path, cls: str, state: str) -> None:
+        tmp_path: Path, cls: str, state: str, mode: str) -> None:
     module, _, name = cls.partition(":")
     args: list[str] = []
     if name == "Loopback":
@@ -131,7 +134,7 @@ def test_mfusepy_examples_match_direct_mount_and_survive_crashes(
         expected = run_script(mnt)
     if name == "Loopback":
         args = [str(tmp_path / "b2")]
-    with mounted(str(tmp_path), f"{EXAMPLES}.{cls}", extra=("--state", state),
+    with mounted(str(tmp_path), f"{EXAMPLES}.{cls}", extra=("--state", state, "--mode", mode),
                  ctor=tuple(args)) as m:
         faults = ["segv", "exception", "abort", "segv", "exit"]
 

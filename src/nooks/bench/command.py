@@ -35,6 +35,8 @@ def add_arguments(b: argparse.ArgumentParser) -> None:
                    help="web benchmark: workers per server")
     b.add_argument("--driver", default="passthrough", choices=["passthrough", "vfat"],
                    help="driver for the fs benchmark")
+    b.add_argument("--mode", default="host", choices=["host", "direct"],
+                   help="fs benchmark: the mode the nooks mount serves in (default: host)")
     b.add_argument("--placement", default="one-core", choices=["one-core", "free"],
                    help="fs and fuse benchmarks: everything on one CPU, or where the "
                    "scheduler puts it")
@@ -76,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
         with console.status("benchmarking the filesystem class") as status:
             result = fs.run(driver=args.driver, quick=args.quick, placement=args.placement,
-                            progress=lambda s: status.update(f"fs: {s}"))
+                            mode=args.mode, progress=lambda s: status.update(f"fs: {s}"))
         print_fs(result)
     else:
         from nooks.bench import xpc
@@ -151,7 +153,8 @@ def print_xpc(r: dict[str, Any]) -> None:
 
 
 def print_fs(r: dict[str, Any]) -> None:
-    t = Table(title=f"Filesystem: {r['driver']}, one run, placement {r['placement']}")
+    t = Table(title=f"Filesystem: {r['driver']}, {r['mode']} mode, one run, placement "
+              f"{r['placement']}")
     for col in ("workload", "direct mfusepy", "native", "nooks", "nooks/native",
                 "nooks/direct"):
         t.add_column(col, justify="right")

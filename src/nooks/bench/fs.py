@@ -60,7 +60,8 @@ mfusepy.FUSE(ops, os.environ["NOOKS_BENCH_MNT"], foreground=True, nothreads=True
 
 
 @contextmanager
-def _mount(how: str, driver: str, args: list[str], mnt: str, name: str) -> Iterator[None]:
+def _mount(how: str, driver: str, args: list[str], mnt: str, name: str, *,
+           mode: str) -> Iterator[None]:
     if how == "direct":
         env = dict(os.environ, NOOKS_BENCH_MNT=mnt)
         cmd = [sys.executable, "-c", _DIRECT, driver, *args, OPTIONS]
@@ -70,7 +71,9 @@ def _mount(how: str, driver: str, args: list[str], mnt: str, name: str) -> Itera
                "-o", OPTIONS]
         if how == "native":
             cmd.append("--native")
-        elif how == UNCHECKED:
+        else:
+            cmd += ["--mode", mode]
+        if how == UNCHECKED:
             cmd += ["--check-interval", "0"]
     proc = start_mount(cmd, mnt, env=env)
     try:
@@ -190,8 +193,9 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def run(driver: str = "passthrough", quick: bool = False, placement: str = "one-core",
-        progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
-    """Run every workload on every kind of mount; figures, ratios and targets.
+        progress: Callable[[str], None] = lambda s: None, mode: str = "host") -> dict[str, Any]:
+    """Run every workload on every kind of mount; figures, ratios and targets;
+    ``mode``: the mode the nooks mount serves in ("host" or "direct").
 
     ``placement`` "one-core" runs the benchmark, the hosts and their domains on
     one CPU (set before anything is started, inherited by every process); "free"
@@ -201,14 +205,16 @@ def run(driver: str = "passthrough", quick: bool = False, placement: str = "one-
     if placement == "one-core":
         os.sched_setaffinity(0, {min(saved)})
     try:
-        out = _run(driver, quick, progress)
+        out = _run(driver, quick, progress, mode)
     finally:
         os.sched_setaffinity(0, saved)
     out["placement"] = placement
+    out["mode"] = mode
     return out
 
 
-def _run(driver: str, quick: bool, progress: Callable[[str], None]) -> dict[str, Any]:
+def _run(driver: str, quick: bool, progress: Callable[[str], None],
+         mode: str) -> dict[str, Any]:
     seconds = 1.0 if quick else 3.0
     size = (16 if quick else 64) << 20
     faults = 10 if quick else 40
@@ -221,13 +227,15 @@ def _run(driver: str, quick: bool, progress: Callable[[str], None]) -> dict[str,
     with tempfile.TemporaryDirectory(prefix="nooks-bench-", dir=where) as tmp, \
             contextlib.ExitStack() as mounts:
         mnts: dict[str, str] = {}
-        hows = (*HOWS, UNCHECKED) if driver == "vfat" else HOWS
+        # (direct mode has no checkpoints to go without)
+        hows = (*HOWS, UNCHECKED) if driver == "vfat" and mode == "host" else HOWS
         for how in hows:
             progress(f"{driver}: mounting {how}")
             args = _prepare(driver, tmp, how)
             mnt = os.path.join(tmp, f"mnt-{how}")
             os.mkdir(mnt)
-            mounts.enter_context(_mount(how, driver, args, mnt, f"bench-{os.getpid()}-{how}"))
+            mounts.enter_context(_mount(how, driver, args, mnt, f"bench-{os.getpid()}-{how}",
+                                        mode=mode))
             mnts[how] = mnt
         # the three mounts side by side, measured in turns (the order rotating): one
         # run can be off by a third on a small machine, so each figure is the median

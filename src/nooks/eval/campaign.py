@@ -135,9 +135,10 @@ def plan(driver: str, faults: int, seed: int, lines: list[int]) -> list[Planned]
 
 
 def run_one(p: Planned, native: bool, lines: list[int],
-            registry: Registry | None = None) -> RunResult:
+            registry: Registry | None = None, serving: str = "host") -> RunResult:
     """One fault, one mode, on a fresh state and host; ``Interrupted`` if the
-    campaign was stopped meanwhile (what it saw then does not count)."""
+    campaign was stopped meanwhile (what it saw then does not count); ``serving``:
+    the mode the isolated run's host serves in (``Target.modes``)."""
     registry = registry or Registry()
     target = TARGETS[p.driver]
     mode = "native" if native else "nooks"
@@ -156,8 +157,10 @@ def run_one(p: Planned, native: bool, lines: list[int],
         tmp = scope.tempdir(TEMP_PREFIX + "run-")
         name = f"eval-{os.getpid()}-{p.driver}-{p.index}-{mode}"
         try:
-            run = target.start(scope, tmp, name, native=native,
-                               extra=["--fault-plan", msgspec.json.encode(fault).decode()])
+            extra = ["--fault-plan", msgspec.json.encode(fault).decode()]
+            if not native and serving != "host":
+                extra += ["--mode", serving]
+            run = target.start(scope, tmp, name, native=native, extra=extra)
         except NotStarted as e:
             registry.check()
             return result("system failure", [str(e)], [], None, 0)
@@ -222,13 +225,16 @@ def _runs(drivers: list[str], faults: int, only: int | None) -> int:
 
 
 def campaign(drivers: list[str], faults: int, *, jobs: int, seed: int, out_dir: str,
-             only: int | None = None, registry: Registry | None = None,
+             only: int | None = None, registry: Registry | None = None, serving: str = "host",
              progress: Callable[[RunResult], None] = lambda r: None) -> Done:
     """Run (or resume) a campaign until it is done or ``registry`` is stopped.
 
     A run that raises stops the others; once everything is torn down, its
-    exception is raised here.
+    exception is raised here. ``serving``: the mode isolated hosts serve in.
     """
+    for driver in drivers:
+        if serving not in TARGETS[driver].modes:
+            raise ValueError(f"{driver} has no {serving} mode")
     registry = registry or Registry()
     os.makedirs(out_dir, exist_ok=True)
     results_path = os.path.join(out_dir, "results.jsonl")
@@ -245,7 +251,7 @@ def campaign(drivers: list[str], faults: int, *, jobs: int, seed: int, out_dir: 
                     if (p.driver, p.index, "native" if native else "nooks") not in finished:
                         todo.append((p, native, lines))
         _run_all(todo, jobs=jobs, results_path=results_path, registry=registry,
-                 progress=progress, failures=failures)
+                 progress=progress, failures=failures, serving=serving)
     except Exception:
         if not registry.stopped:
             raise  # the finally tears down what this left
@@ -269,7 +275,7 @@ def signal_name(signum: int | None) -> str:
 
 def _run_all(todo: list[tuple[Planned, bool, list[int]]], *, jobs: int, results_path: str,
              registry: Registry, progress: Callable[[RunResult], None],
-             failures: list[BaseException]) -> None:
+             failures: list[BaseException], serving: str) -> None:
     """Run ``todo`` on ``jobs`` threads; return when all are done, or ``GRACE`` seconds
     after the registry was stopped (the scopes still open are then torn down)."""
     items = iter(todo)
@@ -282,7 +288,7 @@ def _run_all(todo: list[tuple[Planned, bool, list[int]]], *, jobs: int, results_
             if item is None:
                 return
             try:
-                r = run_one(*item, registry)
+                r = run_one(*item, registry, serving)
             except Interrupted:
                 return
             except BaseException as e:

@@ -65,6 +65,8 @@ class FsRun(Run):
 
 
 class FsTarget(Target):
+    modes = ("host", "direct")
+
     def __init__(self, driver: str, module: str) -> None:
         self.driver = driver
         self.module = module

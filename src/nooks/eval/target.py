@@ -102,6 +102,7 @@ class Target(abc.ABC):
     driver: str  # its name for --driver
     module: str  # the module faults go into
     limit: float = 10.0  # seconds each program of the workload may take
+    modes: tuple[str, ...] = ("host",)  # the modes its host can serve in (--mode)
 
     @abc.abstractmethod
     def start(self, scope: Scope, tmp: str, name: str, *, native: bool,

@@ -40,23 +40,33 @@ class Connection:
     holds; ``init`` answers the kernel's FUSE_INIT."""
 
     def __init__(self, mountpoint: str, *, fsname: str = "nooks", subtype: str = "nooks",
-                 allow_other: bool = False, default_permissions: bool = False) -> None:
-        """``subtype`` "": the mount's type is plain ``fuse`` (as libfuse's)."""
+                 allow_other: bool = False, default_permissions: bool = False,
+                 mount: bool = True) -> None:
+        """``subtype`` "": the mount's type is plain ``fuse`` (as libfuse's); without
+        ``mount``, ``/dev/fuse`` is opened and the mount made later (``mount``)."""
         self.mountpoint = os.path.abspath(mountpoint)
         self.fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
-        opts = (f"fd={self.fd},rootmode=40000,user_id={os.getuid()},"
-                f"group_id={os.getgid()}" + (",allow_other" if allow_other else "")
-                + (",default_permissions" if default_permissions else ""))
-        fstype = f"fuse.{subtype}" if subtype else "fuse"
-        try:
-            _check(_libc.mount(fsname.encode(), self.mountpoint.encode(), fstype.encode(),
-                               MS_NOSUID | MS_NODEV, opts.encode()), f"mount {self.mountpoint}")
-        except BaseException:
-            os.close(self.fd)
-            raise
-        self.mounted = True
+        self._opts = (f"fd={self.fd},rootmode=40000,user_id={os.getuid()},"
+                      f"group_id={os.getgid()}" + (",allow_other" if allow_other else "")
+                      + (",default_permissions" if default_permissions else ""))
+        self._source = fsname
+        self._fstype = f"fuse.{subtype}" if subtype else "fuse"
+        self.mounted = False
         self.minor = 0  # the protocol spoken, once INIT is answered
         self.kernel_minor = self.kernel_flags = self.kernel_flags2 = 0
+        if mount:
+            try:
+                self.mount()
+            except BaseException:
+                os.close(self.fd)
+                raise
+
+    def mount(self) -> None:
+        """Mount the connection at its mountpoint (the kernel then sends FUSE_INIT)."""
+        _check(_libc.mount(self._source.encode(), self.mountpoint.encode(),
+                           self._fstype.encode(), MS_NOSUID | MS_NODEV, self._opts.encode()),
+               f"mount {self.mountpoint}")
+        self.mounted = True
 
     @property
     def can_resend(self) -> bool:

@@ -43,7 +43,7 @@ from nooks.fs.inflight import InFlight
 from nooks.fs.inflight import size_for as inflight_size
 from nooks.fs.interface import FsInterface
 from nooks.fs.serve import RESEND
-from nooks.fs.served import FUSE, HANDLES, INFLIGHT, NODES
+from nooks.fs.served import FUSE, HANDLES, INFLIGHT, NODES, RAISED, STARTED, STARTED_SIZE
 from nooks.fs.statelog import size_for
 from nooks.shadow.engine import Shadow
 from nooks.shadow.spec import ClassSpec
@@ -52,9 +52,10 @@ log = logging.getLogger(__name__)
 
 NODES_BUFFER = 8 << 20  # bytes per buffer of the node log (~170,000 nodes, compacted)
 HANDLES_BUFFER = 1 << 20  # and of the handle log (~40,000 open handles)
+RAISED_BUFFER = 64 << 10  # and of the record of the exceptions drivers raised
 DEAD_WAIT = 5.0  # seconds a killed domain may take to let go of the connection
 # the mount options that direct mode takes (libfuse's high level takes more)
-CACHE_OPTIONS = ("attr_timeout", "entry_timeout")
+CACHE_OPTIONS = ("attr_timeout", "entry_timeout", "negative_timeout", "direct_io")
 MOUNT_OPTIONS = ("allow_other", "default_permissions")
 
 
@@ -68,26 +69,40 @@ class Session:
                              f"{', '.join(unknown)}")
         self.attr_timeout = _seconds(options, "attr_timeout")
         self.entry_timeout = _seconds(options, "entry_timeout")
+        if _seconds(options, "negative_timeout", 0.0) != 0:
+            raise ValueError("direct mode does not cache failed lookups yet: "
+                             "negative_timeout must be 0")
+        self.direct_io = bool(options.get("direct_io"))
         self.memfds: dict[str, tuple[int, int]] = {}
         self.conn: Connection | None = None
         try:
             for name, size in ((NODES, size_for(NODES_BUFFER)),
                                (HANDLES, size_for(HANDLES_BUFFER)),
-                               (INFLIGHT, inflight_size(1))):
+                               (INFLIGHT, inflight_size(1)), (STARTED, STARTED_SIZE),
+                               (RAISED, size_for(RAISED_BUFFER))):
                 fd = os.memfd_create(f"nooks-{name}", os.MFD_CLOEXEC)
                 self.memfds[name] = (fd, size)
                 os.ftruncate(fd, size)
             fd, size = self.memfds[INFLIGHT]
             self._map = mmap.mmap(fd, size)
             self.inflight = InFlight(memoryview(self._map))
+            fd, size = self.memfds[STARTED]
+            self._started = mmap.mmap(fd, size)
             self.conn = Connection(mountpoint, fsname=str(options.get("fsname", fsname)),
                                    subtype="", allow_other=bool(options.get("allow_other")),
                                    default_permissions=bool(
-                                       options.get("default_permissions")))
-            self.conn.init(kp.ASYNC_READ | kp.BIG_WRITES)
+                                       options.get("default_permissions")), mount=False)
         except BaseException:
             self.close()
             raise
+
+    def start(self) -> None:
+        """Mount, answer FUSE_INIT, and let the domain serve (until then it waits: it
+        must not read the kernel's INIT itself)."""
+        assert self.conn is not None
+        self.conn.mount()
+        self.conn.init(kp.ASYNC_READ | kp.BIG_WRITES)
+        self._started[0] = 1
 
     def regions(self) -> tuple[Region, ...]:
         return tuple(Region(name, fd, size) for name, (fd, size) in self.memfds.items())
@@ -116,8 +131,8 @@ class Session:
         self.memfds = {}
 
 
-def _seconds(options: dict[str, Any], key: str) -> float:
-    raw = options.get(key, 1.0)
+def _seconds(options: dict[str, Any], key: str, default: float = 1.0) -> float:
+    raw = options.get(key, default)
     try:
         value = float(raw)
     except (TypeError, ValueError):

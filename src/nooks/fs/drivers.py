@@ -22,6 +22,7 @@ class Served:
     descriptors: tuple[Descriptor, ...]
     attr_timeout: float
     entry_timeout: float
+    direct_io: bool
 
 
 @dataclass(frozen=True)
@@ -59,8 +60,8 @@ class FsDriver:
         return DriverSpec(
             target="nooks.fs.served:ServedFs" if served else "nooks.fs.adapter:FsAdapter",
             args=(self.target, list(self.args), {}),
-            kwargs={"attr_timeout": served.attr_timeout,
-                    "entry_timeout": served.entry_timeout} if served else {},
+            kwargs={"attr_timeout": served.attr_timeout, "entry_timeout": served.entry_timeout,
+                    "direct_io": served.direct_io} if served else {},
             regions=served.regions if served else (),
             descriptors=served.descriptors if served else (),
             runs="serve" if served else None,

@@ -154,11 +154,10 @@ class FsHost(SupervisedHost):
                              "mount it in host mode")
         if driver.image is not None and driver.checker:
             self.unchecked = "not checked in direct mode yet"
-        # answering before the mount appears: whoever waits for it may ask at once
-        self.open_control()
         self.session = Session(self.mountpoint, _fsname(driver), self.options)
         served = Served(self.session.regions(), self.session.descriptors(),
-                        self.session.attr_timeout, self.session.entry_timeout)
+                        self.session.attr_timeout, self.session.entry_timeout,
+                        self.session.direct_io)
         spec = driver.spec(name=label, deadline=deadline, limits=limits or Limits(),
                            fault=fault, hide=(self.mountpoint,), served=served)
         self.direct = DirectSpec(self.session, max_tries=max_tries)
@@ -246,6 +245,8 @@ class FsHost(SupervisedHost):
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 signal.signal(sig, lambda *_: self._stop.set())
         try:
+            self.open_control()
+            self.session.start()  # (the driver is built: the mount appears now)
             if self.on_ready is not None:
                 self.on_ready()
             self.session.wait_unmounted(self._stop)

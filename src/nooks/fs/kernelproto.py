@@ -108,6 +108,9 @@ FORGET_IN = struct.Struct("<Q")
 BATCH_FORGET_IN = struct.Struct("<II")
 FORGET_ONE = struct.Struct("<QQ")
 INTERRUPT_IN = struct.Struct("<Q")
+GETXATTR_IN = struct.Struct("<II")  # size, padding (also LISTXATTR's)
+SETXATTR_IN = struct.Struct("<II")  # size, flags (without FUSE_SETXATTR_EXT); name, value
+GETXATTR_OUT = struct.Struct("<II")  # the size a value needs (asked with size 0)
 
 
 class Malformed(ValueError):
@@ -184,6 +187,9 @@ def attr_out(attr: bytes, valid: float = 0.0) -> bytes:
         return _NOT_CACHED + attr
     s, ns = _valid(valid)
     return ATTR_OUT.pack(s, ns, 0) + attr
+
+
+FOPEN_DIRECT_IO = 1 << 0  # (open_out's flags) bypass the page cache for this file
 
 
 def open_out(fh: int, flags: int = 0) -> bytes:

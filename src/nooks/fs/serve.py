@@ -22,14 +22,20 @@ again after a server died (``RESEND`` in its id) that fails with an error its
 declaration lists as "done" (``done_if``: an EEXIST from a mkdir) had its
 effect before: it is answered as done.
 
+An exception the driver raises that is not an error it means fails the domain
+(the request goes to a fresh driver), and is kept in a log the next domains
+read (``lenient_after``): when a fresh driver raises it too in the same call,
+it is answered as mfusepy answers it (EINVAL), as in the host-mediated mode.
+
 Served: lookup, forget, getattr, setattr (mode, owner, size, times), readlink,
 symlink, mknod, mkdir, unlink, rmdir, rename, link, open, read, write, flush,
-fsync, release, opendir, readdir, releasedir, statfs, access, create. Anything
-else is ENOSYS.
+fsync, release, opendir, readdir, releasedir, fsyncdir, statfs, access, create,
+and the xattr calls. Anything else is ENOSYS.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import struct
@@ -44,6 +50,7 @@ from nooks.fs.handles import REOPEN_STRIP, Handles
 from nooks.fs.inflight import InFlight
 from nooks.fs.interface import FsInterface
 from nooks.fs.nodes import Nodes
+from nooks.fs.statelog import Full, StateLog
 from nooks.wrappers import declare
 
 FATTR_MODE, FATTR_UID, FATTR_GID, FATTR_SIZE = 1 << 0, 1 << 1, 1 << 2, 1 << 3
@@ -56,6 +63,7 @@ _UNIQUE = struct.Struct("<Q")
 UNKNOWN_INO = 0xFFFFFFFF  # what libfuse's high level puts in a directory entry
 RESEND = 1 << 63  # in a request's id: sent again after its first server died
 SLOT = 0  # this server's slot in the in-flight record (one serving thread)
+MAX_LENIENT = 16  # exception types remembered per driver method (as the shadow engine)
 Ctx = tuple[int, int, int]
 
 _DECLARED = declare(FsInterface)
@@ -76,6 +84,16 @@ _ENTRY_AFTER = frozenset({kp.Op.MKNOD, kp.Op.MKDIR, kp.Op.SYMLINK, kp.Op.LINK})
 _UNNEEDED = frozenset({"open", "opendir", "release", "releasedir"})
 
 
+def _sized(data: bytes, size: int) -> bytes:
+    """An xattr value or list as the kernel asked for it: its size only (``size``
+    0), or itself if it fits (ERANGE if not)."""
+    if size == 0:
+        return kp.GETXATTR_OUT.pack(len(data), 0)
+    if len(data) > size:
+        raise OSError(errno.ERANGE, "larger than asked for")
+    return data
+
+
 class Misbehaved(Exception):
     """The driver gave an answer its declaration does not allow."""
 
@@ -91,10 +109,12 @@ def checked(name: str, value: Any) -> Any:
 class Server:
     def __init__(self, fd: int, ops: Any, nodes: Nodes, handles: Handles | None = None, *,
                  inflight: InFlight | None = None, attr_timeout: float = 0.0,
-                 entry_timeout: float = 0.0) -> None:
+                 entry_timeout: float = 0.0, direct_io: bool = False) -> None:
         """``ops``: the driver's adapter (``FsAdapter``); ``handles``: the kernel is
         given virtual handles from it (a successor re-opens them), without, the
-        driver's own; ``inflight``: where the request being served is recorded."""
+        driver's own; ``inflight``: where the request being served is recorded;
+        ``direct_io``: files are opened past the kernel's page cache (libfuse's
+        ``-o direct_io``)."""
         self.fd = fd
         self.ops = ops
         self.nodes = nodes
@@ -102,9 +122,13 @@ class Server:
         self.inflight = inflight
         self.use_ns = bool(ops.uses_ns())
         self.attr_timeout, self.entry_timeout = attr_timeout, entry_timeout
+        self.open_flags = kp.FOPEN_DIRECT_IO if direct_io else 0
         self.listings: dict[int, list[tuple[bytes, int]]] = {}  # a directory handle's
         self.ctx: Ctx = (0, 0, 0)  # the caller of the request being served
         self.resent = False  # whether the request being served is sent again
+        self.calling = ""  # the driver's method being called
+        self.lenient: set[tuple[str, str]] = set()
+        self.raised: StateLog | None = None
         # what the driver implements, as mfusepy would register it with libfuse
         self._bound: dict[str, Callable[..., Any]] = {
             name: getattr(ops, name) for name in ops.implemented()}
@@ -118,7 +142,10 @@ class Server:
             kp.Op.FSYNC: self._fsync, kp.Op.RELEASE: self._release,
             kp.Op.OPENDIR: self._opendir, kp.Op.READDIR: self._readdir,
             kp.Op.RELEASEDIR: self._releasedir, kp.Op.STATFS: self._statfs,
-            kp.Op.ACCESS: self._access, kp.Op.CREATE: self._create}
+            kp.Op.ACCESS: self._access, kp.Op.CREATE: self._create,
+            kp.Op.SETXATTR: self._setxattr, kp.Op.GETXATTR: self._getxattr,
+            kp.Op.LISTXATTR: self._listxattr, kp.Op.REMOVEXATTR: self._removexattr,
+            kp.Op.FSYNCDIR: self._fsyncdir}
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -182,6 +209,14 @@ class Server:
             return kp.reply(unique, error=code)
         except kp.Malformed:
             return kp.reply(unique, error=errno.EINVAL)
+        except Exception as e:
+            if isinstance(e, Misbehaved | MemoryError):
+                raise
+            what = (self.calling, type(e).__name__)
+            if what in self.lenient:  # (a fresh driver raised it too: mfusepy's answer)
+                return kp.reply(unique, error=errno.EINVAL)
+            self._raised(what)
+            raise
 
     def _done_before(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
         """The answer to a request sent again whose first try had done its work."""
@@ -201,7 +236,7 @@ class Server:
             fh = checked("open", self._call("open", self._path(node, name),
                                              flags & ~REOPEN_STRIP))
             return entry + kp.open_out(self._handed(kp.ENTRY_OUT.unpack_from(entry)[0],
-                                                    flags, fh))
+                                                    flags, fh), self.open_flags)
         elif op in _ENTRY_AFTER:
             name = (kp.names(buf, n, 2)[0] if op == kp.Op.SYMLINK
                     else self._name(buf, n, kp.IN_HEADER.size + (
@@ -209,6 +244,24 @@ class Server:
                         if op == kp.Op.MKDIR else kp.LINK_IN.size)))
             return self._entry(node, name)
         return b""
+
+    def lenient_after(self, raised: StateLog) -> None:
+        """Keep in ``raised`` each exception the driver raises that is not an error it
+        means (its domain then fails, and the request goes to a fresh driver); one a
+        driver before raised in the same call is answered as mfusepy answers it
+        (EINVAL), as the host-mediated mode does."""
+        self.raised = raised
+        for record in raised.records():
+            name, _, exc = record.decode(errors="replace").partition("\0")
+            self.lenient.add((name, exc))
+
+    def _raised(self, what: tuple[str, str]) -> None:
+        if self.raised is None or sum(1 for n, _ in self.lenient if n == what[0]) \
+                >= MAX_LENIENT:
+            return
+        with contextlib.suppress(Full):  # (a full record: it fails again, then EIO)
+            self.raised.append(f"{what[0]}\0{what[1]}"[:200].encode())
+        self.lenient.add(what)
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -220,6 +273,7 @@ class Server:
             if name in _UNNEEDED:
                 return 0
             raise OSError(errno.ENOSYS, f"the driver has no {name}")
+        self.calling = name
         return op(self.ctx, *args)
 
     def _path(self, node: int, name: bytes | None = None) -> str:
@@ -383,7 +437,7 @@ class Server:
     def _open(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
         flags, _ = kp.args(kp.OPEN_IN, buf, n)
         fh = checked("open", self._call("open", self._path(node), flags))
-        return kp.open_out(self._handed(node, flags, fh))
+        return kp.open_out(self._handed(node, flags, fh), self.open_flags)
 
     def _read(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
         fh, offset, size, _, _, _, _ = kp.args(kp.READ_IN, buf, n)
@@ -476,6 +530,38 @@ class Server:
         self._call("access", self._path(node), mask)
         return b""
 
+    def _getxattr(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
+        size, _ = kp.args(kp.GETXATTR_IN, buf, n)
+        name = self._name(buf, n, kp.IN_HEADER.size + kp.GETXATTR_IN.size)
+        value = checked("getxattr", self._call("getxattr", self._path(node),
+                                                os.fsdecode(name)))
+        return _sized(value, size)
+
+    def _listxattr(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
+        size, _ = kp.args(kp.GETXATTR_IN, buf, n)
+        names = checked("listxattr", self._call("listxattr", self._path(node)))
+        return _sized(b"".join(os.fsencode(x) + b"\0" for x in names), size)
+
+    def _setxattr(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
+        size, flags = kp.args(kp.SETXATTR_IN, buf, n)
+        at = kp.IN_HEADER.size + kp.SETXATTR_IN.size
+        name = kp.names(buf, n, 1, at)[0]
+        at += len(name) + 1
+        if n - at < size:
+            raise kp.Malformed("an xattr value shorter than it says")
+        self._call("setxattr", self._path(node), os.fsdecode(name),
+                   bytes(buf[at:at + size]), flags)
+        return b""
+
+    def _removexattr(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
+        self._call("removexattr", self._path(node), os.fsdecode(self._name(buf, n)))
+        return b""
+
+    def _fsyncdir(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
+        fh, flags, _ = kp.args(kp.FSYNC_IN, buf, n)
+        self._call("fsyncdir", self._path(node), flags & 1, self._fh(fh))
+        return b""
+
     def _create(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
         flags, mode, _, _ = kp.args(kp.CREATE_IN, buf, n)
         if self.resent:  # (the first try may have made the file: O_EXCL would refuse it)
@@ -485,4 +571,5 @@ class Server:
         # (as mfusepy: a create that takes the open flags is given them)
         fh = checked("create", self._call("create", path, mode, flags))
         entry = self._entry(node, name)
-        return entry + kp.open_out(self._handed(kp.ENTRY_OUT.unpack_from(entry)[0], flags, fh))
+        return entry + kp.open_out(self._handed(kp.ENTRY_OUT.unpack_from(entry)[0], flags, fh),
+                                   self.open_flags)

@@ -12,6 +12,7 @@ mount goes away (``nooks.fs.serve``).
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from nooks.domain import child
@@ -23,6 +24,11 @@ from nooks.fs.serve import Server
 from nooks.fs.statelog import StateLog
 
 FUSE, NODES, HANDLES, INFLIGHT = "fuse", "nodes", "handles", "inflight"
+# a byte the host sets once the mount is made and FUSE_INIT answered (before, the
+# domain must not read: the kernel's INIT is the host's to answer)
+STARTED, STARTED_SIZE = "started", 8
+RAISED = "raised"  # the exceptions drivers raised (nooks.fs.serve.Server.lenient_after)
+START_POLL = 0.001  # seconds between looks at it
 INIT_CTX = (0, 0, 0)  # (as mfusepy's init: no caller)
 
 
@@ -31,16 +37,24 @@ class ServedFs(FsAdapter):
     own once the driver is built (``DriverSpec.runs``)."""
 
     def __init__(self, target: str, args: list[Any], kwargs: dict[str, Any], *,
-                 attr_timeout: float = 1.0, entry_timeout: float = 1.0) -> None:
+                 attr_timeout: float = 1.0, entry_timeout: float = 1.0,
+                 direct_io: bool = False) -> None:
         """The driver as ``FsAdapter`` builds it; how long the kernel may cache
-        attributes and names (libfuse's ``attr_timeout``, ``entry_timeout``)."""
+        attributes and names (libfuse's ``attr_timeout``, ``entry_timeout``), and
+        whether files bypass its page cache (``direct_io``)."""
         super().__init__(target, args, kwargs)
         self.attr_timeout, self.entry_timeout = attr_timeout, entry_timeout
+        self.direct_io = direct_io
 
     def serve(self) -> None:
+        started = child.region(STARTED)
+        while not started[0]:  # (only the first domain waits, for a millisecond or so)
+            time.sleep(START_POLL)
         server = Server(child.descriptor(FUSE), self, Nodes(StateLog(child.region(NODES))),
                         Handles(StateLog(child.region(HANDLES))),
                         inflight=InFlight(child.region(INFLIGHT)),
-                        attr_timeout=self.attr_timeout, entry_timeout=self.entry_timeout)
+                        attr_timeout=self.attr_timeout, entry_timeout=self.entry_timeout,
+                        direct_io=self.direct_io)
+        server.lenient_after(StateLog(child.region(RAISED)))
         self.init(INIT_CTX, "/")
         server.serve()
