@@ -30,31 +30,15 @@ class CrashingPassthrough(Passthrough):
         return result
 
     def _fail(self, kind: str, path: str, fh: Any) -> dict[str, Any]:
-        if kind == "segv":
-            ctypes.string_at(0)
-        elif kind == "abort":
-            os.abort()
-        elif kind == "exit":
-            os._exit(3)
-        elif kind == "exception":
-            raise RuntimeError("the driver's own bug")
-        elif kind == "hang":
-            while True:
-                pass
-        elif kind == "memory":
-            hog = []
-            while True:
-                hog.append(bytearray(16 << 20))
-        elif kind == "garbage":
+        from nooks.domain import child
+
+        if kind == "garbage":
             return {**super().getattr(path, fh), "st_size": -1}
-        elif kind == "arena":
-            from nooks.domain.child import kernel_arena_address
-
-            ctypes.memset(kernel_arena_address(), 1, 1)
+        if kind == "arena":
+            ctypes.memset(child.kernel_arena_address(), 1, 1)
         elif kind == "kernel":
-            from nooks.domain.child import kernel
-
-            kernel().bd_read(0, 1)
+            child.kernel().bd_read(0, 1)
+        child.inject(kind)  # (the others: as ``nooks inject`` makes a driver fail)
         raise ValueError(f"no such way to fail: {kind}")
 
 
