@@ -94,6 +94,10 @@ class FsAdapter:
             self._ops[name] = op
         return op
 
+    def stores_per_request(self) -> bool:
+        """Whether ``request_done`` has anything to do (a block device's writes)."""
+        return bool(self._devices)
+
     def request_done(self) -> None:
         """The request is answered next (direct mode): the block device's writes are
         committed before the kernel hears of it."""

@@ -38,7 +38,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import struct
 import time
 from collections.abc import Callable
 from typing import Any
@@ -59,7 +58,6 @@ FATTR_ATIME_NOW, FATTR_MTIME_NOW = 1 << 7, 1 << 8
 GETATTR_FH = 1
 UTIME_OMIT = (1 << 30) - 2
 BUFFER = kp.MIN_READ_BUFFER + (1 << 17)
-_UNIQUE = struct.Struct("<Q")
 UNKNOWN_INO = 0xFFFFFFFF  # what libfuse's high level puts in a directory entry
 RESEND = 1 << 63  # in a request's id: sent again after its first server died
 SLOT = 0  # this server's slot in the in-flight record (one serving thread)
@@ -152,7 +150,7 @@ class Server:
     def serve(self) -> None:
         """Serve until the mount goes away."""
         buf = bytearray(BUFFER)
-        done = self.ops.request_done
+        done = self.ops.request_done if self.ops.stores_per_request() else None
         while True:
             try:
                 n = os.readv(self.fd, [buf])
@@ -162,13 +160,9 @@ class Server:
                 if e.errno in (errno.EINTR, errno.ENOENT, errno.EAGAIN):
                     continue  # (ENOENT: a request interrupted before it was read)
                 raise
-            record = self.inflight
-            if record is not None and n >= kp.IN_HEADER.size:
-                record.took(SLOT, _UNIQUE.unpack_from(buf, 8)[0],
-                            _UNIQUE.unpack_from(buf, 4)[0] & 0xFFFFFFFF,
-                            int(time.monotonic() * 1000))
             out = self.handle(buf, n)
-            done()  # (what the request stored is kept before the kernel hears of it)
+            if done is not None:
+                done()  # (what the request stored is kept before the kernel hears of it)
             if out is not None:
                 try:
                     os.write(self.fd, out)
@@ -177,12 +171,14 @@ class Server:
                         return
                     if e.errno != errno.ENOENT:  # (its caller was interrupted: gone)
                         raise
-            if record is not None:
-                record.done(SLOT)
+            if self.inflight is not None:
+                self.inflight.done(SLOT)
 
     def handle(self, buf: bytearray, n: int) -> bytes | None:
         """The reply to the request in ``buf[:n]`` (None for those that get none)."""
         op, unique, node, uid, gid, pid = kp.header(buf, n)
+        if self.inflight is not None:
+            self.inflight.took(SLOT, unique, op, int(time.monotonic() * 1000))
         self.ctx = (uid, gid, pid)
         self.resent = bool(unique & RESEND)
         if op == kp.Op.FORGET:
