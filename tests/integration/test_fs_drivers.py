@@ -154,7 +154,8 @@ def test_mfusepy_examples_match_direct_mount_and_survive_crashes(
 
 
 
-def test_suspect_errors_get_a_second_opinion(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["host", "direct"])
+def test_suspect_errors_get_a_second_opinion(tmp_path: Path, mode: str) -> None:
     """EIO, or EBADF for an open handle, from a driver whose state is corrupt: a
     fresh driver is asked again and the application reads its data. An error
     the fresh driver repeats (a bad sector) reaches the application, once asked."""
@@ -163,9 +164,11 @@ def test_suspect_errors_get_a_second_opinion(tmp_path: Path) -> None:
     for name in ("flaky.txt", "stale.txt", "bad.txt"):
         (backing / name).write_text(f"contents of {name}")
     with mounted(str(tmp_path), "tests.drivers.flaky:FlakyPassthrough",
-                 extra=("--state", "persistent"), ctor=(str(backing),)) as m:
+                 extra=("--state", "persistent", "--mode", mode), ctor=(str(backing),)) as m:
         for name in ("flaky.txt", "stale.txt"):
             assert (Path(m.path) / name).read_text() == f"contents of {name}"
+        # (the fresh driver may answer before the recovery is written down)
+        wait_for(lambda: m.status()["recoveries"], 10, "the recovery's record")
         recs = m.status()["recoveries"]
         assert [r["kind"] for r in recs] == ["misbehaved"]  # one restart cured both
         assert "asking a fresh driver" in recs[0]["detail"]
@@ -173,6 +176,7 @@ def test_suspect_errors_get_a_second_opinion(tmp_path: Path) -> None:
             with pytest.raises(OSError, match="Input/output error") as e:
                 (Path(m.path) / "bad.txt").read_text()
             assert e.value.errno == errno.EIO
+        wait_for(lambda: len(m.status()["recoveries"]) >= 2, 10, "the recovery's record")
         st = m.status()
         assert len(st["recoveries"]) == 2  # asked once; then the error was trusted
         assert st["second_opinions"] == 2
@@ -184,8 +188,9 @@ def test_suspect_errors_get_a_second_opinion(tmp_path: Path) -> None:
         assert e.value.errno == errno.EIO
 
 
+@pytest.mark.parametrize("mode", ["host", "direct"])
 @pytest.mark.parametrize("case", ["mkdir", "unlink", "read", "access"])
-def test_wrong_answers_get_a_second_opinion(tmp_path: Path, case: str) -> None:
+def test_wrong_answers_get_a_second_opinion(tmp_path: Path, case: str, mode: str) -> None:
     """A driver that answers success without doing the work: the shadow's
     postcondition (checked with the driver's own getattr) fails, a fresh driver
     is asked again, and the application sees the right outcome."""
@@ -196,7 +201,7 @@ def test_wrong_answers_get_a_second_opinion(tmp_path: Path, case: str) -> None:
     (backing / "short.bin").write_bytes(data)
     (backing / "locked").mkdir()
     with mounted(str(tmp_path), "tests.drivers.flaky:QuietlyWrongPassthrough",
-                 extra=("--state", "persistent"), ctor=(str(backing),)) as m:
+                 extra=("--state", "persistent", "--mode", mode), ctor=(str(backing),)) as m:
         root = Path(m.path)
         if case == "mkdir":
             (root / "lost").mkdir()
@@ -210,6 +215,7 @@ def test_wrong_answers_get_a_second_opinion(tmp_path: Path, case: str) -> None:
             assert os.access(root / "locked", os.X_OK)
             subprocess.run(["sh", "-c", "cd locked && pwd"], cwd=root, check=True,
                            capture_output=True)
+        wait_for(lambda: m.status()["recoveries"], 10, "the recovery's record")
         st = m.status()
         assert [r["kind"] for r in st["recoveries"]] == ["misbehaved"]
         assert "asking a fresh driver" in st["recoveries"][0]["detail"]

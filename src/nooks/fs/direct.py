@@ -160,6 +160,10 @@ class DirectSpec(ClassSpec):
 
     def prepare_restart(self) -> None:
         self._dead_gone()
+        report = self.domain.report if self.domain is not None else None
+        if report is not None and report.detail.startswith("Suspect:") \
+                and self.shadow is not None:
+            self.shadow.second_opinions_asked += 1  # (its answer was doubted)
         conn = self.session.conn
         assert conn is not None
         taken = self.session.inflight.taken()

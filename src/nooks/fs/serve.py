@@ -38,6 +38,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
+import struct
 import time
 from collections.abc import Callable
 from typing import Any
@@ -62,6 +64,7 @@ UNKNOWN_INO = 0xFFFFFFFF  # what libfuse's high level puts in a directory entry
 RESEND = 1 << 63  # in a request's id: sent again after its first server died
 SLOT = 0  # this server's slot in the in-flight record (one serving thread)
 MAX_LENIENT = 16  # exception types remembered per driver method (as the shadow engine)
+_TRUST = "\x01trust"  # (a record of the raised log that is a trusted error)
 Ctx = tuple[int, int, int]
 
 _DECLARED = declare(FsInterface)
@@ -76,6 +79,19 @@ _DONE_IF: dict[int, frozenset[int]] = {
 # a create sent again that finds its file: the first try made it (then it is opened)
 _DONE_IF[kp.Op.CREATE] = frozenset({errno.EEXIST})
 _ENTRY_AFTER = frozenset({kp.Op.MKNOD, kp.Op.MKDIR, kp.Op.SYMLINK, kp.Op.LINK})
+# errors a driver gives when it is broken more often than when the world is (as the
+# host-mediated mode's ``nooks.fs.spec.SUSPECT``): a fresh driver is asked again
+SUSPECT = frozenset({errno.EIO, errno.EFAULT, errno.ENOSPC, errno.EMFILE, errno.ENFILE,
+                     errno.ENOMEM})
+OUT_OF = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})  # its domain's own limits
+# requests that look a name up: ENOENT is an answer (the kernel looked up the others)
+_LOOKING = frozenset({kp.Op.LOOKUP, kp.Op.GETATTR, kp.Op.ACCESS, kp.Op.STATFS})
+# handles the kernel passes (it passes only those it was given), by where they are
+_FH_ARGS: dict[int, struct.Struct] = {
+    kp.Op.READ: kp.READ_IN, kp.Op.WRITE: kp.READ_IN, kp.Op.FLUSH: kp.FLUSH_IN,
+    kp.Op.FSYNC: kp.FSYNC_IN, kp.Op.RELEASE: kp.RELEASE_IN, kp.Op.READDIR: kp.READ_IN,
+    kp.Op.RELEASEDIR: kp.RELEASE_IN, kp.Op.FSYNCDIR: kp.FSYNC_IN}
+TRUST_MS = 10_000  # how long an error a fresh driver repeated is believed without asking
 
 
 # what libfuse's high level does without the driver's: succeeds
@@ -94,6 +110,12 @@ def _sized(data: bytes, size: int) -> bytes:
 
 class Misbehaved(Exception):
     """The driver gave an answer its declaration does not allow."""
+
+
+class Suspect(Exception):
+    """The driver gave an answer a correct driver gives rarely or never here: a fresh
+    one is asked (the domain fails with this, and the kernel sends the request
+    again)."""
 
 
 def checked(name: str, value: Any) -> Any:
@@ -127,6 +149,7 @@ class Server:
         self.calling = ""  # the driver's method being called
         self.lenient: set[tuple[str, str]] = set()
         self.raised: StateLog | None = None
+        self.trusted: dict[tuple[int, int], int] = {}  # (opcode, errno): until (ms)
         # what the driver implements, as mfusepy would register it with libfuse
         self._bound: dict[str, Callable[..., Any]] = {
             name: getattr(ops, name) for name in ops.implemented()}
@@ -202,11 +225,19 @@ class Server:
             code = e.errno if isinstance(e.errno, int) and e.errno > 0 else errno.EINVAL
             if unique & RESEND and code in _DONE_IF.get(op, frozenset()):
                 return kp.reply(unique, self._done_before(node, op, buf, n))
+            if self._suspect(op, code, buf, n) and not self._trusted(op, code):
+                if not self.resent:
+                    if code in OUT_OF:
+                        raise  # (a *resource* failure)
+                    raise Suspect(f"{kp.Op(op).name.lower()} answered "
+                                  f"{errno.errorcode.get(code, code)}: asking a fresh "
+                                  "driver") from None
+                self._trust(op, code)  # (a fresh driver said so too)
             return kp.reply(unique, error=code)
         except kp.Malformed:
             return kp.reply(unique, error=errno.EINVAL)
         except Exception as e:
-            if isinstance(e, Misbehaved | MemoryError):
+            if isinstance(e, Misbehaved | Suspect | MemoryError):
                 raise
             what = (self.calling, type(e).__name__)
             if what in self.lenient:  # (a fresh driver raised it too: mfusepy's answer)
@@ -249,7 +280,50 @@ class Server:
         self.raised = raised
         for record in raised.records():
             name, _, exc = record.decode(errors="replace").partition("\0")
-            self.lenient.add((name, exc))
+            if name == _TRUST:
+                op, code, until = (int(x) for x in exc.split("\0"))
+                self.trusted[(op, code)] = until
+            else:
+                self.lenient.add((name, exc))
+
+    def _suspect(self, op: int, code: int, buf: bytearray, n: int) -> bool:
+        if code in SUSPECT:
+            return True
+        if code == errno.ENOENT:
+            return op not in _LOOKING
+        if code in (errno.EBADF, errno.EINVAL):
+            layout = _FH_ARGS.get(op)
+            if layout is None:
+                return code == errno.EBADF  # (no handle: it cannot be a bad one)
+            fh = kp.args(layout, buf, n)[0]
+            return self.handles is not None and fh in self.handles.handles
+        return False
+
+    def _doubt(self, why: str) -> None:
+        """The driver's answer cannot be right: ask a fresh driver (unless this one is
+        the fresh one: then its answer stands)."""
+        if not self.resent:
+            raise Suspect(f"{why}: asking a fresh driver")
+
+    def _gone(self, path: str, op: str) -> None:
+        try:
+            self._call("getattr", path)
+        except OSError as e:
+            if e.errno == errno.ENOENT:
+                return
+            raise
+        self._doubt(f"{path} is still there after {op}")
+
+    def _trusted(self, op: int, code: int) -> bool:
+        until = self.trusted.get((op, code))
+        return until is not None and int(time.monotonic() * 1000) < until
+
+    def _trust(self, op: int, code: int) -> None:
+        until = int(time.monotonic() * 1000) + TRUST_MS
+        self.trusted[(op, code)] = until
+        if self.raised is not None:
+            with contextlib.suppress(Full):
+                self.raised.append(f"{_TRUST}\0{op}\0{code}\0{until}".encode())
 
     def _raised(self, what: tuple[str, str]) -> None:
         if self.raised is None or sum(1 for n, _ in self.lenient if n == what[0]) \
@@ -295,9 +369,13 @@ class Server:
                        mtime_ns=self._ns(st.get("st_mtime", 0)),
                        ctime_ns=self._ns(st.get("st_ctime", 0)))
 
-    def _entry(self, parent: int, name: bytes) -> bytes:
-        """Look ``name`` up in ``parent`` (the driver's getattr) and count it."""
+    def _entry(self, parent: int, name: bytes, made: int = 0) -> bytes:
+        """Look ``name`` up in ``parent`` (the driver's getattr) and count it; ``made``:
+        the kind of file a request has just made there (else the driver is doubted)."""
         st = checked("getattr", self._call("getattr", self._path(parent, name)))
+        mode = st.get("st_mode", 0)
+        if made and stat.S_IFMT(mode) != made:
+            self._doubt(f"{self._path(parent, name)} is mode {mode:o} after it was made")
         node = self.nodes.lookup(parent, name)
         return kp.entry_out(node, self._attr(node, st), self.entry_timeout, self.attr_timeout)
 
@@ -340,6 +418,13 @@ class Server:
         path = self._path(node)
         st = checked("getattr", self._call("getattr", path, self._fh(fh))
                      if flags & GETATTR_FH else self._call("getattr", path))
+        h = self.handles.handles.get(fh) if flags & GETATTR_FH and self.handles else None
+        mode = st.get("st_mode", 0)
+        if h is not None and not h.directory and (
+                stat.S_ISDIR(mode) or stat.S_ISSOCK(mode)
+                or (h.flags & os.O_CREAT and not stat.S_ISREG(mode))):
+            # (open() refuses both; what create made is a regular file)
+            self._doubt(f"the open file {path} is described as mode {mode:o}")
         return kp.attr_out(self._attr(node, st), self.attr_timeout)
 
     def _setattr(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
@@ -382,7 +467,7 @@ class Server:
     def _symlink(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
         name, target = kp.names(buf, n, 2)
         self._call("symlink", self._path(node, name), os.fsdecode(target))
-        return self._entry(node, name)
+        return self._entry(node, name, stat.S_IFLNK)
 
     def _mknod(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
         mode, rdev, _, _ = kp.args(kp.MKNOD_IN, buf, n)
@@ -394,23 +479,26 @@ class Server:
         mode, _ = kp.args(kp.MKDIR_IN, buf, n)
         name = self._name(buf, n, kp.IN_HEADER.size + kp.MKDIR_IN.size)
         self._call("mkdir", self._path(node, name), mode)
-        return self._entry(node, name)
+        return self._entry(node, name, stat.S_IFDIR)
 
     def _unlink(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
         name = self._name(buf, n)
         self._call("unlink", self._path(node, name))
+        self._gone(self._path(node, name), "unlink")
         self.nodes.removed(node, name)
         return b""
 
     def _rmdir(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
         name = self._name(buf, n)
         self._call("rmdir", self._path(node, name))
+        self._gone(self._path(node, name), "rmdir")
         self.nodes.removed(node, name)
         return b""
 
     def _renamed(self, node: int, newdir: int, buf: bytearray, n: int, at: int) -> bytes:
         old, new = kp.names(buf, n, 2, at)
         self._call("rename", self._path(node, old), self._path(newdir, new))
+        self._call("getattr", self._path(newdir, new))  # (ENOENT: doubted, as suspect)
         self.nodes.moved(node, old, newdir, new)
         return b""
 
@@ -441,6 +529,11 @@ class Server:
                                              self._fh(fh)))
         if len(data) > size:
             raise Misbehaved(f"read returned {len(data)} bytes, {size} were asked for")
+        if len(data) < size and not self.resent:
+            end = checked("getattr", self._call("getattr", self._path(node))).get("st_size")
+            if isinstance(end, int) and offset + len(data) < end:
+                self._doubt(f"read {len(data)} of {size} bytes at {offset} of a "
+                            f"{end}-byte file")
         return bytes(data)
 
     def _write(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
@@ -453,6 +546,8 @@ class Server:
         written = checked("write", written)
         if written > size:
             raise Misbehaved(f"write says it wrote {written} bytes of {size}")
+        if written != size:
+            self._doubt(f"wrote {written} of {size} bytes")
         return kp.write_out(written)
 
     def _flush(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
@@ -523,7 +618,18 @@ class Server:
 
     def _access(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
         mask, _ = kp.args(kp.ACCESS_IN, buf, n)
-        self._call("access", self._path(node), mask)
+        path = self._path(node)
+        try:
+            self._call("access", path, mask)
+        except OSError as e:
+            if e.errno in (errno.EACCES, errno.EPERM) and self.ctx[0] == 0:
+                # root may read and write anything, and search any directory or run
+                # any file with an execute bit: a refusal of those is the driver's
+                mode = checked("getattr", self._call("getattr", path)).get("st_mode", 0) \
+                    if mask & os.X_OK else 0
+                if not mask & os.X_OK or stat.S_ISDIR(mode) or mode & 0o111:
+                    self._doubt(f"root was refused access ({mask:o}) to {path}")
+            raise
         return b""
 
     def _getxattr(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
