@@ -172,17 +172,17 @@ class DirectSpec(ClassSpec):
         self._tries = tries
         for t in taken:
             if tries[t.unique & ~RESEND] >= self.max_tries or not conn.can_resend:
-                self._answer_eio(t.unique, t.opcode)
+                self._answer_eio(t.unique, t.opcode, f"failed {self.max_tries} drivers"
+                                 if conn.can_resend else "cannot be sent again")
                 self.session.inflight.done(t.slot)
                 tries.pop(t.unique & ~RESEND, None)
         if conn.can_resend:
             self.resent += len(self.session.inflight.taken())
             conn.resend()
 
-    def _answer_eio(self, unique: int, opcode: int) -> None:
+    def _answer_eio(self, unique: int, opcode: int, why: str) -> None:
         assert self.session.conn is not None
-        log.error("request %d (opcode %d) failed %d drivers: answered EIO", unique & ~RESEND,
-                  opcode, self.max_tries)
+        log.error("request %d (opcode %d) %s: answered EIO", unique & ~RESEND, opcode, why)
         self.poisoned += 1
         if self.shadow is not None:
             self.shadow.poisoned += 1
