@@ -159,7 +159,8 @@ def print_fs(r: dict[str, Any]) -> None:
                 "nooks/direct"):
         t.add_column(col, justify="right")
     units = {"stat_ops_s": "stat/s", "create_unlink_ops_s": "create+unlink/s",
-             "write_mb_s": "write MB/s", "read_mb_s": "read MB/s", "build_s": "build-like s"}
+             "write_mb_s": "write MB/s", "read_mb_s": "read MB/s", "build_s": "build-like s",
+             "tree_cached_s": "cached tree s"}
     unchecked = r.get("ratio_unchecked_to_native")
     if unchecked is not None:
         t.add_column("without checkpoints ÷ native", justify="right")
@@ -168,7 +169,7 @@ def print_fs(r: dict[str, Any]) -> None:
                f"{r['nooks'][key]:,.1f}", f"{r['ratio_to_native'][key]:.2f}×",
                f"{r['ratio_to_direct'][key]:.2f}×"]
         if unchecked is not None:
-            row.append(f"{unchecked[key]:.2f}×")
+            row.append(f"{unchecked[key]:.2f}×" if key in unchecked else "")
         t.add_row(*row)
     console.print(t)
     console.print(f"recovery under a stat() load: p50 {r['recovery_ms_p50']:.1f} ms, "
