@@ -143,3 +143,16 @@ def test_xattrs_and_a_drivers_own_exception_get_mfusepys_answers(tmp_path: Path)
     assert expected[5] == ("errno", errno.EINVAL)
     assert [(r["kind"], r["ok"]) for r in st["recoveries"]] == [("misbehaved", True)]
     assert st["poisoned"] == 0
+
+
+def test_sigterm_unmounts_and_ends_the_driver_in_order(tmp_path: Path) -> None:
+    backing = tmp_path / "backing"
+    backing.mkdir()
+    with mounted(str(tmp_path), "passthrough", str(backing), extra=("--mode", "direct")) as m:
+        (Path(m.path) / "kept").write_bytes(b"before the signal")
+        domain = m.status()["domain_pid"]
+        m.proc.terminate()
+        assert m.proc.wait(timeout=30) == 0
+        assert not os.path.ismount(m.path)
+        assert not os.path.exists(f"/proc/{domain}")
+    assert (backing / "kept").read_bytes() == b"before the signal"

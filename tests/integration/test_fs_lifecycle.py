@@ -137,7 +137,9 @@ def test_drivers_end_in_order_at_unmount(tmp_path: Path) -> None:
         assert finished(state) == expected
 
 
-def test_what_a_driver_writes_to_its_image_as_it_ends_is_kept(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["host", "direct"])
+def test_what_a_driver_writes_to_its_image_as_it_ends_is_kept(tmp_path: Path,
+                                                              mode: str) -> None:
     """destroy, __del__ and atexit handlers write to the host-owned image: all of it is
     in the image after umount, as after unmounting the direct mount."""
     def marks(image: Path) -> list[bytes]:
@@ -153,7 +155,7 @@ def test_what_a_driver_writes_to_its_image_as_it_ends_is_kept(tmp_path: Path) ->
     image = tmp_path / "disk.img"
     image.write_bytes(bytes(1 << 20))
     with mounted(str(tmp_path), "tests.drivers.finalizing:FinalizingImage",
-                 extra=("--image", str(image))) as m:
+                 extra=("--image", str(image), "--mode", mode)) as m:
         r = nooks("umount", m.path)
         assert r.returncode == 0, r.stderr
     assert marks(image) == [b"DESTROY", b"DEL", b"ATEXIT"]

@@ -78,3 +78,17 @@ def test_without_resend_the_recorded_request_is_answered_at_once() -> None:
     session.inflight.took(0, 8, kp.Op.LOOKUP, 1)
     spec.prepare_restart()
     assert session.conn.written() == [(8, errno.EIO)] and session.conn.resends == 0
+
+
+def test_a_driver_that_failed_before_reading_leaves_the_counts() -> None:
+    """A recovery attempt whose driver failed while it was built read nothing: the
+    request's count stands, and the entry given back is not seen again."""
+    session = FakeSession()
+    spec = DirectSpec(session, max_tries=2)  # type: ignore[arg-type]
+    session.inflight.took(0, 40, kp.Op.READ, 1)
+    spec.prepare_restart()
+    assert session.inflight.taken() == []  # (given back: no stale entry to look hung)
+    spec.prepare_restart()  # a driver that never read
+    session.inflight.took(0, 40 | RESEND, kp.Op.READ, 2)
+    spec.prepare_restart()
+    assert session.conn.written() == [(40 | RESEND, errno.EIO)]

@@ -98,6 +98,16 @@ class FsAdapter:
         """Whether ``request_done`` has anything to do (a block device's writes)."""
         return bool(self._devices)
 
+    # whether each call is a request of its own (a host call, committed as its reply
+    # is read); a server of the kernel's requests marks them itself (request_started)
+    epoch_per_call = True
+
+    def request_started(self) -> None:
+        """A request of the kernel's begins (it may call several of the driver's methods:
+        their writes to the block device are one request's)."""
+        for device in self._devices:
+            device.request_started()
+
     def request_done(self) -> None:
         """The request is answered next (direct mode): the block device's writes are
         committed before the kernel hears of it."""
@@ -117,7 +127,7 @@ class FsAdapter:
 
     def _call(self, ctx: tuple[int, int, int], name: str, *args: Any) -> Any:
         _ctx.value = ctx
-        if self._devices:
+        if self._devices and self.epoch_per_call:
             for device in self._devices:
                 device.request_started()
         op = self._op(name)

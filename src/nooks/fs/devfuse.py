@@ -100,14 +100,18 @@ class Connection:
             raise OSError(errno.ENOSYS, "this kernel does not resend FUSE requests")
         os.write(self.fd, kp.notification(kp.Notify.RESEND))
 
-    def close(self) -> None:
+    def unmount(self) -> None:
         """Unmount (lazily: a process still inside the mount keeps it until it
-        leaves) and let the connection go."""
+        leaves); the descriptor stays open."""
         if self.mounted:
             self.mounted = False
             with contextlib.suppress(OSError):
                 _check(_libc.umount2(self.mountpoint.encode(), MNT_DETACH),
                        f"umount {self.mountpoint}")
+
+    def close(self) -> None:
+        """Unmount and let the connection go."""
+        self.unmount()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

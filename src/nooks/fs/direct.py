@@ -102,6 +102,7 @@ class Session:
         assert self.conn is not None
         self.conn.mount()
         self.conn.init(kp.ASYNC_READ | kp.BIG_WRITES)
+        self._started[1] = int(self.conn.can_resend)
         self._started[0] = 1
 
     def regions(self) -> tuple[Region, ...]:
@@ -122,6 +123,12 @@ class Session:
             if p.poll(200):
                 return
 
+    def unmount(self) -> None:
+        """Take the mount away (lazily: what is inside it leaves in its own time); the
+        connection stays, so the driver can still be ended in order."""
+        if self.conn is not None:
+            self.conn.unmount()
+
     def close(self) -> None:
         if self.conn is not None:
             self.conn.close()
@@ -129,6 +136,11 @@ class Session:
         for fd, _ in self.memfds.values():
             os.close(fd)
         self.memfds = {}
+        if hasattr(self, "_map"):
+            self.inflight.mem.release()
+            self._map.close()
+        if hasattr(self, "_started"):
+            self._started.close()
 
 
 def _seconds(options: dict[str, Any], key: str, default: float = 1.0) -> float:
@@ -166,18 +178,25 @@ class DirectSpec(ClassSpec):
             self.shadow.second_opinions_asked += 1  # (its answer was doubted)
         conn = self.session.conn
         assert conn is not None
-        taken = self.session.inflight.taken()
-        tries = {t.unique & ~RESEND: self._tries.get(t.unique & ~RESEND, 0) + 1
-                 for t in taken}
-        self._tries = tries
+        record = self.session.inflight
+        taken = record.taken()
+        if taken:  # (none: this driver failed before it read one; counts stand)
+            # a request counts the drivers that failed with it in flight, in a row
+            tries = {t.unique & ~RESEND: self._tries.get(t.unique & ~RESEND, 0) + 1
+                     for t in taken}
+            self._tries = tries
         for t in taken:
-            if tries[t.unique & ~RESEND] >= self.max_tries or not conn.can_resend:
+            key = t.unique & ~RESEND
+            if self._tries.get(key, 0) >= self.max_tries or not conn.can_resend:
                 self._answer_eio(t.unique, t.opcode, f"failed {self.max_tries} drivers"
                                  if conn.can_resend else "cannot be sent again")
-                self.session.inflight.done(t.slot)
-                tries.pop(t.unique & ~RESEND, None)
+                self._tries.pop(key, None)
+            else:
+                self.resent += 1
+            # given back (or answered): a fresh driver's own record starts empty, and
+            # what it takes again is counted again (a stale entry would look hung)
+            record.done(t.slot)
         if conn.can_resend:
-            self.resent += len(self.session.inflight.taken())
             conn.resend()
 
     def _answer_eio(self, unique: int, opcode: int, why: str) -> None:
@@ -220,18 +239,30 @@ class Watch:
     def _run(self) -> None:
         interval = min(max(self.deadline_ms / 10_000, 0.01), 0.5)
         while not self._stop.wait(interval):
+            domain, shadow = self.spec.domain, self.spec.shadow
+            if domain is None or shadow is None:
+                continue
+            if shadow.dead is not None:  # (no request comes through the engine to try)
+                shadow.revive(domain.failures[-1] if domain.failures else None)
+                continue
+            inc, generation = domain.current, shadow.generation
+            if inc is None:
+                continue  # (being replaced)
+            if not inc.alive and inc.report is not None and shadow.mode == "passive":
+                # it failed and nobody is recovering it (a failure seen while the last
+                # recovery was ending): recover it now
+                shadow.recover_now(inc.report, generation)
+                continue
             record = self.spec.session.inflight
             age = record.oldest_age_ms(int(time.monotonic() * 1000))
-            if age is None or age <= self.deadline_ms:
-                continue
-            domain, shadow = self.spec.domain, self.spec.shadow
-            if domain is None or shadow is None or domain.current is None:
+            if age is None or age <= self.deadline_ms or domain.current is not inc:
                 continue
             taken = record.taken()
             what = kp.Op(taken[0].opcode).name.lower() if taken and \
                 taken[0].opcode in kp.Op._value2member_map_ else "a request"
-            generation = shadow.generation
             try:
+                if domain.current is not inc:
+                    continue  # (replaced meanwhile: the record was the old one's)
                 report = domain.condemn(f"no answer within the deadline "
                                         f"({self.deadline_ms / 1000:g} s)", what,
                                         FailureKind.HUNG)

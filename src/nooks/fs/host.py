@@ -250,6 +250,7 @@ class FsHost(SupervisedHost):
             if self.on_ready is not None:
                 self.on_ready()
             self.session.wait_unmounted(self._stop)
+            self.session.unmount()  # (stopped by a signal: no new request, then destroy)
             if self._watch is not None:
                 self._watch.close()
             if self.sup.usable and "destroy" in self.sup.ask("implemented"):

@@ -25,7 +25,8 @@ from nooks.fs.statelog import StateLog
 
 FUSE, NODES, HANDLES, INFLIGHT = "fuse", "nodes", "handles", "inflight"
 # a byte the host sets once the mount is made and FUSE_INIT answered (before, the
-# domain must not read: the kernel's INIT is the host's to answer)
+# domain must not read: the kernel's INIT is the host's to answer); the next says
+# whether the kernel sends again what a dead domain had read
 STARTED, STARTED_SIZE = "started", 8
 RAISED = "raised"  # the exceptions drivers raised (nooks.fs.serve.Server.lenient_after)
 START_POLL = 0.001  # seconds between looks at it
@@ -35,6 +36,8 @@ INIT_CTX = (0, 0, 0)  # (as mfusepy's init: no caller)
 class ServedFs(FsAdapter):
     """``FsAdapter`` that serves the mount itself: ``serve`` runs on a thread of its
     own once the driver is built (``DriverSpec.runs``)."""
+
+    epoch_per_call = False  # (the server marks each request: Server.handle)
 
     def __init__(self, target: str, args: list[Any], kwargs: dict[str, Any], *,
                  attr_timeout: float = 1.0, entry_timeout: float = 1.0,
@@ -56,5 +59,6 @@ class ServedFs(FsAdapter):
                         attr_timeout=self.attr_timeout, entry_timeout=self.entry_timeout,
                         direct_io=self.direct_io)
         server.lenient_after(StateLog(child.region(RAISED)))
+        server.second_opinions = bool(started[1])
         self.init(INIT_CTX, "/")
         server.serve()

@@ -655,6 +655,13 @@ class Shadow(Generic[S]):
                 "recovered": None if rec is None else rec.ok,
                 "recovery_ms": None if rec is None else rec.duration_ms}
 
+    def revive(self, last: FailureReport | None) -> bool:
+        """Try again to bring back a driver that could not be (once its pause is
+        over); for a class whose requests do not pass through ``call`` (a driver that
+        serves its own channel), whose engine would otherwise never try. True if it
+        is back."""
+        return self._revive(last)
+
     def recover_now(self, report: FailureReport, generation: int | None = None) -> None:
         """Recover proactively (e.g. a check found the driver's work wrong);
         ``generation`` is the one the failure was seen in (a later driver is left
