@@ -65,10 +65,12 @@ def deep_create(root: str) -> tuple[str, object]:
         os.close(fd)
 
 
+@pytest.mark.parametrize("mode", ["host", "direct"])
 @pytest.mark.parametrize("driver", ["vfat", "passthrough"])
-def test_paths_longer_than_path_max_as_natively(tmp_path: Path, driver: str) -> None:
+def test_paths_longer_than_path_max_as_natively(tmp_path: Path, driver: str,
+                                                mode: str) -> None:
     """nooks adds no limit of its own: vfat creates the deep file, passthrough meets
-    the host's own ENAMETOOLONG, in both modes alike."""
+    the host's own ENAMETOOLONG, natively and isolated alike."""
     outcomes = []
     for native in (True, False):
         where = tmp_path / ("native" if native else "nooks")
@@ -79,7 +81,8 @@ def test_paths_longer_than_path_max_as_natively(tmp_path: Path, driver: str) -> 
         else:
             (where / "backing").mkdir()
             arg = str(where / "backing")
-        with mounted(str(where), driver, arg, native=native) as m:
+        with mounted(str(where), driver, arg, native=native,
+                     extra=() if native else ("--mode", mode)) as m:
             outcomes.append(deep_create(m.path))
             if not native:
                 assert m.status()["recoveries"] == []
@@ -87,7 +90,8 @@ def test_paths_longer_than_path_max_as_natively(tmp_path: Path, driver: str) -> 
     assert outcomes[0] == (("ok", 4) if driver == "vfat" else ("errno", errno.ENAMETOOLONG))
 
 
-def test_tar_extracts_dangling_symlinks_as_root(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["host", "direct"])
+def test_tar_extracts_dangling_symlinks_as_root(tmp_path: Path, mode: str) -> None:
     src = tmp_path / "src"
     src.mkdir()
     (src / "file").write_text("x")
@@ -98,7 +102,7 @@ def test_tar_extracts_dangling_symlinks_as_root(tmp_path: Path) -> None:
         t.add(src, arcname="tree")
     backing = tmp_path / "backing"
     backing.mkdir()
-    with mounted(str(tmp_path), "passthrough", str(backing)) as m:
+    with mounted(str(tmp_path), "passthrough", str(backing), extra=("--mode", mode)) as m:
         r = subprocess.run(["tar", "-xpf", str(archive), "-C", m.path], capture_output=True,
                            text=True, check=False)
         assert r.returncode == 0, r.stderr
