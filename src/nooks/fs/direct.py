@@ -238,6 +238,8 @@ class Watch:
 
     def _run(self) -> None:
         interval = min(max(self.deadline_ms / 10_000, 0.01), 0.5)
+        excused_for: int | None = None  # the oldest request in flight, and how long of
+        excused_ms = 0.0  # its time the host spent on its kernel calls (about)
         while not self._stop.wait(interval):
             domain, shadow = self.spec.domain, self.spec.shadow
             if domain is None or shadow is None:
@@ -254,10 +256,19 @@ class Watch:
                 shadow.recover_now(inc.report, generation)
                 continue
             record = self.spec.session.inflight
-            age = record.oldest_age_ms(int(time.monotonic() * 1000))
-            if age is None or age <= self.deadline_ms or domain.current is not inc:
-                continue
             taken = record.taken()
+            oldest = min((t.unique for t in taken), default=None)
+            if oldest != excused_for:
+                excused_for, excused_ms = oldest, 0.0
+            if inc.pending_kernel_calls:
+                # the host is serving the driver's kernel call (a slow fsync of the
+                # image): that time is not the driver's, as host mode extends a deadline
+                excused_ms += interval * 1000
+                continue
+            age = record.oldest_age_ms(int(time.monotonic() * 1000))
+            if age is None or age - excused_ms <= self.deadline_ms \
+                    or domain.current is not inc:
+                continue
             what = kp.Op(taken[0].opcode).name.lower() if taken and \
                 taken[0].opcode in kp.Op._value2member_map_ else "a request"
             try:
