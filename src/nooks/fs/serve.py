@@ -35,7 +35,6 @@ and the xattr calls. Anything else is ENOSYS.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import stat
@@ -96,6 +95,14 @@ TRUST_MS = 10_000  # how long an error a fresh driver repeated is believed witho
 
 # what libfuse's high level does without the driver's: succeeds
 _UNNEEDED = frozenset({"open", "opendir", "release", "releasedir"})
+
+
+def _lenient_record(name: str, exc: str) -> bytes:
+    return f"{name}\0{exc}"[:200].encode()
+
+
+def _trust_record(op: int, code: int, until: int) -> bytes:
+    return f"{_TRUST}\0{op}\0{code}\0{until}".encode()
 
 
 def _sized(data: bytes, size: int) -> bytes:
@@ -329,17 +336,26 @@ class Server:
     def _trust(self, op: int, code: int) -> None:
         until = int(time.monotonic() * 1000) + TRUST_MS
         self.trusted[(op, code)] = until
-        if self.raised is not None:
-            with contextlib.suppress(Full):
-                self.raised.append(f"{_TRUST}\0{op}\0{code}\0{until}".encode())
+        self._remember(_trust_record(op, code, until))
 
     def _raised(self, what: tuple[str, str]) -> None:
-        if self.raised is None or sum(1 for n, _ in self.lenient if n == what[0]) \
-                >= MAX_LENIENT:
+        if sum(1 for n, _ in self.lenient if n == what[0]) >= MAX_LENIENT:
             return
-        with contextlib.suppress(Full):  # (a full record: it fails again, then EIO)
-            self.raised.append(f"{what[0]}\0{what[1]}"[:200].encode())
         self.lenient.add(what)
+        self._remember(_lenient_record(*what))
+
+    def _remember(self, record: bytes) -> None:
+        """Keep ``record`` for the next drivers' servers; a full log is compacted to
+        what still counts (every lenient answer, the trusts not yet run out)."""
+        if self.raised is None:
+            return
+        try:
+            self.raised.append(record)
+        except Full:
+            now = int(time.monotonic() * 1000)
+            self.raised.compact([*(_lenient_record(*w) for w in self.lenient),
+                                 *(_trust_record(op, code, until) for (op, code), until
+                                   in self.trusted.items() if until > now)])
 
     # -- helpers -----------------------------------------------------------------------
 
