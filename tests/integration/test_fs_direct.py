@@ -156,3 +156,47 @@ def test_sigterm_unmounts_and_ends_the_driver_in_order(tmp_path: Path) -> None:
         assert not os.path.ismount(m.path)
         assert not os.path.exists(f"/proc/{domain}")
     assert (backing / "kept").read_bytes() == b"before the signal"
+
+
+def test_a_file_unlinked_while_open_as_libfuse_keeps_it(tmp_path: Path) -> None:
+    """Unlinked (or renamed over) while open, a file stays readable and writable
+    through its descriptor — libfuse renames it to a hidden name, and removes it at
+    the last close — in direct mode as on a direct mfusepy mount."""
+    def script(root: str) -> list[Any]:
+        f, g = os.path.join(root, "f"), os.path.join(root, "g")
+        fds: list[int] = []
+
+        def opened(path: str) -> int:
+            fds.append(os.open(path, os.O_RDWR | os.O_CREAT, 0o644))
+            return fds[-1]
+
+        steps: list[Callable[[], Any]] = [
+            lambda: os.write(opened(f), b"first"),
+            lambda: os.unlink(f),
+            lambda: os.pwrite(fds[0], b" and more", 5),
+            lambda: os.pread(fds[0], 100, 0),
+            lambda: os.fstat(fds[0]).st_size,
+            lambda: len([n for n in os.listdir(root) if n.startswith(".fuse_hidden")]),
+            lambda: os.close(fds[0]),
+            lambda: os.listdir(root),
+            lambda: os.write(opened(g), b"old"),
+            lambda: Path(f).write_bytes(b"new"),
+            lambda: os.rename(f, g),
+            lambda: os.pread(fds[1], 10, 0),
+            lambda: os.close(fds[1]),
+            lambda: (sorted(os.listdir(root)), Path(g).read_bytes()),
+        ]
+        return [outcome(step) for step in steps]
+
+    for sub in ("b1", "b2"):
+        (tmp_path / sub).mkdir()
+    with direct_mount(tmp_path, "nooks.drivers.passthrough", "Passthrough",
+                      str(tmp_path / "b1")) as mnt:
+        expected = script(mnt)
+    with mounted(str(tmp_path), "passthrough", str(tmp_path / "b2"),
+                 extra=("--mode", "direct")) as m:
+        got = script(m.path)
+        assert m.status()["recoveries"] == []
+    assert got == expected
+    assert expected[3] == ("ok", b"first and more") and expected[5] == ("ok", 1)
+    assert sorted(os.listdir(tmp_path / "b2")) == ["g"]

@@ -35,6 +35,7 @@ and the xattr calls. Anything else is ENOSYS.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -90,6 +91,7 @@ _FH_ARGS: dict[int, struct.Struct] = {
     kp.Op.READ: kp.READ_IN, kp.Op.WRITE: kp.READ_IN, kp.Op.FLUSH: kp.FLUSH_IN,
     kp.Op.FSYNC: kp.FSYNC_IN, kp.Op.RELEASE: kp.RELEASE_IN, kp.Op.READDIR: kp.READ_IN,
     kp.Op.RELEASEDIR: kp.RELEASE_IN, kp.Op.FSYNCDIR: kp.FSYNC_IN}
+HIDDEN, HIDE_TRIES = b".fuse_hidden", 10  # (libfuse's name for an open file unlinked)
 TRUST_MS = 10_000  # how long an error a fresh driver repeated is believed without asking
 
 
@@ -162,6 +164,7 @@ class Server:
         # whether a doubted answer can be asked of a fresh driver: only if the kernel
         # sends the request again (else the doubt would cost the request: EIO)
         self.second_opinions = True
+        self._hidden = 0  # hidden names handed out (libfuse's counter)
         # what the driver implements, as mfusepy would register it with libfuse
         self._bound: dict[str, Callable[..., Any]] = {
             name: getattr(ops, name) for name in ops.implemented()}
@@ -432,6 +435,41 @@ class Server:
         if self.handles is not None:
             self.handles.closed(handle)
 
+    # -- files unlinked while open (libfuse's high level, without hard_remove) ----------
+
+    def _is_open(self, parent: int, name: bytes) -> bool:
+        node = self.nodes.by_name.get((parent, name))
+        return node is not None and self.handles is not None and any(
+            h.node == node and not h.directory for h in self.handles.handles.values())
+
+    def _hide(self, parent: int, name: bytes) -> None:
+        """Rename an open file that is unlinked (or renamed over) to a hidden name in its
+        directory, as libfuse does: the driver can still serve it by path until the
+        last handle on it is released (``_unhide``)."""
+        node = self.nodes.by_name[(parent, name)]
+        for _ in range(HIDE_TRIES):
+            self._hidden += 1
+            hidden = b".fuse_hidden%08x%08x" % (node & 0xFFFFFFFF, self._hidden & 0xFFFFFFFF)
+            try:
+                self._call("getattr", self._path(parent, hidden))
+            except OSError as e:
+                if e.errno != errno.ENOENT:
+                    raise
+                break
+        else:
+            raise OSError(errno.EBUSY, "no free hidden name")
+        self._call("rename", self._path(parent, name), self._path(parent, hidden))
+        self.nodes.moved(parent, name, parent, hidden)
+
+    def _unhide(self, node: int) -> None:
+        """The last handle on a hidden file is released: it is unlinked now."""
+        n = self.nodes.nodes.get(node)
+        if n is None or not n.name.startswith(HIDDEN) or self._is_open(n.parent, n.name):
+            return
+        with contextlib.suppress(OSError):  # (as libfuse: the release is answered anyway)
+            self._call("unlink", self._path(n.parent, n.name))
+            self.nodes.removed(n.parent, n.name)
+
     # -- the operations ----------------------------------------------------------------
 
     def _lookup(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
@@ -507,6 +545,9 @@ class Server:
 
     def _unlink(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
         name = self._name(buf, n)
+        if self._is_open(node, name):
+            self._hide(node, name)
+            return b""
         self._call("unlink", self._path(node, name))
         self._gone(self._path(node, name), "unlink")
         self.nodes.removed(node, name)
@@ -521,6 +562,8 @@ class Server:
 
     def _renamed(self, node: int, newdir: int, buf: bytearray, n: int, at: int) -> bytes:
         old, new = kp.names(buf, n, 2, at)
+        if self._is_open(newdir, new) and (newdir, new) != (node, old):
+            self._hide(newdir, new)
         self._call("rename", self._path(node, old), self._path(newdir, new))
         self._call("getattr", self._path(newdir, new))  # (ENOENT: doubted, as suspect)
         self.nodes.moved(node, old, newdir, new)
@@ -590,6 +633,7 @@ class Server:
             self._call("release", self._path(node), self._fh(fh))
         finally:
             self._closed(fh)
+        self._unhide(node)
         return b""
 
     def _opendir(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
