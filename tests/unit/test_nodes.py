@@ -75,3 +75,17 @@ def _rebuilt_alike(log: StateLog) -> None:
     assert _table(again) == _table(nodes) and not log.torn
     assert len(list(log.records())) < 3000  # (compacted on the way)
     assert again.next_id == nodes.next_id  # (ids are not handed out twice)
+
+
+def test_a_hidden_node_stays_hidden_for_a_successor_and_across_compaction() -> None:
+    with anonymous_log(512) as log:
+        nodes = Nodes(log)
+        hidden = nodes.lookup(ROOT_ID, b"open-then-unlinked")
+        plain = nodes.lookup(ROOT_ID, b".fuse_hidden0000000200000001")  # (merely named so)
+        nodes.moved(ROOT_ID, b"open-then-unlinked", ROOT_ID, b".fuse_hidden0000000100000001")
+        nodes.hide(hidden)
+        for i in range(100):  # past the buffer: compacted on the way
+            nodes.forget(nodes.lookup(ROOT_ID, b"x%d" % i), 1)
+        again = Nodes(log)
+        assert again.nodes[hidden].hidden and not again.nodes[plain].hidden
+        assert again.path(hidden) == b"/.fuse_hidden0000000100000001"

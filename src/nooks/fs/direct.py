@@ -55,7 +55,8 @@ HANDLES_BUFFER = 1 << 20  # and of the handle log (~40,000 open handles)
 RAISED_BUFFER = 64 << 10  # and of the record of the exceptions drivers raised
 DEAD_WAIT = 5.0  # seconds a killed domain may take to let go of the connection
 # the mount options that direct mode takes (libfuse's high level takes more)
-CACHE_OPTIONS = ("attr_timeout", "entry_timeout", "negative_timeout", "direct_io")
+CACHE_OPTIONS = ("attr_timeout", "entry_timeout", "negative_timeout", "direct_io",
+                 "hard_remove")
 MOUNT_OPTIONS = ("allow_other", "default_permissions")
 
 
@@ -73,6 +74,7 @@ class Session:
             raise ValueError("direct mode does not cache failed lookups yet: "
                              "negative_timeout must be 0")
         self.direct_io = bool(options.get("direct_io"))
+        self.hard_remove = bool(options.get("hard_remove"))
         self.memfds: dict[str, tuple[int, int]] = {}
         self.conn: Connection | None = None
         try:

@@ -23,6 +23,7 @@ class Served:
     attr_timeout: float
     entry_timeout: float
     direct_io: bool
+    hard_remove: bool = False
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,8 @@ class FsDriver:
             target="nooks.fs.served:ServedFs" if served else "nooks.fs.adapter:FsAdapter",
             args=(self.target, list(self.args), {}),
             kwargs={"attr_timeout": served.attr_timeout, "entry_timeout": served.entry_timeout,
-                    "direct_io": served.direct_io} if served else {},
+                    "direct_io": served.direct_io,
+                    "hard_remove": served.hard_remove} if served else {},
             regions=served.regions if served else (),
             descriptors=served.descriptors if served else (),
             runs="serve" if served else None,

@@ -157,7 +157,7 @@ class FsHost(SupervisedHost):
         self.session = Session(self.mountpoint, _fsname(driver), self.options)
         served = Served(self.session.regions(), self.session.descriptors(),
                         self.session.attr_timeout, self.session.entry_timeout,
-                        self.session.direct_io)
+                        self.session.direct_io, self.session.hard_remove)
         spec = driver.spec(name=label, deadline=deadline, limits=limits or Limits(),
                            fault=fault, hide=(self.mountpoint,), served=served)
         self.direct = DirectSpec(self.session, max_tries=max_tries)

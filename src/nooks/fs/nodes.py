@@ -25,14 +25,16 @@ _FORGET = struct.Struct("<BQQ")  # kind, node, count taken
 _MOVE = struct.Struct("<BQQ")  # kind, node, new parent; then the new name
 _DROP = struct.Struct("<BQ")  # kind, node (its name is gone)
 _NEXT = struct.Struct("<BQ")  # kind, the next id to hand out (a compacted log's first)
-LOOKUP, FORGET, MOVE, DROP, NEXT = 1, 2, 3, 4, 5
+_HIDE = struct.Struct("<BQ")  # kind, node (an open file unlinked: renamed out of sight)
+LOOKUP, FORGET, MOVE, DROP, NEXT, HIDE = 1, 2, 3, 4, 5, 6
 
 
 class Node:
-    __slots__ = ("count", "name", "parent")
+    __slots__ = ("count", "hidden", "name", "parent")
 
     def __init__(self, parent: int, name: bytes, count: int) -> None:
         self.parent, self.name, self.count = parent, name, count
+        self.hidden = False  # renamed to a hidden name because it was unlinked open
 
 
 class Nodes:
@@ -74,6 +76,12 @@ class Nodes:
         if node is not None:
             self._log(_DROP.pack(DROP, node))
 
+    def hide(self, node: int) -> None:
+        """The node was renamed to a hidden name because it was unlinked while open: its
+        last release removes it (and only then: a file merely named so is not)."""
+        if node in self.nodes:
+            self._log(_HIDE.pack(HIDE, node))
+
     def path(self, node: int) -> bytes | None:
         """The node's path from the root (``b"/"`` for it), or None if it has no name
         any more (or no such node is known)."""
@@ -104,6 +112,8 @@ class Nodes:
             if node == ROOT_ID:
                 continue
             out.append(_LOOKUP.pack(LOOKUP, node, n.parent, n.count) + n.name)
+            if n.hidden:
+                out.append(_HIDE.pack(HIDE, node))
         return out
 
     def _apply(self, record: bytes) -> None:
@@ -142,6 +152,10 @@ class Nodes:
             self._unname(node)
         elif kind == NEXT:
             self.next_id = max(self.next_id, _NEXT.unpack_from(record)[1])
+        elif kind == HIDE:
+            n = self.nodes.get(_HIDE.unpack_from(record)[1])
+            if n is not None:
+                n.hidden = True
 
     def _name(self, node: int, parent: int, name: bytes) -> None:
         if name:

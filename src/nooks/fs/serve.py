@@ -91,7 +91,7 @@ _FH_ARGS: dict[int, struct.Struct] = {
     kp.Op.READ: kp.READ_IN, kp.Op.WRITE: kp.READ_IN, kp.Op.FLUSH: kp.FLUSH_IN,
     kp.Op.FSYNC: kp.FSYNC_IN, kp.Op.RELEASE: kp.RELEASE_IN, kp.Op.READDIR: kp.READ_IN,
     kp.Op.RELEASEDIR: kp.RELEASE_IN, kp.Op.FSYNCDIR: kp.FSYNC_IN}
-HIDDEN, HIDE_TRIES = b".fuse_hidden", 10  # (libfuse's name for an open file unlinked)
+HIDE_TRIES = 10  # hidden names tried for an open file unlinked (as libfuse)
 TRUST_MS = 10_000  # how long an error a fresh driver repeated is believed without asking
 
 
@@ -138,12 +138,14 @@ def checked(name: str, value: Any) -> Any:
 class Server:
     def __init__(self, fd: int, ops: Any, nodes: Nodes, handles: Handles | None = None, *,
                  inflight: InFlight | None = None, attr_timeout: float = 0.0,
-                 entry_timeout: float = 0.0, direct_io: bool = False) -> None:
+                 entry_timeout: float = 0.0, direct_io: bool = False,
+                 hard_remove: bool = False) -> None:
         """``ops``: the driver's adapter (``FsAdapter``); ``handles``: the kernel is
         given virtual handles from it (a successor re-opens them), without, the
         driver's own; ``inflight``: where the request being served is recorded;
         ``direct_io``: files are opened past the kernel's page cache (libfuse's
-        ``-o direct_io``)."""
+        ``-o direct_io``); ``hard_remove``: an open file that is unlinked goes at
+        once, not hidden (libfuse's ``-o hard_remove``)."""
         self.fd = fd
         self.ops = ops
         self.nodes = nodes
@@ -152,6 +154,7 @@ class Server:
         self.use_ns = bool(ops.uses_ns())
         self.attr_timeout, self.entry_timeout = attr_timeout, entry_timeout
         self.open_flags = kp.FOPEN_DIRECT_IO if direct_io else 0
+        self.hard_remove = hard_remove
         self.listings: dict[int, list[tuple[bytes, int]]] = {}  # a directory handle's
         self.ctx: Ctx = (0, 0, 0)  # the caller of the request being served
         # a block device's writes are one request's from here to the reply
@@ -438,6 +441,8 @@ class Server:
     # -- files unlinked while open (libfuse's high level, without hard_remove) ----------
 
     def _is_open(self, parent: int, name: bytes) -> bool:
+        if self.hard_remove:
+            return False
         node = self.nodes.by_name.get((parent, name))
         return node is not None and self.handles is not None and any(
             h.node == node and not h.directory for h in self.handles.handles.values())
@@ -460,11 +465,12 @@ class Server:
             raise OSError(errno.EBUSY, "no free hidden name")
         self._call("rename", self._path(parent, name), self._path(parent, hidden))
         self.nodes.moved(parent, name, parent, hidden)
+        self.nodes.hide(node)
 
     def _unhide(self, node: int) -> None:
         """The last handle on a hidden file is released: it is unlinked now."""
         n = self.nodes.nodes.get(node)
-        if n is None or not n.name.startswith(HIDDEN) or self._is_open(n.parent, n.name):
+        if n is None or not n.hidden or not n.name or self._is_open(n.parent, n.name):
             return
         with contextlib.suppress(OSError):  # (as libfuse: the release is answered anyway)
             self._call("unlink", self._path(n.parent, n.name))

@@ -41,13 +41,14 @@ class ServedFs(FsAdapter):
 
     def __init__(self, target: str, args: list[Any], kwargs: dict[str, Any], *,
                  attr_timeout: float = 1.0, entry_timeout: float = 1.0,
-                 direct_io: bool = False) -> None:
+                 direct_io: bool = False, hard_remove: bool = False) -> None:
         """The driver as ``FsAdapter`` builds it; how long the kernel may cache
         attributes and names (libfuse's ``attr_timeout``, ``entry_timeout``), and
-        whether files bypass its page cache (``direct_io``)."""
+        whether files bypass its page cache (``direct_io``), and whether an open
+        file that is unlinked goes at once (``hard_remove``)."""
         super().__init__(target, args, kwargs)
         self.attr_timeout, self.entry_timeout = attr_timeout, entry_timeout
-        self.direct_io = direct_io
+        self.direct_io, self.hard_remove = direct_io, hard_remove
 
     def serve(self) -> None:
         started = child.region(STARTED)
@@ -57,7 +58,7 @@ class ServedFs(FsAdapter):
                         Handles(StateLog(child.region(HANDLES))),
                         inflight=InFlight(child.region(INFLIGHT)),
                         attr_timeout=self.attr_timeout, entry_timeout=self.entry_timeout,
-                        direct_io=self.direct_io)
+                        direct_io=self.direct_io, hard_remove=self.hard_remove)
         server.lenient_after(StateLog(child.region(RAISED)))
         server.second_opinions = bool(started[1])
         self.init(INIT_CTX, "/")
