@@ -31,6 +31,7 @@ from typing import Any
 from nooks.eval.programs import capture
 from nooks.eval.registry import Scope
 from nooks.eval.target import NotStarted, Run, Target
+from nooks.net import topology
 from nooks.tools.netprocess import iperf_server
 
 PEER = "10.77.0.2"
@@ -142,6 +143,7 @@ class NetTarget(Target):
         cmd = [sys.executable, "-m", "nooks", "net", self.driver, "--name", name,
                "--deadline", DEADLINE, *extra, *(["--native"] if native else [])]
         scope.host(name)
+        scope.cleanup(topology.sweep)  # (a host killed at a stop leaves its namespaces)
         log = os.path.join(tmp, "host.log")
         with open(log, "w") as err:  # (its log goes to a file: a pipe no one reads fills)
             proc = scope.popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)

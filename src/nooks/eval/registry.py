@@ -41,7 +41,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
@@ -132,6 +132,7 @@ class Scope:
         self.dirs: list[str] = []
         self.mounts: list[str] = []
         self.hosts: list[str] = []
+        self.cleanups: list[Callable[[], object]] = []
 
     def popen(self, cmd: list[str] | str, **kwargs: Any) -> subprocess.Popen[Any]:
         """Start ``cmd`` (Popen's arguments) in a session of its own."""
@@ -169,6 +170,11 @@ class Scope:
     def host(self, name: str) -> None:
         self.hosts.append(name)
 
+    def cleanup(self, fn: Callable[[], object]) -> None:
+        """Call ``fn`` at ``close``, once the run's processes are gone (what a killed
+        host could not remove itself: its network namespaces)."""
+        self.cleanups.append(fn)
+
     def kill_all(self) -> None:
         for proc in list(self.procs):
             self.kill(proc)
@@ -190,6 +196,11 @@ class Scope:
                 left.append(f"{mnt} is still mounted")
         for name in self.hosts:
             remove_stale(name)
+        for fn in self.cleanups:
+            try:
+                fn()
+            except Exception as e:
+                left.append(f"clean-up {getattr(fn, '__name__', fn)} failed: {e}")
         for d in self.dirs:
             if not os.path.exists(d):
                 continue
