@@ -27,7 +27,7 @@ import msgspec
 
 from nooks.domain import detect
 from nooks.domain.config import FAULTS, MAX_MESSAGE
-from nooks.domain.incarnation import Incarnation
+from nooks.domain.incarnation import Incarnation, wait_cgroups_ended
 from nooks.domain.spec import DriverSpec
 from nooks.errors import (
     Closed,
@@ -263,6 +263,9 @@ class Domain:
             for inc in (self._inc, self._spare, *self._retired):
                 if inc is not None:
                     inc.reap()
+            # the cgroups of incarnations whose exit was seen earlier are being ended on
+            # threads of their own: not left behind when the host exits next
+            wait_cgroups_ended()
             self._inc = self._spare = None
             self._retired = []
 
