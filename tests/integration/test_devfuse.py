@@ -19,7 +19,7 @@ from nooks.fs.devfuse import Connection
 # a server of the connection's duplicate: a root holding ``f`` (123 bytes) and
 # ``slow``, whose LOOKUP the first server reads, says so, and never answers
 SERVER = textwrap.dedent("""
-    import errno, os, stat, sys
+    import errno, os, signal, stat, sys
     from nooks.fs import kernelproto as kp
     fd, hang = int(sys.argv[1]), sys.argv[2] == "hang"
     buf = bytearray(1 << 20 | 4096)
@@ -44,7 +44,7 @@ SERVER = textwrap.dedent("""
             if ino == 3 and hang:
                 print("read", flush=True)
                 while True:
-                    os.pause()
+                    signal.pause()
             os.write(fd, kp.reply(unique, kp.entry_out(ino, attr(ino))))
         elif op == kp.Op.GETATTR:
             os.write(fd, kp.reply(unique, kp.attr_out(attr(node))))
