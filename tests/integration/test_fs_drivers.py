@@ -120,6 +120,7 @@ def run_script(root: str, between: Callable[[int], None] = lambda i: None) -> li
 
 @pytest.mark.parametrize(("cls", "state", "mode"),
                          [("memory:Memory", "volatile", "host"),
+                          ("memory:Memory", "volatile", "direct"),
                           ("loopback:Loopback", "persistent", "host"),
                           ("loopback:Loopback", "persistent", "direct")])
 def test_mfusepy_examples_match_direct_mount_and_survive_crashes(

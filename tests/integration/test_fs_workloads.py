@@ -1,6 +1,7 @@
 """Real programs on a real FUSE mount while the driver is killed, made to raise
 and made to hang: every program exits 0, every check passes, in both modes
-(the host passing every request on, and the domain serving the mount itself);
+(the host passing every request on, and the domain serving the mount itself,
+a volatile driver's journal with it);
 with --native the same fault takes the mount down and the program sees it."""
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ pytestmark = [pytest.mark.timeout(600),
 FAULTS = ("segv", "sigkill", "exception", "hang")
 MIN_FAILURES = 10
 MAX_SECONDS = 180
+MEMORY = "tests.drivers.ramfs:RamFs"
 
 
 def has_vfat() -> bool:
@@ -36,10 +38,14 @@ def has_vfat() -> bool:
 Driver = tuple[str, list[str], tuple[str, ...]]
 
 
-@pytest.fixture(params=["passthrough", "vfat", "passthrough-direct", "vfat-direct"])
+# memory: a driver whose files live in its memory (volatile: journaled)
+@pytest.fixture(params=["passthrough", "vfat", "passthrough-direct", "vfat-direct",
+                        "memory-direct"])
 def driver(request: pytest.FixtureRequest, tmp_path: Path) -> Driver:
     name, _, mode = str(request.param).partition("-")
     flags = ("--mode", mode) if mode else ()
+    if name == "memory":
+        return MEMORY, [], (*flags, "--state", "volatile")
     if name == "passthrough":
         backing = tmp_path / "backing"
         backing.mkdir()

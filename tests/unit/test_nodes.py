@@ -10,7 +10,7 @@ import pytest
 
 from nooks.fs.kernelproto import ROOT_ID
 from nooks.fs.nodes import Nodes
-from nooks.fs.statelog import StateLog
+from nooks.fs.statelog import COMPACT_SLACK, StateLog
 from tests.conftest import anonymous_log
 
 
@@ -89,3 +89,17 @@ def test_a_hidden_node_stays_hidden_for_a_successor_and_across_compaction() -> N
         again = Nodes(log)
         assert again.nodes[hidden].hidden and not again.nodes[plain].hidden
         assert again.path(hidden) == b"/.fuse_hidden0000000100000001"
+
+
+def test_a_storm_of_lookups_leaves_a_log_in_proportion_to_the_table() -> None:
+    """Each lookup is a record; the log is compacted long before it is full, so a
+    successor reads back about the table, with the same counts."""
+    with anonymous_log(1 << 20) as big:
+        nodes = Nodes(big)
+        names = [nodes.lookup(ROOT_ID, f"f{i}".encode()) for i in range(10)]
+        for _ in range(20_000):
+            nodes.lookup(ROOT_ID, b"f3")
+        assert len(list(big.records())) <= COMPACT_SLACK + 2 * len(nodes.nodes) + 1
+        successor = Nodes(big)
+        assert _table(successor) == _table(nodes)
+        assert successor.nodes[names[3]].count == 20_001

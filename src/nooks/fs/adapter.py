@@ -15,7 +15,8 @@ in a direct mount, so that the driver sees the same calls:
   unused keys dropped, numbers made plain, errno-less errors, unsupported
   calls and ``NotImplementedError`` made EINVAL;
 * a constructor argument ``{"$kernel": "blockdev"}`` is replaced by a file
-  object over the host's block device (``nooks.fs.blockdev``).
+  object over the host's block device (``nooks.fs.blockdev``);
+* a journaled call made again (``replay``) sees the wall clock of the first.
 """
 
 from __future__ import annotations
@@ -25,15 +26,21 @@ import functools
 import inspect
 import sys
 import threading
+import typing
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
 from nooks.fs import compat
+from nooks.fs.attrs import Stat, stat_of
+from nooks.fs.clock import wall_clock_at
 from nooks.fs.compat import mfusepy
-from nooks.fs.interface import OPERATIONS
+from nooks.fs.interface import OPERATIONS, Journaled
 from nooks.wrappers import load
 
 _ctx = threading.local()
+_JOURNALED = frozenset(typing.get_args(Journaled))
 
 
 def _context() -> tuple[int, int, int]:
@@ -125,6 +132,15 @@ class FsAdapter:
     def uses_ns(self) -> bool:
         return self._ns
 
+    def replay(self, at: int, op: str, args: list[Any]) -> Any:
+        """Make a journaled call again (``ServedInterface``) with the wall clock it
+        was first made with (``nooks.fs.clock``): a driver that stamps its files with
+        the time gives them the times the first driver gave them."""
+        if op not in _JOURNALED:
+            raise ValueError(f"{op} is not a call that is journaled")
+        with wall_clock_at(at):
+            return getattr(self, op)(*args)
+
     def _call(self, ctx: tuple[int, int, int], name: str, *args: Any) -> Any:
         _ctx.value = ctx
         if self._devices and self.epoch_per_call:
@@ -175,6 +191,15 @@ class FsAdapter:
 
     def getattr(self, ctx: tuple[int, int, int], path: str, fh: int | None = None) -> Any:
         return compat.stat(self._call(ctx, "getattr", path, fh), self._ns)
+
+    def stat(self, ctx: tuple[int, int, int], path: str, fh: int | None = None) -> Stat:
+        """``getattr``, checked as its declaration says (msgspec.ValidationError): a
+        plain answer at once, any other as mfusepy reads it first."""
+        attrs = self._call(ctx, "getattr", path, fh)
+        try:
+            return stat_of(attrs)
+        except msgspec.ValidationError:
+            return stat_of(compat.stat(attrs, self._ns))
 
     def statfs(self, ctx: tuple[int, int, int], path: str) -> Any:
         return compat.statfs(self._call(ctx, "statfs", path))

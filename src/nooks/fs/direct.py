@@ -35,15 +35,18 @@ import time
 from typing import Any
 
 from nooks.domain.host import Domain
+from nooks.domain.incarnation import Incarnation
 from nooks.domain.spec import Descriptor, Region
 from nooks.errors import FailureKind
 from nooks.fs import kernelproto as kp
 from nooks.fs.devfuse import Connection
 from nooks.fs.inflight import InFlight
 from nooks.fs.inflight import size_for as inflight_size
-from nooks.fs.interface import FsInterface
+from nooks.fs.interface import ServedInterface
+from nooks.fs.journal import Journal
 from nooks.fs.serve import RESEND
-from nooks.fs.served import FUSE, HANDLES, INFLIGHT, NODES, RAISED, STARTED, STARTED_SIZE
+from nooks.fs.served import FUSE, HANDLES, INFLIGHT, NODES, RAISED
+from nooks.fs.spec import ROOT_CTX
 from nooks.fs.statelog import size_for
 from nooks.shadow.engine import Shadow
 from nooks.shadow.spec import ClassSpec
@@ -80,7 +83,7 @@ class Session:
         try:
             for name, size in ((NODES, size_for(NODES_BUFFER)),
                                (HANDLES, size_for(HANDLES_BUFFER)),
-                               (INFLIGHT, inflight_size(1)), (STARTED, STARTED_SIZE),
+                               (INFLIGHT, inflight_size(1)),
                                (RAISED, size_for(RAISED_BUFFER))):
                 fd = os.memfd_create(f"nooks-{name}", os.MFD_CLOEXEC)
                 self.memfds[name] = (fd, size)
@@ -88,8 +91,6 @@ class Session:
             fd, size = self.memfds[INFLIGHT]
             self._map = mmap.mmap(fd, size)
             self.inflight = InFlight(memoryview(self._map))
-            fd, size = self.memfds[STARTED]
-            self._started = mmap.mmap(fd, size)
             self.conn = Connection(mountpoint, fsname=str(options.get("fsname", fsname)),
                                    subtype="", allow_other=bool(options.get("allow_other")),
                                    default_permissions=bool(
@@ -99,13 +100,11 @@ class Session:
             raise
 
     def start(self) -> None:
-        """Mount, answer FUSE_INIT, and let the domain serve (until then it waits: it
-        must not read the kernel's INIT itself)."""
+        """Mount and answer FUSE_INIT (until the host's word, ``DirectSpec.go``, the
+        domain waits: it must not read the kernel's INIT itself)."""
         assert self.conn is not None
         self.conn.mount()
         self.conn.init(kp.ASYNC_READ | kp.BIG_WRITES)
-        self._started[1] = int(self.conn.can_resend)
-        self._started[0] = 1
 
     def regions(self) -> tuple[Region, ...]:
         return tuple(Region(name, fd, size) for name, (fd, size) in self.memfds.items())
@@ -141,8 +140,6 @@ class Session:
         if hasattr(self, "_map"):
             self.inflight.mem.release()
             self._map.close()
-        if hasattr(self, "_started"):
-            self._started.close()
 
 
 def _seconds(options: dict[str, Any], key: str, default: float = 1.0) -> float:
@@ -161,18 +158,25 @@ class DirectSpec(ClassSpec):
     engine restarts it; between a failure and the fresh driver, this gives the dead
     one's requests back to the kernel."""
 
-    interface = FsInterface
+    interface = ServedInterface
 
-    def __init__(self, session: Session, *, max_tries: int) -> None:
+    def __init__(self, session: Session, *, max_tries: int,
+                 journal: Journal | None = None) -> None:
+        """``journal``: a volatile driver's (redone in each fresh driver)."""
         self.session = session
         self.max_tries = max_tries
+        self.journal = journal
         self.domain: Domain | None = None
         self.shadow: Shadow[DirectSpec] | None = None
         self.resent = 0  # requests given back to the kernel (as far as the record shows)
+        self._going = threading.RLock()  # (go_first against a recovery's go)
+        self._restarting = False
         self.poisoned = 0
         self._tries: dict[int, int] = {}  # a request's id: drivers it was in flight with
 
     def prepare_restart(self) -> None:
+        with self._going:
+            self._restarting = True  # (from here, the recovery says go: go_first won't)
         self._dead_gone()
         report = self.domain.report if self.domain is not None else None
         if report is not None and report.detail.startswith("Suspect:") \
@@ -201,6 +205,32 @@ class DirectSpec(ClassSpec):
         if conn.can_resend:
             conn.resend()
 
+    def reinit(self, domain: Domain) -> None:
+        domain.call("init", ROOT_CTX, "/")  # (as mfusepy, when it mounts)
+
+    def replay(self, domain: Domain) -> int:
+        """A volatile driver's journal, redone; then the fresh domain may serve."""
+        handles = self.journal.redo(domain.call) if self.journal is not None else {}
+        self.go(domain, handles)
+        return len(self.journal.entries) if self.journal is not None else 0
+
+    def go(self, domain: Domain, handles: dict[int, int] | None = None) -> None:
+        """Let the current domain serve (its driver's ``init`` has been called)."""
+        assert self.session.conn is not None
+        journaled = sorted(self.journal.open) if self.journal is not None else []
+        domain.call("served_go", bool(self.session.conn.can_resend), handles or {},
+                    journaled)
+        with self._going:
+            self._restarting = False
+
+    def go_first(self, domain: Domain, first: Incarnation | None) -> None:
+        """Let the first domain serve, unless a recovery has begun since its ``init``
+        (``first``: the incarnation it was called in): the fresh domain is then the
+        recovery's to start, once its driver is given ``init`` and the journal."""
+        with self._going:
+            if not self._restarting and first is not None and domain.current is first:
+                self.go(domain)
+
     def _answer_eio(self, unique: int, opcode: int, why: str) -> None:
         assert self.session.conn is not None
         log.error("request %d (opcode %d) %s: answered EIO", unique & ~RESEND, opcode, why)
@@ -220,8 +250,13 @@ class DirectSpec(ClassSpec):
         with contextlib.suppress(subprocess.TimeoutExpired):
             inc.proc.wait(DEAD_WAIT)
 
+    def close(self) -> None:
+        if self.journal is not None:
+            self.journal.close()
+
     def status(self) -> dict[str, Any]:
-        return {"direct": {"resent": self.resent, "in_flight": [
+        journal = self.journal.status() if self.journal is not None else {}
+        return {**journal, "direct": {"resent": self.resent, "in_flight": [
             {"unique": t.unique & ~RESEND, "opcode": t.opcode}
             for t in self.session.inflight.taken()]}}
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from nooks.domain.config import FaultPlan
 from nooks.domain.spec import Descriptor, DriverSpec, Limits, Region
 from nooks.fs.blockdev import BlockDeviceInterface, ImageDevice, UndoLog
-from nooks.fs.interface import FsInterface
+from nooks.fs.interface import FsInterface, ServedInterface
+from nooks.fs.journal import Journal, JournalInterface
+from nooks.wrappers import Interface
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,7 @@ class Served:
     entry_timeout: float
     direct_io: bool
     hard_remove: bool = False
+    journal: Journal | None = None  # a volatile driver's (kernel calls: fs_journal)
 
 
 @dataclass(frozen=True)
@@ -53,21 +57,28 @@ class FsDriver:
         saves what each committed write of the image overwrites; ``hide`` as in
         DriverSpec (the mountpoint); ``served``: the domain serves the mount itself
         (direct mode)."""
-        kernel = kernel_impl = None
+        kernel: type[Interface] | None = None
+        kernel_impl: Callable[[Any], Any] | None = None
         if self.image is not None:
             image = self.image
             kernel = BlockDeviceInterface
             kernel_impl = lambda _ctx: ImageDevice(image, undo)  # noqa: E731
+        elif served is not None and served.journal is not None:
+            journal = served.journal
+            kernel = JournalInterface
+            kernel_impl = lambda _ctx: journal.port()  # noqa: E731
         return DriverSpec(
             target="nooks.fs.served:ServedFs" if served else "nooks.fs.adapter:FsAdapter",
             args=(self.target, list(self.args), {}),
             kwargs={"attr_timeout": served.attr_timeout, "entry_timeout": served.entry_timeout,
                     "direct_io": served.direct_io,
-                    "hard_remove": served.hard_remove} if served else {},
+                    "hard_remove": served.hard_remove,
+                    "journaled": served.journal is not None} if served else {},
             regions=served.regions if served else (),
             descriptors=served.descriptors if served else (),
             runs="serve" if served else None,
-            interface=FsInterface, name=name, kernel=kernel, kernel_impl=kernel_impl,
+            interface=ServedInterface if served else FsInterface, name=name, kernel=kernel,
+            kernel_impl=kernel_impl,
             # loading and building a driver is held to the request deadline too (but
             # at least 10 s): a driver that hangs while starting is restarted in time
             deadline=deadline, start_deadline=max(deadline, 10.0), limits=limits,

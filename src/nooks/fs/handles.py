@@ -17,7 +17,7 @@ import os
 import struct
 from dataclasses import dataclass
 
-from nooks.fs.statelog import Full, StateLog
+from nooks.fs.statelog import COMPACT_SLACK, Full, StateLog
 
 _OPEN = struct.Struct("<BQQIB")  # kind, handle, node, flags, is a directory
 _CLOSE = struct.Struct("<BQ")  # kind, handle
@@ -38,8 +38,10 @@ class Handles:
         self.log = log
         self.handles: dict[int, Handle] = {}
         self.next = 1
+        self.records = 0  # in the log (what a successor reads back)
         for record in log.records():
             self._apply(record)
+            self.records += 1
 
     def opened(self, node: int, flags: int, driver: int, *, directory: bool = False) -> int:
         """A handle for what the driver opened as ``driver``."""
@@ -53,13 +55,21 @@ class Handles:
             self._log(_CLOSE.pack(CLOSE, handle))
 
     def _log(self, record: bytes) -> None:
+        if self.records > COMPACT_SLACK + 2 * len(self.handles):
+            self._compact()  # (a successor reads back what the table is, not its past)
         try:
             self.log.append(record)
         except Full:
-            self.log.compact([_OPEN.pack(OPEN, k, h.node, h.flags, h.directory)
-                              for k, h in self.handles.items()])
+            self._compact()
             self.log.append(record)
+        self.records += 1
         self._apply(record)
+
+    def _compact(self) -> None:
+        snapshot = [_OPEN.pack(OPEN, k, h.node, h.flags, h.directory)
+                    for k, h in self.handles.items()]
+        self.log.compact(snapshot)
+        self.records = len(snapshot)
 
     def _apply(self, record: bytes) -> None:
         if record[0] == OPEN:

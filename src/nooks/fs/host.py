@@ -8,6 +8,7 @@ failures are this process's failures, which is what native mode shows.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import importlib.util
 import json
@@ -21,6 +22,7 @@ from nooks.domain import harden
 from nooks.domain.config import FaultPlan
 from nooks.domain.host import Domain
 from nooks.domain.spec import Limits
+from nooks.errors import DomainDown, DomainFailed, Unavailable
 from nooks.faults import LineRecorder
 from nooks.fs import bridge
 from nooks.fs.beneath import Beneath
@@ -28,6 +30,7 @@ from nooks.fs.blockdev import UndoLog
 from nooks.fs.consistency import Checkpoints, preflight
 from nooks.fs.direct import DirectSpec, Session, Watch
 from nooks.fs.drivers import FsDriver, Served
+from nooks.fs.journal import Journal
 from nooks.fs.spec import ROOT_CTX, FsShadow
 from nooks.shadow.engine import Shadow
 from nooks.shadow.supervised import Supervised, SupervisedHost
@@ -149,18 +152,16 @@ class FsHost(SupervisedHost):
     def _start_direct(self, driver: FsDriver, label: str, *, deadline: float,
                       max_tries: int, volatile: bool | None, limits: Limits | None,
                       fault: FaultPlan | None, block_timeout: float) -> None:
-        if driver.volatile if volatile is None else volatile:
-            raise ValueError("direct mode does not journal a volatile driver's files yet: "
-                             "mount it in host mode")
         if driver.image is not None and driver.checker:
             self.unchecked = "not checked in direct mode yet"
         self.session = Session(self.mountpoint, _fsname(driver), self.options)
+        journal = Journal() if (driver.volatile if volatile is None else volatile) else None
         served = Served(self.session.regions(), self.session.descriptors(),
                         self.session.attr_timeout, self.session.entry_timeout,
-                        self.session.direct_io, self.session.hard_remove)
+                        self.session.direct_io, self.session.hard_remove, journal)
         spec = driver.spec(name=label, deadline=deadline, limits=limits or Limits(),
                            fault=fault, hide=(self.mountpoint,), served=served)
-        self.direct = DirectSpec(self.session, max_tries=max_tries)
+        self.direct = DirectSpec(self.session, max_tries=max_tries, journal=journal)
         self.sup = Supervised(spec, self.direct, start_tries=max_tries, max_tries=max_tries,
                               block_timeout=block_timeout, host=self.name)
         self.supervised = [self.sup]
@@ -247,6 +248,14 @@ class FsHost(SupervisedHost):
         try:
             self.open_control()
             self.session.start()  # (the driver is built: the mount appears now)
+            assert self.direct is not None and self.sup.domain is not None
+            first = self.sup.domain.current
+            # as mfusepy, once it has mounted; a driver that fails here is recovered,
+            # and its recovery gives the fresh one init and says go
+            with contextlib.suppress(DomainFailed, DomainDown, Unavailable, OSError):
+                self.sup.domain.call("init", ROOT_CTX, "/")
+            with contextlib.suppress(DomainFailed, DomainDown, Unavailable):
+                self.direct.go_first(self.sup.domain, first)
             if self.on_ready is not None:
                 self.on_ready()
             self.session.wait_unmounted(self._stop)

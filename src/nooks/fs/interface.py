@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Annotated, Literal, TypedDict
+from typing import Annotated, Any, Literal, TypedDict
 
 import msgspec
 
@@ -176,3 +176,21 @@ class FsInterface(Interface):
     @changes()
     def utimens(self, ctx: Ctx, path: Path,
                 times: tuple[int | float, int | float] | None = None) -> Status: ...
+
+
+# the driver calls that change what a filesystem stores (a volatile driver's journal)
+Journaled = Literal["chmod", "chown", "create", "link", "mkdir", "mknod", "open", "release",
+                    "removexattr", "rename", "rmdir", "setxattr", "symlink", "truncate",
+                    "unlink", "utimens", "write"]
+
+
+class ServedInterface(FsInterface):
+    """A domain that serves ``/dev/fuse`` itself (direct mode, ``nooks.fs.served``):
+    the host's word that it may, and a volatile driver's journal redone."""
+
+    def replay(self, at: U64, op: Journaled,
+               args: Annotated[list[Any], msgspec.Meta(max_length=8)]) -> Any: ...
+
+    def served_go(self, can_resend: bool,
+                  handles: Annotated[dict[U64, U64], msgspec.Meta(max_length=1 << 20)],
+                  journaled: Annotated[list[U64], msgspec.Meta(max_length=1 << 20)]) -> None: ...

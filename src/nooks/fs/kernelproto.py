@@ -137,6 +137,14 @@ def args(s: struct.Struct, buf: bytes | bytearray | memoryview, n: int,
     return s.unpack_from(buf, at)
 
 
+def name(buf: bytes | bytearray, n: int, at: int = IN_HEADER.size) -> bytes:
+    """The NUL-terminated name at ``at``, in a request of ``n`` bytes (``names`` of one)."""
+    end = buf.find(b"\0", at, n)
+    if end < 0:
+        raise Malformed("a name without its terminating NUL")
+    return bytes(buf[at:end])
+
+
 def names(buf: bytes | bytearray | memoryview, n: int, count: int,
           at: int = IN_HEADER.size) -> list[bytes]:
     """``count`` NUL-terminated names from ``at`` on, in a request of ``n`` bytes."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import struct
 
 from nooks.fs.kernelproto import ROOT_ID
-from nooks.fs.statelog import Full, StateLog
+from nooks.fs.statelog import COMPACT_SLACK, Full, StateLog
 
 _LOOKUP = struct.Struct("<BQQQ")  # kind, node, parent, count added; then the name
 _FORGET = struct.Struct("<BQQ")  # kind, node, count taken
@@ -45,8 +45,10 @@ class Nodes:
         self.nodes: dict[int, Node] = {ROOT_ID: Node(ROOT_ID, b"", 1)}
         self.by_name: dict[tuple[int, bytes], int] = {}
         self.next_id = ROOT_ID + 1
+        self.records = 0  # in the log (what a successor reads back)
         for record in log.records():
             self._apply(record)
+            self.records += 1
 
     # -- what the kernel is told -----------------------------------------------------
 
@@ -56,7 +58,12 @@ class Nodes:
         node = self.by_name.get((parent, name))
         if node is None:
             node = self.next_id
-        self._log(_LOOKUP.pack(LOOKUP, node, parent, 1) + name)
+        n = self.nodes.get(node)
+        if n is None:
+            self._log(_LOOKUP.pack(LOOKUP, node, parent, 1) + name)
+        else:  # (as _apply would: one more; the hot path of every lookup)
+            self._append(_LOOKUP.pack(LOOKUP, node, parent, 1) + name)
+            n.count += 1
         return node
 
     def forget(self, node: int, count: int) -> None:
@@ -99,12 +106,23 @@ class Nodes:
     # -- the log ---------------------------------------------------------------------
 
     def _log(self, record: bytes) -> None:
+        self._append(record)
+        self._apply(record)
+
+    def _append(self, record: bytes) -> None:
+        if self.records > COMPACT_SLACK + 2 * len(self.nodes):
+            self._compact()  # (a successor reads back what the table is, not its past)
         try:
             self.log.append(record)
         except Full:
-            self.log.compact(self._snapshot())
+            self._compact()
             self.log.append(record)
-        self._apply(record)
+        self.records += 1
+
+    def _compact(self) -> None:
+        snapshot = self._snapshot()
+        self.log.compact(snapshot)
+        self.records = len(snapshot)
 
     def _snapshot(self) -> list[bytes]:
         out = [_NEXT.pack(NEXT, self.next_id)]  # (an id handed out is not handed out again)

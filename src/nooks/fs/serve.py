@@ -47,9 +47,12 @@ from typing import Any
 import msgspec
 
 from nooks.fs import kernelproto as kp
+from nooks.fs.attrs import Stat, packed
+from nooks.fs.clock import wall_clock_at
 from nooks.fs.handles import REOPEN_STRIP, Handles
 from nooks.fs.inflight import InFlight
 from nooks.fs.interface import FsInterface
+from nooks.fs.journal import FH_AT, JOURNALED, OPENERS
 from nooks.fs.nodes import Nodes
 from nooks.fs.statelog import Full, StateLog
 from nooks.wrappers import declare
@@ -168,9 +171,17 @@ class Server:
         # sends the request again (else the doubt would cost the request: EIO)
         self.second_opinions = True
         self._hidden = 0  # hidden names handed out (libfuse's counter)
+        # a volatile driver's: where each request's state-changing driver calls go
+        # before it is answered (``nooks.fs.journal``), and those of this request
+        self.journal: Callable[[list[list[Any]]], None] | None = None
+        self._pending: list[list[Any]] = []
+        self._vfh = 0  # the virtual handle of the request being served
+        self.journaled: set[int] = set()  # virtual handles whose open is journaled
         # what the driver implements, as mfusepy would register it with libfuse
         self._bound: dict[str, Callable[..., Any]] = {
             name: getattr(ops, name) for name in ops.implemented()}
+        self._stat_op: Callable[..., Stat] | None = \
+            ops.stat if "getattr" in self._bound else None
         self._handlers: dict[int, Callable[[int, int, bytearray, int], bytes | None]] = {
             kp.Op.LOOKUP: self._lookup, kp.Op.GETATTR: self._getattr,
             kp.Op.SETATTR: self._setattr, kp.Op.READLINK: self._readlink,
@@ -224,6 +235,22 @@ class Server:
             self._begin()
         self.ctx = (uid, gid, pid)
         self.resent = bool(unique & RESEND)
+        try:
+            out = self._answer(op, unique, node, buf, n)
+        except BaseException:
+            # the domain fails with this request; what its driver did before is done
+            # (and in the tables: a hidden name), so it is journaled all the same
+            if self._pending:
+                with contextlib.suppress(Exception):
+                    self._journal_pending(unique, None)
+            raise
+        if self._pending:
+            out = self._journal_pending(unique, out)
+        return out
+
+    def _answer(self, op: int, unique: int, node: int, buf: bytearray, n: int) -> bytes | None:
+        self._pending.clear()  # (those of a request that failed its driver: not done)
+        self._vfh = 0
         if op == kp.Op.FORGET:
             self.nodes.forget(node, kp.args(kp.FORGET_IN, buf, n)[0])
             return None
@@ -374,7 +401,61 @@ class Server:
                 return 0
             raise OSError(errno.ENOSYS, f"the driver has no {name}")
         self.calling = name
-        return op(self.ctx, *args)
+        if self.journal is None or name not in JOURNALED:
+            return op(self.ctx, *args)
+        at = time.time_ns()
+        with wall_clock_at(at):  # (the clock the driver reads; a replay reads it again)
+            result = op(self.ctx, *args)
+        self._note(name, args, at)
+        return result
+
+    # -- a volatile driver's journal ---------------------------------------------------
+
+    def _note(self, name: str, args: tuple[Any, ...], at: int) -> None:
+        """Journal a driver call made at ``at`` (ns) that succeeded (sent with the
+        request's others before the request is answered), with the virtual handle for
+        the driver's."""
+        if name == "open" and args[1] & os.O_ACCMODE == os.O_RDONLY \
+                and not args[1] & (os.O_TRUNC | os.O_CREAT):
+            return  # (a read-only open changes nothing; a recovery re-opens it)
+        vfh = self._vfh if self._vfh in self.journaled else 0
+        if name == "release":
+            if not vfh:
+                return
+            self.journaled.discard(vfh)
+        call = [self.ctx, *args]
+        fh = FH_AT.get(name)
+        if fh is not None and fh < len(call) and call[fh] is not None:
+            # (0: a handle whose open is not journaled, as the driver's without open)
+            call[fh] = vfh
+        # (an opener's handle comes with _journal_opened; 0 if the request fails first)
+        self._pending.append([name, 0 if name in OPENERS else None, at, call])
+
+    def _journal_opened(self, handle: int) -> None:
+        """The driver call just journaled opened virtual handle ``handle``."""
+        if self._pending and self._pending[-1][0] in OPENERS and not self._pending[-1][1]:
+            self._pending[-1][1] = handle
+            self.journaled.add(handle)
+
+    def _journal_pending(self, unique: int, out: bytes | None) -> bytes | None:
+        assert self.journal is not None
+        try:
+            self.journal(self._pending)
+        except OSError as e:  # (full: the request fails, as it is not kept)
+            return kp.reply(unique, error=e.errno or errno.EIO)
+        finally:
+            self._pending.clear()
+        return out
+
+    def adopt(self, handles: dict[int, int], journaled: list[int]) -> None:
+        """The driver's handles behind virtual ones (a fresh driver's, re-made from the
+        journal), and the virtual handles whose open is journaled."""
+        self.journaled = set(journaled)
+        if self.handles is not None:
+            for handle, real in handles.items():
+                h = self.handles.handles.get(handle)
+                if h is not None:
+                    h.driver = real
 
     def _path(self, node: int, name: bytes | None = None) -> str:
         base = self.nodes.path(node)
@@ -386,42 +467,44 @@ class Server:
             base = base + name if base == b"/" else base + b"/" + name
         return os.fsdecode(base)
 
-    def _ns(self, value: Any) -> int:
-        return int(value) if self.use_ns else int(float(value) * 1e9)
-
-    def _attr(self, node: int, st: dict[str, Any]) -> bytes:
-        return kp.attr(node, int(st.get("st_mode", 0)), nlink=int(st.get("st_nlink", 1)),
-                       uid=int(st.get("st_uid", 0)), gid=int(st.get("st_gid", 0)),
-                       rdev=int(st.get("st_rdev", 0)), size=int(st.get("st_size", 0)),
-                       blocks=int(st.get("st_blocks", 0)),
-                       blksize=int(st.get("st_blksize", 0)),
-                       atime_ns=self._ns(st.get("st_atime", 0)),
-                       mtime_ns=self._ns(st.get("st_mtime", 0)),
-                       ctime_ns=self._ns(st.get("st_ctime", 0)))
+    def _stat(self, path: str, fh: int | None = None) -> Stat:
+        """The driver's getattr of ``path``, checked (Misbehaved if the declaration does
+        not allow it): ``_call("getattr")``, the hot path of lookups."""
+        if self._stat_op is None:
+            raise OSError(errno.ENOSYS, "the driver has no getattr")
+        self.calling = "getattr"
+        try:
+            return self._stat_op(self.ctx, path, fh)
+        except msgspec.ValidationError as e:
+            raise Misbehaved(f"getattr returned a bad result: {e}") from None
 
     def _entry(self, parent: int, name: bytes, made: int = 0) -> bytes:
         """Look ``name`` up in ``parent`` (the driver's getattr) and count it; ``made``:
         the kind of file a request has just made there (else the driver is doubted)."""
-        st = checked("getattr", self._call("getattr", self._path(parent, name)))
-        mode = st.get("st_mode", 0)
-        if made and stat.S_IFMT(mode) != made:
-            self._doubt(f"{self._path(parent, name)} is mode {mode:o} after it was made")
+        st = self._stat(self._path(parent, name))
+        if made and stat.S_IFMT(st.st_mode) != made:
+            self._doubt(f"{self._path(parent, name)} is mode {st.st_mode:o} after it was made")
         node = self.nodes.lookup(parent, name)
-        return kp.entry_out(node, self._attr(node, st), self.entry_timeout, self.attr_timeout)
+        return kp.entry_out(node, packed(node, st, self.use_ns), self.entry_timeout,
+                            self.attr_timeout)
 
     def _name(self, buf: bytearray, n: int, at: int = kp.IN_HEADER.size) -> bytes:
-        return kp.names(buf, n, 1, at)[0]
+        return kp.name(buf, n, at)
 
     def _handed(self, node: int, flags: int, driver: Any, directory: bool = False) -> int:
         """The handle the kernel is given for what the driver opened as ``driver``."""
         fh = int(driver or 0)
         if self.handles is None:
             return fh
-        return self.handles.opened(node, flags, fh, directory=directory)
+        handle = self.handles.opened(node, flags, fh, directory=directory)
+        if self.journal is not None:
+            self._journal_opened(handle)
+        return handle
 
     def _fh(self, handle: int) -> int:
         """The driver's handle behind the kernel's ``handle``: re-opened by path if
         this server's driver never opened it."""
+        self._vfh = handle
         if self.handles is None:
             return handle
         h = self.handles.handles.get(handle)
@@ -432,6 +515,8 @@ class Server:
             opened = self._call("opendir", path) if h.directory else \
                 self._call("open", path, h.flags & ~REOPEN_STRIP)
             h.driver = checked("open", opened)
+            if self.journal is not None:
+                self._journal_opened(handle)
         return h.driver
 
     def _closed(self, handle: int) -> None:
@@ -484,16 +569,15 @@ class Server:
     def _getattr(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
         flags, _, fh = kp.args(kp.GETATTR_IN, buf, n)
         path = self._path(node)
-        st = checked("getattr", self._call("getattr", path, self._fh(fh))
-                     if flags & GETATTR_FH else self._call("getattr", path))
+        st = self._stat(path, self._fh(fh) if flags & GETATTR_FH else None)
         h = self.handles.handles.get(fh) if flags & GETATTR_FH and self.handles else None
-        mode = st.get("st_mode", 0)
+        mode = st.st_mode
         if h is not None and not h.directory and (
                 stat.S_ISDIR(mode) or stat.S_ISSOCK(mode)
                 or (h.flags & os.O_CREAT and not stat.S_ISREG(mode))):
             # (open() refuses both; what create made is a regular file)
             self._doubt(f"the open file {path} is described as mode {mode:o}")
-        return kp.attr_out(self._attr(node, st), self.attr_timeout)
+        return kp.attr_out(packed(node, st, self.use_ns), self.attr_timeout)
 
     def _setattr(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
         (valid, _, fh, size, _, atime, mtime, _, atimens, mtimens, _, mode, _, uid, gid,
@@ -525,9 +609,8 @@ class Server:
                 self._call("utimens", path, tuple(t / 1e9 for t in times))
             else:
                 self._call("utimens", path, times)
-        st = checked("getattr", self._call("getattr", path, self._fh(fh))
-                     if valid & FATTR_FH else self._call("getattr", path))
-        return kp.attr_out(self._attr(node, st), self.attr_timeout)
+        st = self._stat(path, self._fh(fh) if valid & FATTR_FH else None)
+        return kp.attr_out(packed(node, st, self.use_ns), self.attr_timeout)
 
     def _readlink(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
         return os.fsencode(checked("readlink", self._call("readlink", self._path(node))))

@@ -3,16 +3,18 @@ connection itself (``FsHost`` with ``mode="direct"``; the host's side is
 ``nooks.fs.direct``).
 
 The domain is handed a duplicate of the host's ``/dev/fuse`` descriptor
-(``fuse``) and three regions of the host's memory: the node table's log
-(``nodes``), the handle table's log (``handles``) and the in-flight record
-(``inflight``). Each domain rebuilds both tables from the logs, calls the
-driver's ``init`` as mfusepy does when it mounts, and serves requests until the
-mount goes away (``nooks.fs.serve``).
+(``fuse``) and regions of the host's memory: the node table's log
+(``nodes``), the handle table's log (``handles``), the in-flight record
+(``inflight``) and what drivers raised (``raised``). Once the driver is built,
+``serve`` waits for the host's word (``served_go``: the host has answered
+FUSE_INIT, called the driver's ``init`` as mfusepy does when it mounts, and,
+for a volatile driver, redone its journal), rebuilds both tables from the logs
+and serves requests until the mount goes away (``nooks.fs.serve``).
 """
 
 from __future__ import annotations
 
-import time
+import threading
 from typing import Any
 
 from nooks.domain import child
@@ -24,13 +26,7 @@ from nooks.fs.serve import Server
 from nooks.fs.statelog import StateLog
 
 FUSE, NODES, HANDLES, INFLIGHT = "fuse", "nodes", "handles", "inflight"
-# a byte the host sets once the mount is made and FUSE_INIT answered (before, the
-# domain must not read: the kernel's INIT is the host's to answer); the next says
-# whether the kernel sends again what a dead domain had read
-STARTED, STARTED_SIZE = "started", 8
 RAISED = "raised"  # the exceptions drivers raised (nooks.fs.serve.Server.lenient_after)
-START_POLL = 0.001  # seconds between looks at it
-INIT_CTX = (0, 0, 0)  # (as mfusepy's init: no caller)
 
 
 class ServedFs(FsAdapter):
@@ -41,25 +37,45 @@ class ServedFs(FsAdapter):
 
     def __init__(self, target: str, args: list[Any], kwargs: dict[str, Any], *,
                  attr_timeout: float = 1.0, entry_timeout: float = 1.0,
-                 direct_io: bool = False, hard_remove: bool = False) -> None:
+                 direct_io: bool = False, hard_remove: bool = False,
+                 journaled: bool = False) -> None:
         """The driver as ``FsAdapter`` builds it; how long the kernel may cache
         attributes and names (libfuse's ``attr_timeout``, ``entry_timeout``), and
         whether files bypass its page cache (``direct_io``), and whether an open
-        file that is unlinked goes at once (``hard_remove``)."""
+        file that is unlinked goes at once (``hard_remove``); ``journaled``: each
+        request's state-changing calls go to the host's journal (a volatile
+        driver's, ``nooks.fs.journal``)."""
         super().__init__(target, args, kwargs)
         self.attr_timeout, self.entry_timeout = attr_timeout, entry_timeout
         self.direct_io, self.hard_remove = direct_io, hard_remove
+        self.journaled = journaled
+        self._go = threading.Event()
+        self._server: Server | None = None
 
-    def serve(self) -> None:
-        started = child.region(STARTED)
-        while not started[0]:  # (only the first domain waits, for a millisecond or so)
-            time.sleep(START_POLL)
+    def served_go(self, can_resend: bool, handles: dict[int, int],
+                  journaled: list[int]) -> None:
+        """Serve now (``ServedInterface``): whether the kernel sends again what a
+        dead domain had read, the driver's handles behind virtual ones (re-made
+        from the journal) and the virtual handles whose open is journaled. The
+        tables are rebuilt here, before the reply: were the serving thread to
+        rebuild them, the reply would wait for the interpreter lock (up to its 5 ms
+        switch interval) and the recovery with it."""
+        if self._go.is_set():
+            return  # (once: a second word changes nothing)
         server = Server(child.descriptor(FUSE), self, Nodes(StateLog(child.region(NODES))),
                         Handles(StateLog(child.region(HANDLES))),
                         inflight=InFlight(child.region(INFLIGHT)),
                         attr_timeout=self.attr_timeout, entry_timeout=self.entry_timeout,
                         direct_io=self.direct_io, hard_remove=self.hard_remove)
         server.lenient_after(StateLog(child.region(RAISED)))
-        server.second_opinions = bool(started[1])
-        self.init(INIT_CTX, "/")
-        server.serve()
+        server.second_opinions = can_resend
+        server.adopt(handles, journaled)
+        if self.journaled:
+            server.journal = child.kernel().fs_journal
+        self._server = server
+        self._go.set()
+
+    def serve(self) -> None:
+        self._go.wait()  # (the host's word)
+        assert self._server is not None
+        self._server.serve()

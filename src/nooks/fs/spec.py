@@ -44,13 +44,13 @@ import os
 import stat
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from nooks.domain.host import Domain
 from nooks.errors import FailureReport
 from nooks.fs.handles import REOPEN_STRIP
 from nooks.fs.interface import FsInterface, os_error
+from nooks.fs.journal import Spilled, compacted
 from nooks.fs.spill import Spill
 from nooks.fs.writes import Written, WrittenFiles
 from nooks.shadow.handles import Handle, HandleTable
@@ -93,14 +93,6 @@ def _mode(domain: Domain, ctx: Any, path: str) -> int | None:
     attrs = _attrs(domain, ctx, path)
     mode = attrs.get("st_mode") if attrs is not None else None
     return mode if isinstance(mode, int) else None
-
-
-@dataclass(frozen=True)
-class Spilled:
-    """Journaled write data, kept in the journal's ``Spill``."""
-
-    pos: int
-    length: int
 
 
 class FsShadow(ClassSpec):
@@ -347,15 +339,9 @@ class FsShadow(ClassSpec):
 
     def _compact(self, path: str) -> None:
         """Drop logged requests that only concerned an unlinked file (no renames seen)."""
-        touched = [e for e in self.journal if len(e[1]) > 1 and e[1][1] == path]
-        if any(op in ("rename", "link", "symlink") for op, _, _ in touched):
-            return
-        open_vfhs = {v for op, a, v in touched if op in ("open", "create")}
-        if open_vfhs & set(self.handles):
-            return
-        self.journal = [e for e in self.journal
-                        if not (len(e[1]) > 1 and e[1][1] == path)
-                        and not (e[0] in CLOSERS and e[1][2] in open_vfhs)]
+        rest = compacted(self.journal, path, set(self.handles))
+        if rest is not None:
+            self.journal = rest
 
     def violation(self, op: str, args: tuple[Any, ...], result: Any) -> str | None:
         if op == "read" and len(result) > args[2]:

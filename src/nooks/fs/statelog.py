@@ -28,6 +28,11 @@ HEADER = 64
 _RECORD = struct.Struct("<II")  # payload length, CRC-32 of the payload
 STATE_AT = 8  # the state word: committed bytes << 32 | the active buffer
 MAX_RECORD = 1 << 16  # bytes of payload in one record
+# records a table's log (nodes, handles) may hold beyond twice the table's entries
+# before the table compacts it: what a successor reads back at a takeover (about a
+# microsecond a record, while requests wait) stays in proportion to the table, not
+# to the requests served since (each lookup of a name is a record)
+COMPACT_SLACK = 1024
 
 
 class Full(Exception):
