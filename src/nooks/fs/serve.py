@@ -249,7 +249,6 @@ class Server:
         return out
 
     def _answer(self, op: int, unique: int, node: int, buf: bytearray, n: int) -> bytes | None:
-        self._pending.clear()  # (those of a request that failed its driver: not done)
         self._vfh = 0
         if op == kp.Op.FORGET:
             self.nodes.forget(node, kp.args(kp.FORGET_IN, buf, n)[0])
