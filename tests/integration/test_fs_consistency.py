@@ -27,13 +27,20 @@ DRIVER = "tests.drivers.corrupting:CorruptingVfat"
 # the test driver finds its marker file through this variable (domains get few)
 MARKER = ("--env", "NOOKS_TEST_MARKER")
 
+
+@pytest.fixture(params=["host", "direct"])
+def mode(request: pytest.FixtureRequest) -> tuple[str, ...]:
+    """The checks hold in both modes: the host sees every request, or the domain
+    serves the mount itself and pauses for each checkpoint."""
+    return ("--mode", str(request.param))
+
 def fsck(image: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["fsck.fat", "-n", str(image)], capture_output=True, text=True,
                           check=False)
 
 
-def corrupting_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                   interval: str) -> tuple[Path, dict[str, object], str, str]:
+def corrupting_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interval: str,
+                   mode: tuple[str, ...] = ()) -> tuple[Path, dict[str, object], str, str]:
     """Copy a tree in, create a file the first driver corrupts the volume for, copy
     more, take a checkpoint; (image, status, manifest before, manifest on the mount)."""
     image = tmp_path / "disk.img"
@@ -44,8 +51,9 @@ def corrupting_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     shutil.copytree(src / "a" / "json", src / "after")
     (src / "corrupt-me.txt").write_text("the create of this file corrupts the FAT")
     want = manifest(str(src))
-    with mounted(str(tmp_path), DRIVER, extra=(*MARKER, "--image", str(image), "--checker",
-                                               "fsck.fat -n", "--check-interval", interval)) as m:
+    with mounted(str(tmp_path), DRIVER, extra=(*MARKER, *mode, "--image", str(image),
+                                               "--checker", "fsck.fat -n",
+                                               "--check-interval", interval)) as m:
         mnt = Path(m.path)
         assert subprocess.run(["cp", "-a", str(src / "a"), str(mnt)], check=False).returncode == 0
         shutil.copy(src / "corrupt-me.txt", mnt / "corrupt-me.txt")
@@ -58,8 +66,9 @@ def corrupting_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 
 
 def test_quiet_corruption_is_rolled_back_and_redone(tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    image, st, want, got = corrupting_run(tmp_path, monkeypatch, "60")
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    mode: tuple[str, ...]) -> None:
+    image, st, want, got = corrupting_run(tmp_path, monkeypatch, "60", mode)
     cons = st["consistency"]
     assert isinstance(cons, dict)
     assert st["checkpoint_reply"] == {"checked": True, "consistent": False}
@@ -77,8 +86,9 @@ def test_quiet_corruption_is_rolled_back_and_redone(tmp_path: Path,
 
 
 def test_without_checkpoints_the_damage_stays(tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    image, st, want, got = corrupting_run(tmp_path, monkeypatch, "0")
+                                              monkeypatch: pytest.MonkeyPatch,
+                                              mode: tuple[str, ...]) -> None:
+    image, st, want, got = corrupting_run(tmp_path, monkeypatch, "0", mode)
     assert st["consistency"] is None
     assert st["checkpoint_reply"] == {"checked": False}
     assert st["recoveries"] == []
@@ -101,14 +111,16 @@ def test_an_image_inconsistent_at_mount_is_not_checked(tmp_path: Path,
 
 @pytest.mark.parametrize("interval", ["60", "0"])
 def test_misplaced_writes_are_read_back_before_anyone_reads_them(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interval: str) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interval: str,
+        mode: tuple[str, ...]) -> None:
     image = tmp_path / "disk.img"
     mkfs_vfat(str(image), 64 << 20)
     monkeypatch.setenv("NOOKS_TEST_MARKER", str(tmp_path / "first-driver-done"))
     data = random.Random(7).randbytes(300_000)
     # the kernel keeps attributes for an hour: only an invalidation can refresh them
-    with mounted(str(tmp_path), DRIVER, extra=(*MARKER, "--image", str(image), "--checker",
-                                               "fsck.fat -n", "--check-interval", interval,
+    with mounted(str(tmp_path), DRIVER, extra=(*MARKER, *mode, "--image", str(image),
+                                               "--checker", "fsck.fat -n",
+                                               "--check-interval", interval,
                                                "-o", "attr_timeout=3600,entry_timeout=3600")) as m:
         target = Path(m.path) / "misplaced.bin"
         target.write_bytes(data)
@@ -136,12 +148,12 @@ def test_misplaced_writes_are_read_back_before_anyone_reads_them(
 
 
 def test_a_driver_that_always_corrupts_is_checked_once_then_left_alone(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: tuple[str, ...]) -> None:
     image = tmp_path / "disk.img"
     mkfs_vfat(str(image), 64 << 20)
     monkeypatch.setenv("NOOKS_TEST_MARKER", str(tmp_path / "first-driver-done"))
     always = ("--env", "NOOKS_TEST_ALWAYS=1")
-    with mounted(str(tmp_path), DRIVER, extra=(*MARKER, *always, "--image", str(image),
+    with mounted(str(tmp_path), DRIVER, extra=(*MARKER, *always, *mode, "--image", str(image),
                                                "--checker", "fsck.fat -n",
                                                "--check-interval", "60")) as m:
         mnt = Path(m.path)
@@ -161,14 +173,15 @@ def test_a_driver_that_always_corrupts_is_checked_once_then_left_alone(
 
 
 def test_a_rollback_keeps_open_files_renames_and_truncates(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: tuple[str, ...]) -> None:
     image = tmp_path / "disk.img"
     mkfs_vfat(str(image), 64 << 20)
     monkeypatch.setenv("NOOKS_TEST_MARKER", str(tmp_path / "first-driver-done"))
     rng = random.Random(11)
     head, tail = rng.randbytes(70_000), rng.randbytes(50_000)
-    with mounted(str(tmp_path), DRIVER, extra=(*MARKER, "--image", str(image), "--checker",
-                                               "fsck.fat -n", "--check-interval", "60")) as m:
+    with mounted(str(tmp_path), DRIVER, extra=(*MARKER, *mode, "--image", str(image),
+                                               "--checker", "fsck.fat -n",
+                                               "--check-interval", "60")) as m:
         mnt = Path(m.path)
         (mnt / "old-name.txt").write_text("renamed after the checkpoint")
         (mnt / "shrinks.bin").write_bytes(rng.randbytes(40_000))
@@ -197,12 +210,14 @@ def test_a_rollback_keeps_open_files_renames_and_truncates(
 
 
 def test_the_interval_finds_damage_with_nobody_asking(tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      mode: tuple[str, ...]) -> None:
     image = tmp_path / "disk.img"
     mkfs_vfat(str(image), 64 << 20)
     monkeypatch.setenv("NOOKS_TEST_MARKER", str(tmp_path / "first-driver-done"))
-    with mounted(str(tmp_path), DRIVER, extra=(*MARKER, "--image", str(image), "--checker",
-                                               "fsck.fat -n", "--check-interval", "0.2")) as m:
+    with mounted(str(tmp_path), DRIVER, extra=(*MARKER, *mode, "--image", str(image),
+                                               "--checker", "fsck.fat -n",
+                                               "--check-interval", "0.2")) as m:
         (Path(m.path) / "corrupt-me.txt").write_text("corrupts the FAT")
         wait_for(lambda: m.status()["consistency"]["rolled_back"] == 1, 30,
                  "the interval's checkpoint to roll the damage back")

@@ -11,10 +11,11 @@ commit points) and Membrane (checkpoint, log, roll back and replay):
 * between checkpoints the shadow journals every state-changing request
   (``FsShadow(journaled=True)``) and the block device saves what each committed
   write overwrites (``UndoLog``);
-* a checkpoint is taken every ``interval`` seconds while requests come, before
+* a checkpoint is taken every ``interval`` seconds while the image changes, before
   a file written since the last one is opened to be read, when the journal
   grows past ``max_bytes``, and before the unmount; requests wait while it runs
-  (a few milliseconds);
+  (a few milliseconds: in direct mode, ``hold`` pauses the domain's server,
+  ``nooks.fs.checkpointed``);
 * a check is the checker's verdict, then every written file's size and sampled
   bytes read back through the driver (``nooks.fs.writes``);
 * a consistent image becomes the new checkpoint (journal and undo log cleared);
@@ -41,14 +42,16 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sized
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from nooks.domain.host import Domain
 from nooks.errors import CheckerError, Closed, DomainDown, DomainFailed, Restarting
 from nooks.fs.blockdev import UndoLog
-from nooks.fs.spec import ROOT_CTX, FsShadow
+from nooks.fs.spec import ROOT_CTX
+from nooks.fs.writes import Written, WrittenFiles
 from nooks.shadow.engine import Shadow
 
 log = logging.getLogger(__name__)
@@ -100,11 +103,17 @@ class Checkpoints:
     the undo log start empty, so the image as mounted is the first checkpoint.
     """
 
-    def __init__(self, *, image: str, command: tuple[str, ...], shadow: Shadow[FsShadow],
-                 fs: FsShadow,
-                 domain: Domain, undo: UndoLog, name: str, interval: float = 1.0,
+    def __init__(self, *, image: str, command: tuple[str, ...], shadow: Shadow[Any],
+                 fs: Kept, domain: Domain, undo: UndoLog, name: str, interval: float = 1.0,
                  max_bytes: int = 64 << 20,
-                 invalidate: Callable[[list[str]], int] | None = None) -> None:
+                 invalidate: Callable[[list[str]], int] | None = None,
+                 hold: Callable[[], Callable[[], None] | None] | None = None,
+                 let_go: Callable[[bool], None] | None = None) -> None:
+        """``hold``: where requests do not pass through ``call`` (direct mode), how a
+        checkpoint gets a moment with no request half done: what it returns lets the
+        requests go on (None: they could not be held, and there is no checkpoint);
+        ``let_go``: after each checkpoint, lets go a request that waits for one
+        (True: none will be taken any more)."""
         self.image = image
         self.command = command
         self.shadow = shadow
@@ -115,12 +124,16 @@ class Checkpoints:
         self.interval = interval
         self.max_bytes = max_bytes
         self.invalidate = invalidate
+        self.hold = hold
+        self.let_go = let_go
         self.stats = CheckStats()
         self.off: str | None = None  # why checking stopped, if it did
         # held for each request and for each checkpoint: a check sees no request
         # half done, and a rollback races no request
         self.lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()  # a checkpoint is asked for before the interval
+        self._why = "interval"
         self._thread: threading.Thread | None = None
         self._readback_failures = 0  # driver failures while reading back, in a row
         # every replay of a rollback (a fresh driver may fail in it) starts from the
@@ -140,12 +153,18 @@ class Checkpoints:
             self._thread.join(timeout=120)  # a checker run is bounded by 60 s
         with self.lock:
             self.off = self.off or "unmounted"
+        if self.let_go is not None:
+            self.let_go(True)
 
     def unmounting(self) -> None:
         """The last checkpoint, before the driver is told to stop."""
-        with self.lock:
-            self._checkpoint("unmount")
-            self.invalidate = None
+        self._quietly("unmount")
+        self.invalidate = None
+
+    def wake(self, why: str) -> None:
+        """Take a checkpoint now, on the checkpoints' thread (a request asks)."""
+        self._why = why
+        self._wake.set()
 
     def call(self, op: str, *args: Any) -> Any:
         with self.lock:
@@ -160,17 +179,38 @@ class Checkpoints:
             return result
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
+        while True:
+            self._wake.wait(self.interval)
+            if self._stop.is_set():
+                return
+            why = self._why if self._wake.is_set() else "interval"
+            self._wake.clear()
             try:
-                with self.lock:
-                    self._checkpoint("interval")
+                self._quietly(why)
             except Exception:
                 log.exception("%s: a checkpoint failed", self.name)
+            finally:
+                if self.let_go is not None:
+                    self.let_go(self.off is not None)
 
     def checkpoint(self) -> bool:
         """Take a checkpoint now; whether the image was consistent."""
+        return self._quietly("asked")
+
+    def _quietly(self, why: str) -> bool:
+        """A checkpoint, with no request half done (``hold``)."""
         with self.lock:
-            return self._checkpoint("asked")
+            if self.hold is None:
+                return self._checkpoint(why)
+            if self.off is not None or self.shadow.dead is not None:
+                return True
+            let_go = self.hold()
+            if let_go is None:
+                return True  # (the driver failed or is being replaced: next time)
+            try:
+                return self._checkpoint(why)
+            finally:
+                let_go()
 
     def _stop_checking(self, why: str) -> None:
         """Checking can no longer help: stop, and stop keeping what it would need."""
@@ -237,10 +277,19 @@ class Checkpoints:
             # driver made of them (a directory's size, a file's times): drop it, from
             # another thread (this one may be serving one of those files' requests)
             threading.Thread(target=self.invalidate, args=(touched,), daemon=True).start()
+        let_go = self.hold() if self.hold is not None else _nothing
+        if let_go is None:
+            return False  # (the fresh driver failed already: the next checkpoint checks)
         try:
             ok, said = self._check()
         except (CheckerError, DomainFailed, DomainDown, Closed, Restarting) as e:
             ok, said = False, f"the check after the rollback did not finish: {e}"
+        try:
+            return self._after_rollback(ok, said)
+        finally:
+            let_go()
+
+    def _after_rollback(self, ok: bool, said: str) -> bool:
         if ok:
             self.stats.rolled_back += 1
             self.fs.checkpoint()
@@ -319,6 +368,42 @@ class Checkpoints:
             else None,
             "journal": len(self.fs.journal),
         }
+
+
+class Kept(Protocol):
+    """What is kept between checkpoints: the journal of requests since the last,
+    what they wrote, and how a rollback's recovery is made (``FsShadow``; in direct
+    mode, ``nooks.fs.checkpointed.DirectJournal``)."""
+
+    @property
+    def journal(self) -> Sized: ...
+
+    @property
+    def replay_errors(self) -> int: ...
+
+    @property
+    def journal_bytes(self) -> int: ...
+
+    @property
+    def written(self) -> WrittenFiles: ...
+
+    def written_files(self) -> list[tuple[str, Written]]: ...
+
+    def is_open(self, path: str) -> bool: ...
+
+    def journal_paths(self) -> list[str]: ...
+
+    def checkpoint(self) -> None: ...
+
+    def stop_journal(self) -> None: ...
+
+    def rewinds_with(self, rewind: Callable[[], object]) -> None: ...
+
+    def rolling_back(self) -> AbstractContextManager[None]: ...
+
+
+def _nothing() -> None:
+    pass
 
 
 def _summary(text: str) -> str:

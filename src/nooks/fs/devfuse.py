@@ -17,6 +17,7 @@ import ctypes
 import errno
 import os
 import select
+import struct
 
 from nooks.fs import kernelproto as kp
 
@@ -99,6 +100,18 @@ class Connection:
         if not self.can_resend:
             raise OSError(errno.ENOSYS, "this kernel does not resend FUSE requests")
         os.write(self.fd, kp.notification(kp.Notify.RESEND))
+
+    def invalidate(self, node: int) -> bool:
+        """Drop what the kernel caches of ``node``: its attributes and its pages, as
+        libfuse's ``fuse_invalidate_path``; whether the kernel knew it."""
+        try:
+            os.write(self.fd, kp.notification(kp.Notify.INVAL_INODE,
+                                              struct.pack("<Qqq", node, 0, 0)))
+        except OSError as e:
+            if e.errno == errno.ENOENT:
+                return False
+            raise
+        return True
 
     def unmount(self) -> None:
         """Unmount (lazily: a process still inside the mount keeps it until it

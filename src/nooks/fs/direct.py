@@ -32,6 +32,7 @@ import os
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from nooks.domain.host import Domain
@@ -39,15 +40,18 @@ from nooks.domain.incarnation import Incarnation
 from nooks.domain.spec import Descriptor, Region
 from nooks.errors import FailureKind
 from nooks.fs import kernelproto as kp
+from nooks.fs.checkpointed import Pause
 from nooks.fs.devfuse import Connection
 from nooks.fs.inflight import InFlight
 from nooks.fs.inflight import size_for as inflight_size
 from nooks.fs.interface import ServedInterface
 from nooks.fs.journal import Journal
+from nooks.fs.kernelproto import ROOT_ID
+from nooks.fs.nodes import Nodes
 from nooks.fs.serve import RESEND
 from nooks.fs.served import FUSE, HANDLES, INFLIGHT, NODES, RAISED
 from nooks.fs.spec import ROOT_CTX
-from nooks.fs.statelog import size_for
+from nooks.fs.statelog import StateLog, size_for
 from nooks.shadow.engine import Shadow
 from nooks.shadow.spec import ClassSpec
 
@@ -80,6 +84,7 @@ class Session:
         self.hard_remove = bool(options.get("hard_remove"))
         self.memfds: dict[str, tuple[int, int]] = {}
         self.conn: Connection | None = None
+        self._nodes_map: mmap.mmap | None = None
         try:
             for name, size in ((NODES, size_for(NODES_BUFFER)),
                                (HANDLES, size_for(HANDLES_BUFFER)),
@@ -124,6 +129,24 @@ class Session:
             if p.poll(200):
                 return
 
+    def invalidate(self, paths: list[str]) -> int:
+        """Drop what the kernel caches of ``paths`` (their nodes, as the node log has
+        them now; those it does not know are skipped); how many it knew."""
+        if self._nodes_map is None:
+            fd, size = self.memfds[NODES]
+            self._nodes_map = mmap.mmap(fd, size)  # (read only: the domain writes it)
+        nodes = Nodes(StateLog(memoryview(self._nodes_map)))
+        known = 0
+        for path in paths:
+            node: int | None = ROOT_ID
+            for name in os.fsencode(path).split(b"/"):
+                if name and node is not None:
+                    node = nodes.by_name.get((node, name))
+            if node is not None and self.conn is not None:
+                with contextlib.suppress(OSError):
+                    known += self.conn.invalidate(node)
+        return known
+
     def unmount(self) -> None:
         """Take the mount away (lazily: what is inside it leaves in its own time); the
         connection stays, so the driver can still be ended in order."""
@@ -140,6 +163,10 @@ class Session:
         if hasattr(self, "_map"):
             self.inflight.mem.release()
             self._map.close()
+        if self._nodes_map is not None:
+            with contextlib.suppress(BufferError):  # (a table read from it still refers)
+                self._nodes_map.close()
+            self._nodes_map = None
 
 
 def _seconds(options: dict[str, Any], key: str, default: float = 1.0) -> float:
@@ -161,11 +188,16 @@ class DirectSpec(ClassSpec):
     interface = ServedInterface
 
     def __init__(self, session: Session, *, max_tries: int,
-                 journal: Journal | None = None) -> None:
-        """``journal``: a volatile driver's (redone in each fresh driver)."""
+                 journal: Journal | None = None, pause: Pause | None = None) -> None:
+        """``journal``: a volatile driver's (redone in each fresh driver), or, with
+        ``pause``, that of a driver whose image is checked (redone in the fresh
+        driver of a rollback: ``nooks.fs.checkpointed``)."""
         self.session = session
         self.max_tries = max_tries
         self.journal = journal
+        self.pause = pause
+        self._rolling_back = False  # the recovery under way is a checkpoint's rollback
+        self._rewind: Callable[[], object] | None = None
         self.domain: Domain | None = None
         self.shadow: Shadow[DirectSpec] | None = None
         self.resent = 0  # requests given back to the kernel (as far as the record shows)
@@ -178,6 +210,8 @@ class DirectSpec(ClassSpec):
         with self._going:
             self._restarting = True  # (from here, the recovery says go: go_first won't)
         self._dead_gone()
+        if self._rolling_back and self._rewind is not None:
+            self._rewind()  # (the image as at the checkpoint; the dead domain wrote last)
         report = self.domain.report if self.domain is not None else None
         if report is not None and report.detail.startswith("Suspect:") \
                 and self.shadow is not None:
@@ -209,10 +243,27 @@ class DirectSpec(ClassSpec):
         domain.call("init", ROOT_CTX, "/")  # (as mfusepy, when it mounts)
 
     def replay(self, domain: Domain) -> int:
-        """A volatile driver's journal, redone; then the fresh domain may serve."""
-        handles = self.journal.redo(domain.call) if self.journal is not None else {}
+        """A volatile driver's journal (or, in a rollback, the journal since the
+        checkpoint), redone; then the fresh domain may serve."""
+        redo = self.journal is not None and (not self.journal.since_checkpoint
+                                             or self._rolling_back)
+        handles = self.journal.redo(domain.call) if redo and self.journal is not None else {}
         self.go(domain, handles)
-        return len(self.journal.entries) if self.journal is not None else 0
+        return len(self.journal) if redo and self.journal is not None else 0
+
+    def rewinds_with(self, rewind: Callable[[], object]) -> None:
+        """How a rollback puts the image back as it was at the checkpoint."""
+        self._rewind = rewind
+
+    @contextlib.contextmanager
+    def rolling_back(self) -> Iterator[None]:
+        """The recovery made inside is a rollback to the last checkpoint: each fresh
+        driver starts from the checkpoint's image and redoes the journal since."""
+        self._rolling_back = True
+        try:
+            yield
+        finally:
+            self._rolling_back = False
 
     def go(self, domain: Domain, handles: dict[int, int] | None = None) -> None:
         """Let the current domain serve (its driver's ``init`` has been called)."""
@@ -297,9 +348,11 @@ class Watch:
             oldest = min((t.unique for t in taken), default=None)
             if oldest != excused_for:
                 excused_for, excused_ms = oldest, 0.0
-            if inc.pending_kernel_calls:
+            if inc.pending_kernel_calls or (self.spec.pause is not None
+                                            and self.spec.pause.held):
                 # the host is serving the driver's kernel call (a slow fsync of the
-                # image): that time is not the driver's, as host mode extends a deadline
+                # image), or a checkpoint holds it: that time is not the driver's, as host
+                # mode extends a deadline
                 excused_ms += interval * 1000
                 continue
             age = record.oldest_age_ms(int(time.monotonic() * 1000))

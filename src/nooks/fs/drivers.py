@@ -10,6 +10,7 @@ from typing import Any
 from nooks.domain.config import FaultPlan
 from nooks.domain.spec import Descriptor, DriverSpec, Limits, Region
 from nooks.fs.blockdev import BlockDeviceInterface, ImageDevice, UndoLog
+from nooks.fs.checkpointed import CheckedImageInterface, CheckedImagePort, Pause
 from nooks.fs.interface import FsInterface, ServedInterface
 from nooks.fs.journal import Journal, JournalInterface
 from nooks.wrappers import Interface
@@ -28,6 +29,9 @@ class Served:
     direct_io: bool
     hard_remove: bool = False
     journal: Journal | None = None  # a volatile driver's (kernel calls: fs_journal)
+    # a checked image's: the journal is the one since the checkpoint, and the server
+    # pauses for checkpoints (nooks.fs.checkpointed)
+    pause: Pause | None = None
 
 
 @dataclass(frozen=True)
@@ -59,7 +63,13 @@ class FsDriver:
         (direct mode)."""
         kernel: type[Interface] | None = None
         kernel_impl: Callable[[Any], Any] | None = None
-        if self.image is not None:
+        if self.image is not None and served is not None and served.pause is not None:
+            image, journal, pause = self.image, served.journal, served.pause
+            assert journal is not None
+            kernel = CheckedImageInterface
+            kernel_impl = lambda _ctx: CheckedImagePort(  # noqa: E731
+                ImageDevice(image, undo), journal.port(), pause)
+        elif self.image is not None:
             image = self.image
             kernel = BlockDeviceInterface
             kernel_impl = lambda _ctx: ImageDevice(image, undo)  # noqa: E731
@@ -73,7 +83,8 @@ class FsDriver:
             kwargs={"attr_timeout": served.attr_timeout, "entry_timeout": served.entry_timeout,
                     "direct_io": served.direct_io,
                     "hard_remove": served.hard_remove,
-                    "journaled": served.journal is not None} if served else {},
+                    "journaled": served.journal is not None,
+                    "checkpointed": served.pause is not None} if served else {},
             regions=served.regions if served else (),
             descriptors=served.descriptors if served else (),
             runs="serve" if served else None,

@@ -27,6 +27,7 @@ from nooks.faults import LineRecorder
 from nooks.fs import bridge
 from nooks.fs.beneath import Beneath
 from nooks.fs.blockdev import UndoLog
+from nooks.fs.checkpointed import DirectJournal, Pause
 from nooks.fs.consistency import Checkpoints, preflight
 from nooks.fs.direct import DirectSpec, Session, Watch
 from nooks.fs.drivers import FsDriver, Served
@@ -100,19 +101,9 @@ class FsHost(SupervisedHost):
         if self.mode == "direct":
             self._start_direct(driver, label, deadline=deadline, max_tries=max_tries,
                                volatile=volatile, limits=limits, fault=fault,
-                               block_timeout=block_timeout)
+                               block_timeout=block_timeout, check_interval=check_interval)
             return
-        checked = not native and driver.image is not None and bool(driver.checker) \
-            and check_interval > 0
-        if checked:
-            assert driver.image is not None
-            self.unchecked = preflight(driver.checker, driver.image)
-            if self.unchecked is not None:
-                log.warning("%s: not checking consistency: %s", self.name, self.unchecked)
-                checked = False
-        if checked:
-            assert driver.image is not None
-            self._undo = UndoLog(driver.image)
+        checked = not native and self._checkable(driver, check_interval)
         if native and record_lines is not None:
             source = importlib.util.find_spec(driver.module)
             if source is None or source.origin is None:
@@ -151,23 +142,50 @@ class FsHost(SupervisedHost):
 
     def _start_direct(self, driver: FsDriver, label: str, *, deadline: float,
                       max_tries: int, volatile: bool | None, limits: Limits | None,
-                      fault: FaultPlan | None, block_timeout: float) -> None:
-        if driver.image is not None and driver.checker:
-            self.unchecked = "not checked in direct mode yet"
+                      fault: FaultPlan | None, block_timeout: float,
+                      check_interval: float) -> None:
+        checked = self._checkable(driver, check_interval)
         self.session = Session(self.mountpoint, _fsname(driver), self.options)
-        journal = Journal() if (driver.volatile if volatile is None else volatile) else None
+        pause = Pause() if checked else None
+        journal = Journal() if (driver.volatile if volatile is None else volatile) else \
+            Journal(since_checkpoint=True) if checked else None
         served = Served(self.session.regions(), self.session.descriptors(),
                         self.session.attr_timeout, self.session.entry_timeout,
-                        self.session.direct_io, self.session.hard_remove, journal)
+                        self.session.direct_io, self.session.hard_remove, journal, pause)
         spec = driver.spec(name=label, deadline=deadline, limits=limits or Limits(),
-                           fault=fault, hide=(self.mountpoint,), served=served)
-        self.direct = DirectSpec(self.session, max_tries=max_tries, journal=journal)
+                           fault=fault, undo=self._undo, hide=(self.mountpoint,),
+                           served=served)
+        self.direct = DirectSpec(self.session, max_tries=max_tries, journal=journal,
+                                 pause=pause)
         self.sup = Supervised(spec, self.direct, start_tries=max_tries, max_tries=max_tries,
                               block_timeout=block_timeout, host=self.name)
         self.supervised = [self.sup]
         self._call = self.sup.call
         self.direct.domain, self.direct.shadow = self.sup.domain, self.sup.shadow
+        if pause is not None and journal is not None and self.sup.shadow is not None:
+            assert driver.image is not None and self._undo is not None
+            assert self.sup.domain is not None
+            pause.domain = self.sup.domain
+            self.checkpoints = checkpoints = Checkpoints(
+                image=driver.image, command=driver.checker, shadow=self.sup.shadow,
+                fs=DirectJournal(journal, pause, self.direct), domain=self.sup.domain,
+                undo=self._undo, name=self.name, interval=check_interval,
+                invalidate=self.session.invalidate, hold=pause.hold,
+                let_go=pause.let_go_waiting)
+            pause.wake = lambda: checkpoints.wake("re-open")
+            journal.wake = lambda: checkpoints.wake("journal size")
         self._watch = Watch(self.direct, deadline)
+
+    def _checkable(self, driver: FsDriver, check_interval: float) -> bool:
+        """Whether the image is checked at checkpoints (then the undo log is made)."""
+        if driver.image is None or not driver.checker or check_interval <= 0:
+            return False
+        self.unchecked = preflight(driver.checker, driver.image)
+        if self.unchecked is not None:
+            log.warning("%s: not checking consistency: %s", self.name, self.unchecked)
+            return False
+        self._undo = UndoLog(driver.image)
+        return True
 
     # -- control -------------------------------------------------------------------------
 
@@ -256,10 +274,15 @@ class FsHost(SupervisedHost):
                 self.sup.domain.call("init", ROOT_CTX, "/")
             with contextlib.suppress(DomainFailed, DomainDown, Unavailable):
                 self.direct.go_first(self.sup.domain, first)
+            if self.checkpoints is not None:
+                self.checkpoints.start()
             if self.on_ready is not None:
                 self.on_ready()
             self.session.wait_unmounted(self._stop)
             self.session.unmount()  # (stopped by a signal: no new request, then destroy)
+            if self.checkpoints is not None:
+                self.checkpoints.unmounting()
+                self.checkpoints.close()
             if self._watch is not None:
                 self._watch.close()
             if self.sup.usable and "destroy" in self.sup.ask("implemented"):

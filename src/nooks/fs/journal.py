@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ import msgspec
 
 from nooks.fs.interface import U64, FsInterface, Journaled, os_error
 from nooks.fs.spill import Spill
+from nooks.fs.writes import Written, WrittenFiles
 from nooks.shadow.spec import Meanings
 from nooks.wrappers import Interface, Ordinary, declare
 from nooks.xpc.messages import ArenaRef
@@ -100,6 +102,20 @@ def _paths(e: Entry) -> tuple[str, ...]:
     return (first,)
 
 
+def named_paths(entries: list[Entry]) -> list[str]:
+    """Every path the journaled calls name, their parent directories, and the root."""
+    paths = {"/"}
+    for e in entries:
+        args = e[1]
+        names = [args[1], args[2]] if e[0] in ("rename", "link", "symlink") else [args[1]]
+        for name in names:
+            at = name
+            while isinstance(at, str) and at.startswith("/") and at not in paths:
+                paths.add(at)
+                at = os.path.dirname(at)
+    return sorted(paths)
+
+
 def compacted(entries: list[Entry], path: str, open_handles: set[int]) -> list[Entry] | None:
     """``entries`` without those that only concerned ``path``, just unlinked; None if
     they must all stay: a rename, link or symlink named it, a directory above it or
@@ -125,10 +141,22 @@ def compacted(entries: list[Entry], path: str, open_handles: set[int]) -> list[E
 
 class Journal:
     """Every state-changing driver call since the mount (``JournalInterface``'s
-    host side; one per mount, across the domains that serve it)."""
+    host side; one per mount, across the domains that serve it).
 
-    def __init__(self, max_bytes: int = MAX_BYTES, max_entries: int = MAX_ENTRIES) -> None:
+    Or, with ``since_checkpoint`` (a driver on an image the host checks,
+    ``nooks.fs.checkpointed``), every one since the last ``checkpoint()``, with
+    what they wrote (``written``, to read back); nothing is compacted (an unlink
+    undoes what was there at the checkpoint), and once it keeps more than
+    ``checkpoint_bytes``, ``wake`` asks for a checkpoint."""
+
+    def __init__(self, max_bytes: int = MAX_BYTES, max_entries: int = MAX_ENTRIES, *,
+                 since_checkpoint: bool = False, checkpoint_bytes: int = 64 << 20) -> None:
         self.max_bytes, self.max_entries = max_bytes, max_entries
+        self.since_checkpoint = since_checkpoint
+        self.checkpoint_bytes = checkpoint_bytes
+        self.wake: Callable[[], None] | None = None
+        self.stopped = False  # (checking stopped: nothing is kept any more)
+        self.written = WrittenFiles()
         self.entries: list[Entry] = []
         self.bytes = 0  # what the entries keep: written data, paths, names, values
         self.open: set[int] = set()  # virtual handles whose open is journaled, not closed
@@ -143,6 +171,8 @@ class Journal:
         with self._lock:
             if port is not None and port.closed:
                 raise OSError(errno.EIO, "the domain that sent these has been replaced")
+            if self.stopped:
+                return
             more = sum(_size(e[1]) for e in checked)
             growing = sum(1 for e in checked if e[0] not in SHRINKING)
             if self.bytes + more > self.max_bytes and growing:
@@ -153,9 +183,15 @@ class Journal:
                               f"{self.max_entries} calls")
             for op, args, handle, at in checked:
                 self._add(op, args, handle, at)
+            full = self.since_checkpoint and self.bytes > self.checkpoint_bytes
+        if full and self.wake is not None:
+            self.wake()
 
     def _add(self, op: str, args: tuple[Any, ...], handle: int | None, at: int) -> None:
         self.bytes += _size(args)
+        if self.since_checkpoint:
+            # (the domain's server names a write's file by its path, always)
+            self.written.note(op, args, args[1] if len(args) > 1 else None)
         if op == "write":
             args = (*args[:2], Spilled(self._spill.put(args[2]), len(args[2])), *args[3:])
         self.entries.append((op, args, handle, at))
@@ -164,7 +200,7 @@ class Journal:
                 self.open.add(handle)
         elif op in CLOSERS:
             self.open.discard(args[2])
-        elif op == "unlink":
+        elif op == "unlink" and not self.since_checkpoint:
             rest = compacted(self.entries, args[1], self.open)
             if rest is not None:
                 self.entries = rest
@@ -197,6 +233,8 @@ class Journal:
         open."""
         real: dict[int, int] = {}
         with self._lock:
+            if self.stopped:
+                return real
             for op, args, handle, at in self.entries:
                 made = list(args)
                 if len(made) > 2 and isinstance(made[2], Spilled):
@@ -220,6 +258,35 @@ class Journal:
                 elif op in CLOSERS:
                     real.pop(args[2], None)
             return {h: real[h] for h in self.open if h in real}
+
+    def checkpoint(self) -> None:
+        """The image is known good as it is now: what was kept is forgotten."""
+        with self._lock:
+            self._forget()
+
+    def stop(self) -> None:
+        """Keep nothing any more (the host stopped checking)."""
+        with self._lock:
+            self.stopped = True
+            self._forget()
+
+    def _forget(self) -> None:
+        self.entries.clear()
+        self.bytes = 0
+        self.open.clear()
+        self.written.clear()
+        self._spill.reset()
+
+    def paths(self) -> list[str]:
+        with self._lock:
+            return named_paths(self.entries)
+
+    def written_files(self) -> list[tuple[str, Written]]:
+        with self._lock:
+            return list(self.written.files.items())
+
+    def __len__(self) -> int:
+        return len(self.entries)
 
     def port(self) -> JournalPort:
         """What one domain's incarnation calls: closed when the incarnation ends, after

@@ -40,6 +40,7 @@ import errno
 import os
 import stat
 import struct
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -177,6 +178,13 @@ class Server:
         self._pending: list[list[Any]] = []
         self._vfh = 0  # the virtual handle of the request being served
         self.journaled: set[int] = set()  # virtual handles whose open is journaled
+        # a checked image's (nooks.fs.checkpointed): held around each request, so that
+        # the host can check the image between two; the kernel call that pauses
+        # (asking for a checkpoint, or not); the paths written since the checkpoint
+        self.hold = threading.Lock()
+        self.pause_wanted = threading.Event()
+        self.pause: Callable[[bool], bool] | None = None
+        self.written: set[str] = set()
         # what the driver implements, as mfusepy would register it with libfuse
         self._bound: dict[str, Callable[..., Any]] = {
             name: getattr(ops, name) for name in ops.implemented()}
@@ -212,19 +220,23 @@ class Server:
                 if e.errno in (errno.EINTR, errno.ENOENT, errno.EAGAIN):
                     continue  # (ENOENT: a request interrupted before it was read)
                 raise
-            out = self.handle(buf, n)
-            if done is not None:
-                done()  # (what the request stored is kept before the kernel hears of it)
-            if out is not None:
-                try:
-                    os.write(self.fd, out)
-                except OSError as e:
-                    if e.errno == errno.ENODEV:
-                        return
-                    if e.errno != errno.ENOENT:  # (its caller was interrupted: gone)
-                        raise
-            if self.inflight is not None:
-                self.inflight.done(SLOT)
+            with self.hold:
+                out = self.handle(buf, n)
+                if done is not None:
+                    done()  # (what the request stored is kept before the kernel hears of it)
+                if out is not None:
+                    try:
+                        os.write(self.fd, out)
+                    except OSError as e:
+                        if e.errno == errno.ENODEV:
+                            return
+                        if e.errno != errno.ENOENT:  # (its caller was interrupted: gone)
+                            raise
+                if self.inflight is not None:
+                    self.inflight.done(SLOT)
+            if self.pause_wanted.is_set():  # (the host waits to check the image)
+                self.pause_wanted.clear()
+                self._pause(False)
 
     def handle(self, buf: bytearray, n: int) -> bytes | None:
         """The reply to the request in ``buf[:n]`` (None for those that get none)."""
@@ -408,6 +420,26 @@ class Server:
         self._note(name, args, at)
         return result
 
+    # -- a checked image's checkpoints -------------------------------------------------
+
+    def _pause(self, checkpoint: bool) -> None:
+        """Wait in the host while it checks the image (``checkpoint``: asking it to)."""
+        assert self.pause is not None
+        if self.pause(checkpoint):
+            self.checkpointed()
+
+    def checkpointed(self) -> None:
+        """The host took a checkpoint: its journal no longer holds what came before."""
+        self.written.clear()
+        self.journaled.clear()
+
+    def _written(self, name: str, args: tuple[Any, ...]) -> None:
+        if name in ("write", "truncate", "create") or (
+                name == "open" and args[1] & os.O_TRUNC):
+            self.written.add(args[0])
+        elif name == "rename" and args[0] in self.written:
+            self.written.add(args[1])
+
     # -- a volatile driver's journal ---------------------------------------------------
 
     def _note(self, name: str, args: tuple[Any, ...], at: int) -> None:
@@ -417,6 +449,15 @@ class Server:
         if name == "open" and args[1] & os.O_ACCMODE == os.O_RDONLY \
                 and not args[1] & (os.O_TRUNC | os.O_CREAT):
             return  # (a read-only open changes nothing; a recovery re-opens it)
+        if self.pause is not None:
+            self._written(name, args)
+            if self._vfh and self._vfh not in self.journaled and self.handles is not None \
+                    and name != "release" and self._vfh in self.handles.handles:
+                # opened before the checkpoint: its open is journaled now, by its path
+                h = self.handles.handles[self._vfh]
+                self._pending.append(["open", self._vfh, at,
+                                      [self.ctx, self._path(h.node), h.flags & ~REOPEN_STRIP]])
+                self.journaled.add(self._vfh)
         vfh = self._vfh if self._vfh in self.journaled else 0
         if name == "release":
             if not vfh:
@@ -675,7 +716,14 @@ class Server:
 
     def _open(self, node: int, op: int, buf: bytearray, n: int) -> bytes:
         flags, _ = kp.args(kp.OPEN_IN, buf, n)
-        fh = checked("open", self._call("open", self._path(node), flags))
+        path = self._path(node)
+        if self.written and path in self.written and flags & os.O_ACCMODE != os.O_WRONLY \
+                and self.handles is not None and not any(
+                    h.node == node for h in self.handles.handles.values()):
+            # written since the checkpoint, closed, opened to be read: what it reads
+            # back as is checked before anyone reads it
+            self._pause(True)
+        fh = checked("open", self._call("open", path, flags))
         return kp.open_out(self._handed(node, flags, fh), self.open_flags)
 
     def _read(self, node: int, op: int, buf: bytearray, n: int) -> bytes:

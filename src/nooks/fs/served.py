@@ -38,17 +38,21 @@ class ServedFs(FsAdapter):
     def __init__(self, target: str, args: list[Any], kwargs: dict[str, Any], *,
                  attr_timeout: float = 1.0, entry_timeout: float = 1.0,
                  direct_io: bool = False, hard_remove: bool = False,
-                 journaled: bool = False) -> None:
+                 journaled: bool = False, checkpointed: bool = False) -> None:
         """The driver as ``FsAdapter`` builds it; how long the kernel may cache
         attributes and names (libfuse's ``attr_timeout``, ``entry_timeout``), and
         whether files bypass its page cache (``direct_io``), and whether an open
         file that is unlinked goes at once (``hard_remove``); ``journaled``: each
         request's state-changing calls go to the host's journal (a volatile
-        driver's, ``nooks.fs.journal``)."""
+        driver's, ``nooks.fs.journal``); ``checkpointed``: the journal is the one
+        since the host's last checkpoint of the image, and the server pauses for
+        checkpoints (``nooks.fs.checkpointed``)."""
         super().__init__(target, args, kwargs)
         self.attr_timeout, self.entry_timeout = attr_timeout, entry_timeout
         self.direct_io, self.hard_remove = direct_io, hard_remove
         self.journaled = journaled
+        self.checkpointed = checkpointed
+        self._held = False  # the host holds the server (served_hold)
         self._go = threading.Event()
         self._server: Server | None = None
 
@@ -72,8 +76,34 @@ class ServedFs(FsAdapter):
         server.adopt(handles, journaled)
         if self.journaled:
             server.journal = child.kernel().fs_journal
+        if self.checkpointed:
+            server.pause = child.kernel().fs_pause
         self._server = server
         self._go.set()
+
+    def served_hold(self) -> bool:
+        """Hold the server between requests (``ServedInterface``): at once if it is
+        between two (True), else it pauses after the one it serves (False)."""
+        server = self._server
+        if server is None:
+            return True  # (not serving yet: there is nothing to hold)
+        if server.hold.acquire(blocking=False):
+            self._held = True
+            return True
+        server.pause_wanted.set()
+        return False
+
+    def served_resume(self, checkpoint: bool) -> None:
+        """Let the held server go on; ``checkpoint``: one was taken (what was
+        journaled since the last is forgotten)."""
+        server = self._server
+        if server is None:
+            return
+        if checkpoint:
+            server.checkpointed()
+        if self._held:
+            self._held = False
+            server.hold.release()
 
     def serve(self) -> None:
         self._go.wait()  # (the host's word)

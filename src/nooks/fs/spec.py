@@ -50,7 +50,7 @@ from nooks.domain.host import Domain
 from nooks.errors import FailureReport
 from nooks.fs.handles import REOPEN_STRIP
 from nooks.fs.interface import FsInterface, os_error
-from nooks.fs.journal import Spilled, compacted
+from nooks.fs.journal import Spilled, compacted, named_paths
 from nooks.fs.spill import Spill
 from nooks.fs.writes import Written, WrittenFiles
 from nooks.shadow.handles import Handle, HandleTable
@@ -264,28 +264,12 @@ class FsShadow(ClassSpec):
             return result
 
     def _note_written(self, op: str, args: tuple[Any, ...]) -> None:
-        if op == "create":
-            self.written.created(args[1])
-        elif op == "open" and args[2] & os.O_TRUNC and args[2] & os.O_ACCMODE != os.O_RDONLY:
-            self.written.truncate(args[1], 0)
-        elif op in ("write", "truncate"):
+        path = args[1] if len(args) > 1 else None
+        if op in ("write", "truncate"):
             at = FH_AT[op]
             h = self.handles.get(args[at]) if at < len(args) else None
             path = h.path if h is not None else args[1]
-            if path is None:
-                return
-            if op == "write":
-                self.written.write(path, args[3], args[2])
-            else:
-                self.written.truncate(path, args[2])
-        elif op == "unlink":
-            self.written.removed(args[1])
-        elif op == "rename":
-            self.written.renamed(args[1], args[2])
-        elif op == "link":
-            # two names for one file: writes through one change what the other reads
-            self.written.removed(args[1])
-            self.written.removed(args[2])
+        self.written.note(op, args, path)
 
     def forget_handle(self, vfh: int) -> None:
         """The kernel released ``vfh`` and the driver has no release: it is closed."""
@@ -315,16 +299,8 @@ class FsShadow(ClassSpec):
 
     def journal_paths(self) -> list[str]:
         """Every path the journal names, their parent directories, and the root."""
-        paths = {"/"}
         with self._lock:
-            for op, args, _ in self.journal:
-                names = [args[1], args[2]] if op in ("rename", "link", "symlink") else [args[1]]
-                for name in names:
-                    at = name
-                    while isinstance(at, str) and at.startswith("/") and at not in paths:
-                        paths.add(at)
-                        at = os.path.dirname(at)
-        return sorted(paths)
+            return named_paths(self.journal)
 
     def written_files(self) -> list[tuple[str, Written]]:
         with self._lock:

@@ -11,7 +11,9 @@ size reads back differently (``nooks.fs.consistency`` does the reading).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from typing import Any
 
 SAMPLE = 256  # bytes at each end of a write
 MAX_SAMPLES = 8  # per file
@@ -78,3 +80,27 @@ class WrittenFiles:
 
     def clear(self) -> None:
         self.files.clear()
+
+    def note(self, op: str, args: tuple[Any, ...], path: str | None) -> None:
+        """What journaled driver call ``op`` (its arguments as ``FsInterface`` declares
+        them, the context first) wrote; ``path``: the file a write or truncate went
+        to (its handle's, where it names one)."""
+        if op == "create":
+            self.created(args[1])
+        elif op == "open" and args[2] & os.O_TRUNC and args[2] & os.O_ACCMODE != os.O_RDONLY:
+            self.truncate(args[1], 0)
+        elif op in ("write", "truncate"):
+            if path is None:
+                return
+            if op == "write":
+                self.write(path, args[3], args[2])
+            else:
+                self.truncate(path, args[2])
+        elif op == "unlink":
+            self.removed(args[1])
+        elif op == "rename":
+            self.renamed(args[1], args[2])
+        elif op == "link":
+            # two names for one file: writes through one change what the other reads
+            self.removed(args[1])
+            self.removed(args[2])
