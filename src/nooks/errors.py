@@ -159,6 +159,11 @@ class LimitExceeded(NooksError):
     Raised by host-side kernel-call implementations."""
 
 
+class OutOfTasks(NooksError):
+    """Inside a domain: the driver failed because the domain's task limit refused a
+    fork (it answered EAGAIN); the domain fails with it, as a *resource* failure."""
+
+
 class RecoveryFailed(NooksError):
     """A failed driver could not be restarted or re-initialised; ``report`` is the
     failure of the last attempt, when there was one (raised ``from`` that failure)."""

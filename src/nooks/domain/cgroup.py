@@ -52,6 +52,31 @@ def _roots() -> tuple[str | None, str | None]:
     return v2, pids
 
 
+def own_events() -> str | None:
+    """The ``pids.events`` file that counts this process's refused forks: its v1 pids
+    cgroup's on a hybrid machine, else its cgroup2 cgroup's (None if it has neither)."""
+    v2, pids = _roots()
+    with contextlib.suppress(OSError), open("/proc/self/cgroup") as f:
+        lines = [line.rstrip("\n").split(":", 2) for line in f]
+        for _, controllers, path in (x for x in lines if len(x) == 3):
+            if pids is not None and "pids" in controllers.split(","):
+                return os.path.join(pids, path.lstrip("/"), "pids.events")
+        for _, controllers, path in (x for x in lines if len(x) == 3):
+            if controllers == "" and v2 is not None:
+                return os.path.join(v2, path.lstrip("/"), "pids.events")
+    return None
+
+
+def refused_in(events: str) -> int:
+    """How many forks a ``pids.events`` file says were refused (0 if it cannot say)."""
+    with contextlib.suppress(OSError, ValueError), open(events) as f:
+        for line in f:
+            key, _, value = line.partition(" ")
+            if key == "max":
+                return int(value)
+    return 0
+
+
 def _write(path: str, text: str) -> None:
     with open(path, "w") as f:
         f.write(text)
@@ -122,14 +147,10 @@ class DomainCgroup:
     def forks_refused(self) -> int:
         """How many forks the task limit has refused so far (``pids.events``)."""
         for d in (self.pids_dir, self.path):
-            if d is None:
-                continue
-            with contextlib.suppress(OSError, ValueError), \
-                    open(os.path.join(d, "pids.events")) as f:
-                for line in f:
-                    key, _, value = line.partition(" ")
-                    if key == "max":
-                        return int(value)
+            if d is not None:
+                n = refused_in(os.path.join(d, "pids.events"))
+                if n:
+                    return n
         return 0
 
     def pids(self) -> list[int]:

@@ -37,10 +37,10 @@ from typing import Any, NoReturn
 
 import msgspec
 
-from nooks.domain import harden
+from nooks.domain import cgroup, harden
 from nooks.domain.config import MAX_MESSAGE, SOCKET_BUFFER, ChildConfig, apply_seccomp
 from nooks.domain.detect import EXIT_FAILURE_REPORTED, EXIT_RESOURCE
-from nooks.errors import InterfaceError
+from nooks.errors import InterfaceError, OutOfTasks
 from nooks.wrappers import InterfaceSpec, declare, load
 from nooks.xpc import messages as m
 from nooks.xpc.arena import map_readonly, map_writable
@@ -63,6 +63,20 @@ def kernel() -> Any:
     if _native_kernel is not None:
         return _native_kernel
     raise RuntimeError("not running in a nooks domain with a kernel interface")
+
+
+def forks_refused() -> int:
+    """How many forks the task limit of the domain this code runs in has refused so
+    far (its cgroup2 cgroup's ``pids.events``; 0 outside a domain, or without one)."""
+    global _pids_events
+    if _runtime is None or _runtime.cfg.cgroup is None:
+        return 0
+    if _pids_events is None:
+        _pids_events = cgroup.own_events() or ""
+    return cgroup.refused_in(_pids_events) if _pids_events else 0
+
+
+_pids_events: str | None = None
 
 
 def set_native_kernel(k: Any) -> None:
@@ -224,7 +238,8 @@ class Runtime:
         try:
             kind = "misbehaved"
             detail = f"{type(exc).__name__}: {exc}"
-            if isinstance(exc, OSError) and exc.errno in (24, 23, 12):  # EMFILE ENFILE ENOMEM
+            if isinstance(exc, OutOfTasks) or (
+                    isinstance(exc, OSError) and exc.errno in (24, 23, 12)):  # EMFILE ENFILE ENOMEM
                 kind = "resource"
             tb = "".join(traceback.format_exception(exc))
             self.send(m.encode(m.Failure(kind, detail, tb,

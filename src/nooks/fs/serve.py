@@ -47,6 +47,8 @@ from typing import Any
 
 import msgspec
 
+from nooks.domain import child
+from nooks.errors import OutOfTasks
 from nooks.fs import kernelproto as kp
 from nooks.fs.attrs import Stat, packed
 from nooks.fs.clock import wall_clock_at
@@ -121,6 +123,10 @@ def _sized(data: bytes, size: int) -> bytes:
     return data
 
 
+class HandleLost(OSError):
+    """The file a handle was open on is not there for a fresh driver to re-open."""
+
+
 class Misbehaved(Exception):
     """The driver gave an answer its declaration does not allow."""
 
@@ -172,6 +178,7 @@ class Server:
         # sends the request again (else the doubt would cost the request: EIO)
         self.second_opinions = True
         self._hidden = 0  # hidden names handed out (libfuse's counter)
+        self._forks_seen = child.forks_refused()  # (refused by the task limit: counted)
         # a volatile driver's: where each request's state-changing driver calls go
         # before it is answered (``nooks.fs.journal``), and those of this request
         self.journal: Callable[[list[list[Any]]], None] | None = None
@@ -283,6 +290,13 @@ class Server:
             code = e.errno if isinstance(e.errno, int) and e.errno > 0 else errno.EINVAL
             if unique & RESEND and code in _DONE_IF.get(op, frozenset()):
                 return kp.reply(unique, self._done_before(node, op, buf, n))
+            if isinstance(e, HandleLost):
+                return kp.reply(unique, error=errno.EIO)  # (as host mode: not the driver's)
+            if code == errno.EAGAIN and self._out_of_tasks() and not self.resent \
+                    and self.second_opinions:
+                # out of processes: a *resource* failure, and a fresh driver's answer
+                raise OutOfTasks(f"{kp.Op(op).name.lower()} answered EAGAIN: the domain's "
+                                 "task limit refused a fork") from None
             if self.second_opinions and self._suspect(op, code, buf, n) \
                     and not self._trusted(op, code):
                 if not self.resent:
@@ -296,7 +310,7 @@ class Server:
         except kp.Malformed:
             return kp.reply(unique, error=errno.EINVAL)
         except Exception as e:
-            if isinstance(e, Misbehaved | Suspect | MemoryError):
+            if isinstance(e, Misbehaved | Suspect | MemoryError | OutOfTasks):
                 raise
             what = (self.calling, type(e).__name__)
             if what in self.lenient:  # (a fresh driver raised it too: mfusepy's answer)
@@ -357,6 +371,12 @@ class Server:
             fh = kp.args(layout, buf, n)[0]
             return self.handles is not None and fh in self.handles.handles
         return False
+
+    def _out_of_tasks(self) -> bool:
+        """Whether the domain's task limit has refused a fork since last asked."""
+        n = child.forks_refused()
+        seen, self._forks_seen = self._forks_seen, n
+        return n > seen
 
     def _doubt(self, why: str) -> None:
         """The driver's answer cannot be right: ask a fresh driver (unless this one is
@@ -552,8 +572,13 @@ class Server:
             raise OSError(errno.EBADF, "no such handle")
         if h.driver is None:
             path = self._path(h.node)
-            opened = self._call("opendir", path) if h.directory else \
-                self._call("open", path, h.flags & ~REOPEN_STRIP)
+            try:
+                opened = self._call("opendir", path) if h.directory else \
+                    self._call("open", path, h.flags & ~REOPEN_STRIP)
+            except OSError as e:
+                if e.errno != errno.ENOENT:
+                    raise
+                raise HandleLost(errno.EIO, f"{path} is gone: its handle is lost") from None
             h.driver = checked("open", opened)
             if self.journal is not None:
                 self._journal_opened(handle)

@@ -53,6 +53,7 @@ class ServedFs(FsAdapter):
         self.journaled = journaled
         self.checkpointed = checkpointed
         self._held = False  # the host holds the server (served_hold)
+        self._hold_first = False  # held before it serves: from its first request
         self._go = threading.Event()
         self._server: Server | None = None
 
@@ -78,6 +79,10 @@ class ServedFs(FsAdapter):
             server.journal = child.kernel().fs_journal
         if self.checkpointed:
             server.pause = child.kernel().fs_pause
+        if self._hold_first:  # (a checkpoint holds it: it serves once let go)
+            self._hold_first = False
+            server.hold.acquire()
+            self._held = True
         self._server = server
         self._go.set()
 
@@ -86,7 +91,8 @@ class ServedFs(FsAdapter):
         between two (True), else it pauses after the one it serves (False)."""
         server = self._server
         if server is None:
-            return True  # (not serving yet: there is nothing to hold)
+            self._hold_first = True  # (not serving yet: served_go takes the lock)
+            return True
         if server.hold.acquire(blocking=False):
             self._held = True
             return True
@@ -98,6 +104,7 @@ class ServedFs(FsAdapter):
         journaled since the last is forgotten)."""
         server = self._server
         if server is None:
+            self._hold_first = False
             return
         if checkpoint:
             server.checkpointed()
