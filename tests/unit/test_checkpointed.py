@@ -54,6 +54,7 @@ def _server() -> tuple[Server, list[list[Any]]]:
     server = Server.__new__(Server)
     server.journal, server._pending, server.journaled = sent.extend, [], set()
     server.pause, server.written = (lambda checkpoint: True), set()
+    server._reopening = False
     server.ctx = (0, 0, 1)
     server.nodes = SimpleNamespace(path=lambda node: b"/renamed.bin")  # type: ignore[assignment]
     server.handles = Handles(StateLog(memoryview(bytearray(size_for(4096)))))
@@ -65,14 +66,15 @@ def test_a_handle_opened_before_the_checkpoint_is_journaled_open_by_its_path() -
     assert server.handles is not None
     vfh = server.handles.opened(5, os.O_RDWR | os.O_TRUNC, 42)
     server._vfh = vfh
-    server._note("write", ("/renamed.bin", b"x", 0, 42), T)
-    server._note("write", ("/renamed.bin", b"y", 1, 42), T + 1)
+    # (the path it had when opened: the open journaled is by the node's path now)
+    server._note("write", ("/as-opened.bin", b"x", 0, 42), T)
+    server._note("write", ("/as-opened.bin", b"y", 1, 42), T + 1)
     server._journal_pending(1, None)
     # one open first, by the path it has now, without O_TRUNC (its data stays)
     assert [(r[0], r[1]) for r in sent] == [("open", vfh), ("write", None), ("write", None)]
     assert sent[0][3] == [(0, 0, 1), "/renamed.bin", os.O_RDWR]
     assert sent[1][3][4] == vfh  # (the kernel's handle: a replay maps it)
-    assert server.written == {"/renamed.bin"}
+    assert server.written == {"/as-opened.bin"}
     server.checkpointed()  # (the host's journal starts again: so does the server's)
     assert server.written == set() and server.journaled == set()
 
@@ -87,14 +89,24 @@ class FakeDomain:
 
     def call(self, name: str, *args: Any) -> Any:
         self.calls.append((name, *args))
+        self.current.kernel_impl.call_done()  # (as the host does for every reply)
         return self.at_once if name == "served_hold" else None
 
 
+class FakeDevice:
+    """An image whose commits are counted."""
+
+    def __init__(self) -> None:
+        self.commits = 0
+        self.bd_size = self.bd_path = self.bd_read = self.bd_write = self.bd_sync = \
+            self.bd_commit = self.close = lambda *args: None
+
+    def call_done(self) -> None:
+        self.commits += 1
+
+
 def _port(pause: Pause) -> CheckedImagePort:
-    port = CheckedImagePort.__new__(CheckedImagePort)
-    port.pause, port.waiting, port.released, port.closed, port.seen = pause, False, None, \
-        False, False
-    return port
+    return CheckedImagePort(FakeDevice(), None, pause)  # type: ignore[arg-type]
 
 
 def test_a_server_between_requests_is_held_by_an_upcall_and_told_of_the_checkpoint() -> None:
@@ -107,6 +119,9 @@ def test_a_server_between_requests_is_held_by_an_upcall_and_told_of_the_checkpoi
     pause.taken = True  # (the checkpoint was taken)
     let_go()
     assert domain.calls == [("served_hold",), ("served_resume", True)] and not pause.held
+    # (what the server wrote in the request it is half-way through is not committed
+    # by the pause's replies: it is that request's, and goes with it)
+    assert port.device.commits == 0
 
 
 def test_a_busy_server_pauses_after_its_request_and_is_let_go() -> None:

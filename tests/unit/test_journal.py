@@ -238,7 +238,7 @@ def test_a_release_from_the_server_takes_the_handle_out_of_the_open_set() -> Non
     sent: list[list[Any]] = []
     server = Server.__new__(Server)
     server.journal, server._pending, server.journaled = sent.extend, [], set()
-    server.pause = None
+    server.pause, server._reopening = None, False
     server.ctx = (0, 0, 1)
     server._vfh = 0
     server._note("create", ("/f", 0o644, 0o101), T)

@@ -121,19 +121,27 @@ class Pause:
             if port.waiting and port.released is None:  # (it asked: it waits already)
                 return self._held(lambda taken: self._release(port, taken))
         try:
-            at_once = bool(domain.call("served_hold"))
+            with port.quiet():
+                at_once = bool(domain.call("served_hold"))
         except _GONE:
             self._let_go()
             return None
         if at_once:
+            with self._cond:
+                if port.waiting and port.released is None:
+                    # a pause asked for before (no one held it): it goes on, to wait
+                    # for the lock this hold has taken
+                    port.released = False
+                    self._cond.notify_all()
+
             def resume(taken: bool) -> None:
                 if domain.current is inc:
-                    with contextlib.suppress(*_GONE):
+                    with contextlib.suppress(*_GONE), port.quiet():
                         domain.call("served_resume", taken)
             return self._held(resume)
         with self._cond:  # (it finishes its request, then waits in fs_pause)
-            if not self._cond.wait_for(lambda: port.waiting or port.closed, HOLD_WAIT) \
-                    or port.closed:
+            if not self._cond.wait_for(lambda: (port.waiting and port.released is None)
+                                       or port.closed, HOLD_WAIT) or port.closed:
                 self._holding = False
                 return None
             return self._held(lambda taken: self._release(port, taken))
@@ -169,7 +177,25 @@ class CheckedImagePort:
         self.bd_size, self.bd_path = device.bd_size, device.bd_path
         self.bd_read, self.bd_write = device.bd_read, device.bd_write
         self.bd_sync, self.bd_commit = device.bd_sync, device.bd_commit
-        self.call_done = device.call_done
+        self._quiet = 0  # host calls under way that are not requests (hold, resume)
+        self._quiet_lock = threading.Lock()
+
+    def call_done(self) -> None:
+        """A host call is answered: what the domain wrote in it is the image -- unless
+        it was the pause's own (``served_hold`` is answered while the server may be
+        half-way through a request: its writes are that request's, committed with it)."""
+        if not self._quiet:
+            self.device.call_done()
+
+    @contextlib.contextmanager
+    def quiet(self) -> Iterator[None]:
+        with self._quiet_lock:
+            self._quiet += 1
+        try:
+            yield
+        finally:
+            with self._quiet_lock:
+                self._quiet -= 1
 
     def fs_journal(self, records: list[Record]) -> None:
         self.journal.fs_journal(records)

@@ -149,6 +149,7 @@ class Checkpoints:
     def close(self) -> None:
         """Stop taking checkpoints; returns once none is in progress."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=120)  # a checker run is bounded by 60 s
         with self.lock:
@@ -204,6 +205,8 @@ class Checkpoints:
                 return self._checkpoint(why)
             if self.off is not None or self.shadow.dead is not None:
                 return True
+            if not self.undo.bytes and not self.fs.written and not self.fs.journal:
+                return True  # (nothing has changed: nothing to hold the requests for)
             let_go = self.hold()
             if let_go is None:
                 return True  # (the driver failed or is being replaced: next time)
@@ -253,22 +256,25 @@ class Checkpoints:
             self.fs.checkpoint()
             self.undo.clear()
             return True
-        return self._roll_back(why, said, gen)
+        return self._roll_back(why, said)
 
-    def _roll_back(self, why: str, said: str, gen: int) -> bool:
+    def _roll_back(self, why: str, said: str) -> bool:
         self.stats.inconsistent += 1
         self.stats.last_finding = said
         requests = len(self.fs.journal)
         log.warning("%s: image inconsistent at a checkpoint (%s, %d requests since the last "
                     "one): %s; rolling back", self.name, why, requests, _summary(said))
         touched = self.fs.journal_paths()
-        try:
-            report = self.domain.condemn(
-                f"the image is inconsistent after {requests} requests: {_summary(said)}",
-                "checkpoint")
-        except (Closed, Restarting):
-            return False  # the driver is down already: its recovery comes first
+        # (from the condemnation on, whoever recovers the driver -- this thread, or
+        # one that saw it die -- makes the recovery a rollback)
         with self.fs.rolling_back():
+            gen = self.shadow.generation  # (the driver condemned is the current one)
+            try:
+                report = self.domain.condemn(
+                    f"the image is inconsistent after {requests} requests: "
+                    f"{_summary(said)}", "checkpoint")
+            except (Closed, Restarting):
+                return False  # the driver is down already: its recovery comes first
             self.shadow.recover_now(report, gen)
         if self.shadow.dead is not None:
             return False
@@ -281,10 +287,10 @@ class Checkpoints:
         if let_go is None:
             return False  # (the fresh driver failed already: the next checkpoint checks)
         try:
-            ok, said = self._check()
-        except (CheckerError, DomainFailed, DomainDown, Closed, Restarting) as e:
-            ok, said = False, f"the check after the rollback did not finish: {e}"
-        try:
+            try:
+                ok, said = self._check()
+            except (CheckerError, DomainFailed, DomainDown, Closed, Restarting) as e:
+                ok, said = False, f"the check after the rollback did not finish: {e}"
             return self._after_rollback(ok, said)
         finally:
             let_go()

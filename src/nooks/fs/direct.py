@@ -95,6 +95,8 @@ class Session:
                 os.ftruncate(fd, size)
             fd, size = self.memfds[INFLIGHT]
             self._map = mmap.mmap(fd, size)
+            fd, size = self.memfds[NODES]
+            self._nodes_map = mmap.mmap(fd, size)  # (what invalidate reads)
             self.inflight = InFlight(memoryview(self._map))
             self.conn = Connection(mountpoint, fsname=str(options.get("fsname", fsname)),
                                    subtype="", allow_other=bool(options.get("allow_other")),
@@ -132,10 +134,13 @@ class Session:
     def invalidate(self, paths: list[str]) -> int:
         """Drop what the kernel caches of ``paths`` (their nodes, as the node log has
         them now; those it does not know are skipped); how many it knew."""
-        if self._nodes_map is None:
-            fd, size = self.memfds[NODES]
-            self._nodes_map = mmap.mmap(fd, size)  # (read only: the domain writes it)
-        nodes = Nodes(StateLog(memoryview(self._nodes_map)))
+        mem = self._nodes_map
+        if mem is None or self.conn is None:
+            return 0
+        try:
+            nodes = Nodes(StateLog(memoryview(mem)))  # (read only: the domain writes it)
+        except ValueError:  # (closed meanwhile: unmounted)
+            return 0
         known = 0
         for path in paths:
             node: int | None = ROOT_ID
@@ -269,8 +274,9 @@ class DirectSpec(ClassSpec):
         """Let the current domain serve (its driver's ``init`` has been called)."""
         assert self.session.conn is not None
         journaled = sorted(self.journal.open) if self.journal is not None else []
+        written = sorted(self.journal.written.files) if self.journal is not None else []
         domain.call("served_go", bool(self.session.conn.can_resend), handles or {},
-                    journaled)
+                    journaled, written)
         with self._going:
             self._restarting = False
 

@@ -144,11 +144,12 @@ class FsHost(SupervisedHost):
                       max_tries: int, volatile: bool | None, limits: Limits | None,
                       fault: FaultPlan | None, block_timeout: float,
                       check_interval: float) -> None:
-        checked = self._checkable(driver, check_interval)
+        volatile = driver.volatile if volatile is None else volatile
+        checked = not volatile and self._checkable(driver, check_interval)
         self.session = Session(self.mountpoint, _fsname(driver), self.options)
         pause = Pause() if checked else None
-        journal = Journal() if (driver.volatile if volatile is None else volatile) else \
-            Journal(since_checkpoint=True) if checked else None
+        journal = Journal() if volatile else Journal(since_checkpoint=True) if checked \
+            else None
         served = Served(self.session.regions(), self.session.descriptors(),
                         self.session.attr_timeout, self.session.entry_timeout,
                         self.session.direct_io, self.session.hard_remove, journal, pause)
@@ -174,6 +175,9 @@ class FsHost(SupervisedHost):
                 let_go=pause.let_go_waiting)
             pause.wake = lambda: checkpoints.wake("re-open")
             journal.wake = lambda: checkpoints.wake("journal size")
+            # a recovery of a driver that failed while idle waits for a checkpoint
+            # under way (and is not in the middle of a rollback's)
+            self.sup.shadow.idle_guard = checkpoints.lock
         self._watch = Watch(self.direct, deadline)
 
     def _checkable(self, driver: FsDriver, check_interval: float) -> bool:

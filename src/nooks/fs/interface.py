@@ -193,7 +193,9 @@ class ServedInterface(FsInterface):
 
     def served_go(self, can_resend: bool,
                   handles: Annotated[dict[U64, U64], msgspec.Meta(max_length=1 << 20)],
-                  journaled: Annotated[list[U64], msgspec.Meta(max_length=1 << 20)]) -> None: ...
+                  journaled: Annotated[list[U64], msgspec.Meta(max_length=1 << 20)],
+                  written: Annotated[list[Path], msgspec.Meta(max_length=1 << 20)]
+                  ) -> None: ...
 
     # a checkpoint's quiet moment (nooks.fs.checkpointed): held at once (between
     # requests), or False: the server finishes its request, then pauses (fs_pause)

@@ -184,6 +184,10 @@ class Server:
         self.journal: Callable[[list[list[Any]]], None] | None = None
         self._pending: list[list[Any]] = []
         self._vfh = 0  # the virtual handle of the request being served
+        # the journaled driver call being made, and whether it re-opens a handle whose
+        # open is journaled already
+        self._attempt: tuple[str, tuple[Any, ...], int] | None = None
+        self._reopening = False
         self.journaled: set[int] = set()  # virtual handles whose open is journaled
         # a checked image's (nooks.fs.checkpointed): held around each request, so that
         # the host can check the image between two; the kernel call that pauses
@@ -269,6 +273,7 @@ class Server:
 
     def _answer(self, op: int, unique: int, node: int, buf: bytearray, n: int) -> bytes | None:
         self._vfh = 0
+        self._attempt = None
         if op == kp.Op.FORGET:
             self.nodes.forget(node, kp.args(kp.FORGET_IN, buf, n)[0])
             return None
@@ -289,6 +294,11 @@ class Server:
         except OSError as e:
             code = e.errno if isinstance(e.errno, int) and e.errno > 0 else errno.EINVAL
             if unique & RESEND and code in _DONE_IF.get(op, frozenset()):
+                if self._attempt is not None:
+                    # done the first time, in a driver that failed before it was
+                    # journaled: journaled now, as the first try made it
+                    self._note(*self._attempt)
+                    self._attempt = None
                 return kp.reply(unique, self._done_before(node, op, buf, n))
             if isinstance(e, HandleLost):
                 return kp.reply(unique, error=errno.EIO)  # (as host mode: not the driver's)
@@ -435,8 +445,10 @@ class Server:
         if self.journal is None or name not in JOURNALED:
             return op(self.ctx, *args)
         at = time.time_ns()
+        self._attempt = (name, args, at)
         with wall_clock_at(at):  # (the clock the driver reads; a replay reads it again)
             result = op(self.ctx, *args)
+        self._attempt = None
         self._note(name, args, at)
         return result
 
@@ -457,8 +469,10 @@ class Server:
         if name in ("write", "truncate", "create") or (
                 name == "open" and args[1] & os.O_TRUNC):
             self.written.add(args[0])
-        elif name == "rename" and args[0] in self.written:
-            self.written.add(args[1])
+        elif name == "rename":
+            old = args[0]
+            for path in [p for p in self.written if p == old or p.startswith(old + "/")]:
+                self.written.add(args[1] + path[len(old):])
 
     # -- a volatile driver's journal ---------------------------------------------------
 
@@ -469,10 +483,13 @@ class Server:
         if name == "open" and args[1] & os.O_ACCMODE == os.O_RDONLY \
                 and not args[1] & (os.O_TRUNC | os.O_CREAT):
             return  # (a read-only open changes nothing; a recovery re-opens it)
+        if name in OPENERS and self._reopening:
+            return  # (its open is journaled: a rollback's redo opens it once)
         if self.pause is not None:
             self._written(name, args)
             if self._vfh and self._vfh not in self.journaled and self.handles is not None \
-                    and name != "release" and self._vfh in self.handles.handles:
+                    and name not in OPENERS and name != "release" \
+                    and self._vfh in self.handles.handles:
                 # opened before the checkpoint: its open is journaled now, by its path
                 h = self.handles.handles[self._vfh]
                 self._pending.append(["open", self._vfh, at,
@@ -572,6 +589,7 @@ class Server:
             raise OSError(errno.EBADF, "no such handle")
         if h.driver is None:
             path = self._path(h.node)
+            self._reopening = handle in self.journaled
             try:
                 opened = self._call("opendir", path) if h.directory else \
                     self._call("open", path, h.flags & ~REOPEN_STRIP)
@@ -579,6 +597,8 @@ class Server:
                 if e.errno != errno.ENOENT:
                     raise
                 raise HandleLost(errno.EIO, f"{path} is gone: its handle is lost") from None
+            finally:
+                self._reopening = False
             h.driver = checked("open", opened)
             if self.journal is not None:
                 self._journal_opened(handle)

@@ -58,10 +58,12 @@ class ServedFs(FsAdapter):
         self._server: Server | None = None
 
     def served_go(self, can_resend: bool, handles: dict[int, int],
-                  journaled: list[int]) -> None:
+                  journaled: list[int], written: list[str]) -> None:
         """Serve now (``ServedInterface``): whether the kernel sends again what a
         dead domain had read, the driver's handles behind virtual ones (re-made
-        from the journal) and the virtual handles whose open is journaled. The
+        from the journal), the virtual handles whose open is journaled, and the
+        files written since the image's last checkpoint (checked before they are
+        read: ``nooks.fs.checkpointed``). The
         tables are rebuilt here, before the reply: were the serving thread to
         rebuild them, the reply would wait for the interpreter lock (up to its 5 ms
         switch interval) and the recovery with it."""
@@ -75,6 +77,7 @@ class ServedFs(FsAdapter):
         server.lenient_after(StateLog(child.region(RAISED)))
         server.second_opinions = can_resend
         server.adopt(handles, journaled)
+        server.written = set(written)
         if self.journaled:
             server.journal = child.kernel().fs_journal
         if self.checkpointed:
