@@ -220,6 +220,8 @@ class Incarnation:
 
     def _current_call(self) -> str | None:
         calls = [c for c in self.channel.in_flight() if c != "start"]  # (nor LISTEN)
+        if not calls and self.spec.serving is not None:
+            return self.spec.serving()
         return ", ".join(calls) if calls else None
 
     def on_broken(self, exc: BaseException) -> None:

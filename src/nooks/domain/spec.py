@@ -91,6 +91,9 @@ class DriverSpec:
     name: str = ""
     kernel: type[Interface] | None = None
     kernel_impl: Callable[[Any], Any] | None = None
+    # a domain that serves a channel of its own (``runs``): what it is serving, for a
+    # failure's report when no call of the host's is in flight
+    serving: Callable[[], str | None] | None = None
     threads: int = 0
     call_style: str = "method"
     deadline: float = 5.0

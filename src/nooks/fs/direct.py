@@ -120,6 +120,13 @@ class Session:
         assert self.conn is not None
         return (Descriptor(FUSE, self.conn.fd),)
 
+    def serving(self) -> str | None:
+        """The request the domain is serving, as the in-flight record has it."""
+        taken = self.inflight.taken() if hasattr(self, "inflight") else []
+        ops = [kp.Op(t.opcode).name.lower() if t.opcode in kp.Op._value2member_map_
+               else f"opcode {t.opcode}" for t in taken]
+        return ", ".join(ops) if ops else None
+
     def wait_unmounted(self, stop: threading.Event) -> None:
         """Until the mount goes away (``umount``, ``fusermount3 -u``) or ``stop`` is set."""
         assert self.conn is not None

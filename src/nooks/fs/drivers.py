@@ -24,6 +24,7 @@ class Served:
 
     regions: tuple[Region, ...]
     descriptors: tuple[Descriptor, ...]
+    serving: Callable[[], str | None]  # the request in flight (for failure reports)
     attr_timeout: float
     entry_timeout: float
     direct_io: bool
@@ -87,7 +88,7 @@ class FsDriver:
                     "checkpointed": served.pause is not None} if served else {},
             regions=served.regions if served else (),
             descriptors=served.descriptors if served else (),
-            runs="serve" if served else None,
+            runs="serve" if served else None, serving=served.serving if served else None,
             interface=ServedInterface if served else FsInterface, name=name, kernel=kernel,
             kernel_impl=kernel_impl,
             # loading and building a driver is held to the request deadline too (but

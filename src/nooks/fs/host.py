@@ -151,7 +151,7 @@ class FsHost(SupervisedHost):
         journal = Journal() if volatile else Journal(since_checkpoint=True) if checked \
             else None
         served = Served(self.session.regions(), self.session.descriptors(),
-                        self.session.attr_timeout, self.session.entry_timeout,
+                        self.session.serving, self.session.attr_timeout, self.session.entry_timeout,
                         self.session.direct_io, self.session.hard_remove, journal, pause)
         spec = driver.spec(name=label, deadline=deadline, limits=limits or Limits(),
                            fault=fault, undo=self._undo, hide=(self.mountpoint,),
