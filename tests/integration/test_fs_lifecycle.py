@@ -47,11 +47,12 @@ def one_line_error(r: subprocess.CompletedProcess[str], code: int, text: str) ->
     assert len(lines) == 1 and text in lines[0], r.stderr
 
 
-@pytest.mark.parametrize("threads", [False, True])
-def test_a_constructor_that_stats_its_mountpoint_recovers(tmp_path: Path,
+@pytest.mark.parametrize(("mode", "threads"), [("host", False), ("host", True),
+                                               ("direct", False)])
+def test_a_constructor_that_stats_its_mountpoint_recovers(tmp_path: Path, mode: str,
                                                           threads: bool) -> None:
     mnt = tmp_path / "mnt"
-    extra = ("--state", "volatile", "--deadline", "1", "--memory", "256M",
+    extra = ("--mode", mode, "--state", "volatile", "--deadline", "1", "--memory", "256M",
              *(("--threads",) if threads else ()))
     with mounted(str(tmp_path), "tests.drivers.selfish:Selfish", extra=extra,
                  ctor=(str(mnt),)) as m:
@@ -66,14 +67,16 @@ def test_a_constructor_that_stats_its_mountpoint_recovers(tmp_path: Path,
     assert st["state"] == "live" and st["mode"] == "passive"
 
 
-@pytest.mark.parametrize("threads", [False, True])
+@pytest.mark.parametrize(("mode", "threads"), [("host", False), ("host", True),
+                                               ("direct", False)])
 def test_a_fault_met_by_a_request_recovers_a_driver_that_stats_its_mountpoint(
-        tmp_path: Path, threads: bool) -> None:
+        tmp_path: Path, mode: str, threads: bool) -> None:
     """The recovery runs on the thread that met the fault -- in a single-threaded mount,
     the only one that serves FUSE requests: the rebuilt driver's look at its own
     mountpoint must not become a request to it."""
     mnt = tmp_path / "mnt"
-    extra = ("--state", "volatile", "--deadline", "5", *(("--threads",) if threads else ()))
+    extra = ("--mode", mode, "--state", "volatile", "--deadline", "5",
+             *(("--threads",) if threads else ()))
     with mounted(str(tmp_path), "tests.drivers.selfish:Selfish", extra=extra,
                  ctor=(str(mnt),)) as m:
         f = Path(m.path) / "kept.txt"
@@ -81,20 +84,23 @@ def test_a_fault_met_by_a_request_recovers_a_driver_that_stats_its_mountpoint(
         with pytest.raises(OSError, match="Input/output error"):
             os.stat(Path(m.path) / "crash")  # aborts every driver: poison, alone
         assert f.read_text() == "kept"
+        # (direct mode answers the poison before the third driver's recovery ends)
+        wait_for(lambda: len(m.status()["recoveries"]) >= 3, 30, "the third recovery")
         st = m.status()
     assert len(st["recoveries"]) == 3 and all(r["ok"] for r in st["recoveries"])
     assert all(r["kind"] == "crashed" for r in st["recoveries"])
     assert st["poisoned"] == 1
 
 
-def test_a_driver_that_could_not_be_rebuilt_comes_back_later(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["host", "direct"])
+def test_a_driver_that_could_not_be_rebuilt_comes_back_later(tmp_path: Path, mode: str) -> None:
     """Its constructor fails for a while: the recovery fails, requests get EIO; once it
     can start again, the next request after the pause brings it back, its own look
     at its mountpoint included."""
     mnt = tmp_path / "mnt"
     flag = tmp_path / "refuse"
     with mounted(str(tmp_path), "tests.drivers.selfish:Selfish",
-                 extra=("--state", "volatile", "--deadline", "5"),
+                 extra=("--mode", mode, "--state", "volatile", "--deadline", "5"),
                  ctor=(str(mnt), str(flag))) as m:
         f = Path(m.path) / "kept.txt"
         f.write_text("kept")
@@ -110,7 +116,8 @@ def test_a_driver_that_could_not_be_rebuilt_comes_back_later(tmp_path: Path) -> 
     assert st["mode"] == "passive"
 
 
-def test_drivers_end_in_order_at_unmount(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["host", "direct"])
+def test_drivers_end_in_order_at_unmount(tmp_path: Path, mode: str) -> None:
     def finished(state: Path) -> dict[str, str]:
         return {name: (state / name).read_text() for name in ("destroy", "del", "atexit", "log")
                 if (state / name).exists()}
@@ -128,7 +135,7 @@ def test_drivers_end_in_order_at_unmount(tmp_path: Path) -> None:
     state = tmp_path / "state"
     state.mkdir()
     with mounted(str(tmp_path), "tests.drivers.finalizing:Finalizing",
-                 extra=("--state", "volatile"), ctor=(str(state),)) as m:
+                 extra=("--mode", mode, "--state", "volatile"), ctor=(str(state),)) as m:
         (Path(m.path) / "one").write_text("1")
         r = nooks("umount", m.path)
         assert r.returncode == 0, r.stderr
@@ -161,14 +168,15 @@ def test_what_a_driver_writes_to_its_image_as_it_ends_is_kept(tmp_path: Path,
     assert marks(image) == [b"DESTROY", b"DEL", b"ATEXIT"]
 
 
-def test_a_vfat_image_only_read_is_unchanged(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["host", "direct"])
+def test_a_vfat_image_only_read_is_unchanged(tmp_path: Path, mode: str) -> None:
     image = tmp_path / "disk.img"
     mkfs_vfat(str(image), 16 << 20)
-    with mounted(str(tmp_path / "w"), "vfat", str(image)) as m:
+    with mounted(str(tmp_path / "w"), "vfat", str(image), extra=("--mode", mode)) as m:
         (Path(m.path) / "dir").mkdir()
         (Path(m.path) / "dir" / "f.txt").write_text("written once")
     digest = hashlib.sha256(image.read_bytes()).hexdigest()
-    with mounted(str(tmp_path / "r"), "vfat", str(image)) as m:
+    with mounted(str(tmp_path / "r"), "vfat", str(image), extra=("--mode", mode)) as m:
         assert (Path(m.path) / "dir" / "f.txt").read_text() == "written once"
         assert sorted(os.listdir(m.path)) == ["dir"]
         r = nooks("umount", m.path)
@@ -176,7 +184,9 @@ def test_a_vfat_image_only_read_is_unchanged(tmp_path: Path) -> None:
     assert hashlib.sha256(image.read_bytes()).hexdigest() == digest
 
 
-def test_a_driver_from_the_current_directory_survives_every_fault(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["host", "direct"])
+def test_a_driver_from_the_current_directory_survives_every_fault(tmp_path: Path,
+                                                                  mode: str) -> None:
     """libfuse moves the host to / when it mounts: later domains must still find a
     driver imported from the directory nooks was started in."""
     work = tmp_path / "work"
@@ -194,7 +204,7 @@ def test_a_driver_from_the_current_directory_survives_every_fault(tmp_path: Path
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(),
                                                         os.environ.get("PYTHONPATH", "")]))
     cmd = [sys.executable, "-m", "nooks", "mount", "localdriver:Local", str(mnt), "--state",
-           "volatile", "--name", name, "--deadline", "0.5", "--memory", "256M"]
+           "volatile", "--name", name, "--deadline", "0.5", "--memory", "256M", "--mode", mode]
     log = tmp_path / "host.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -221,14 +231,16 @@ def test_a_driver_from_the_current_directory_survives_every_fault(tmp_path: Path
     assert "NOT recovered" not in log.read_text()
 
 
-@pytest.mark.parametrize("daemon", [False, True])
-def test_one_image_one_mount_and_no_mount_over_a_mount(tmp_path: Path, daemon: bool) -> None:
+@pytest.mark.parametrize(("mode", "daemon"), [("host", False), ("host", True),
+                                              ("direct", True)])
+def test_one_image_one_mount_and_no_mount_over_a_mount(tmp_path: Path, mode: str,
+                                                       daemon: bool) -> None:
     image = tmp_path / "disk.img"
     mkfs_vfat(str(image), 16 << 20)
     other = tmp_path / "other"
     other.mkdir()
-    how = ("--daemon",) if daemon else ()
-    with mounted(str(tmp_path), "vfat", str(image)) as m:
+    how = ("--mode", mode, *(("--daemon",) if daemon else ()))
+    with mounted(str(tmp_path), "vfat", str(image), extra=("--mode", mode)) as m:
         r = nooks("mount", "vfat", str(image), str(other), *how)
         one_line_error(r, 1, "is in use by another mount")
         r = nooks("mount", "passthrough", str(tmp_path), m.path, *how)
@@ -240,13 +252,15 @@ def test_one_image_one_mount_and_no_mount_over_a_mount(tmp_path: Path, daemon: b
     one_line_error(r, 1, "exists")
 
 
-def test_umount_then_remount_never_overlaps(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["host", "direct"])
+def test_umount_then_remount_never_overlaps(tmp_path: Path, mode: str) -> None:
     image = tmp_path / "disk.img"
     mkfs_vfat(str(image), 16 << 20)
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     for i in range(20):
-        r = nooks("mount", "vfat", str(image), str(mnt), "--daemon", "--name", f"again-{i}")
+        r = nooks("mount", "vfat", str(image), str(mnt), "--daemon", "--name", f"again-{i}",
+                  "--mode", mode)
         assert r.returncode == 0, (i, r.stderr)
         (mnt / f"f{i}").write_text(str(i))
         r = nooks("umount", str(mnt))
@@ -257,14 +271,15 @@ def test_umount_then_remount_never_overlaps(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stdout
 
 
-def test_a_dead_hosts_mount_is_found_and_cleared(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["host", "direct"])
+def test_a_dead_hosts_mount_is_found_and_cleared(tmp_path: Path, mode: str) -> None:
     backing = tmp_path / "backing"
     backing.mkdir()
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     name = f"doomed-{os.getpid()}"
     proc = start_mount([sys.executable, "-m", "nooks", "mount", "passthrough", str(backing),
-                        str(mnt), "--name", name], str(mnt))
+                        str(mnt), "--name", name, "--mode", mode], str(mnt))
     try:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
@@ -296,7 +311,8 @@ def test_umount_refuses_what_nooks_did_not_mount(tmp_path: Path) -> None:
     one_line_error(r, 1, "is not mounted")
 
 
-def test_ctrl_c_reaches_the_host_only(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["host", "direct"])
+def test_ctrl_c_reaches_the_host_only(tmp_path: Path, mode: str) -> None:
     backing = tmp_path / "backing"
     backing.mkdir()
     mnt = tmp_path / "mnt"
@@ -305,8 +321,8 @@ def test_ctrl_c_reaches_the_host_only(tmp_path: Path) -> None:
     with open(log, "wb") as out:
         # its own process group, as a shell job is: Ctrl-C signals the whole group
         proc = subprocess.Popen([sys.executable, "-m", "nooks", "mount", "passthrough",
-                                 str(backing), str(mnt)], stdout=out, stderr=subprocess.STDOUT,
-                                process_group=0)
+                                 str(backing), str(mnt), "--mode", mode], stdout=out,
+                                stderr=subprocess.STDOUT, process_group=0)
     wait_for(lambda: is_mounted(str(mnt)) or proc.poll() is not None, 60, "the mount")
     (mnt / "f").write_text("x")
     os.killpg(proc.pid, signal.SIGINT)

@@ -324,6 +324,11 @@ class Runtime:
             if self.posted:
                 self._send_posted()
         self.methods = []
+        # a target that serves a channel of its own holds its driver from that thread
+        # too: it lets go here (nooks.fs.served)
+        release = getattr(self.driver, "release_for_exit", None)
+        if callable(release):
+            release()
         self.driver = None
         gc.collect()
         sys.exit(0)

@@ -48,7 +48,7 @@ from nooks.fs.interface import ServedInterface
 from nooks.fs.journal import Journal
 from nooks.fs.kernelproto import ROOT_ID
 from nooks.fs.nodes import Nodes
-from nooks.fs.serve import RESEND
+from nooks.fs.serve import BUFFER, RESEND
 from nooks.fs.served import FUSE, HANDLES, INFLIGHT, NODES, RAISED
 from nooks.fs.spec import ROOT_CTX
 from nooks.fs.statelog import StateLog, size_for
@@ -210,6 +210,7 @@ class DirectSpec(ClassSpec):
         self.pause = pause
         self._rolling_back = False  # the recovery under way is a checkpoint's rollback
         self._rewind: Callable[[], object] | None = None
+        self.stand_in = StandIn(session)  # (while no driver could be brought back)
         self.domain: Domain | None = None
         self.shadow: Shadow[DirectSpec] | None = None
         self.resent = 0  # requests given back to the kernel (as far as the record shows)
@@ -219,6 +220,7 @@ class DirectSpec(ClassSpec):
         self._tries: dict[int, int] = {}  # a request's id: drivers it was in flight with
 
     def prepare_restart(self) -> None:
+        self.stand_in.stop()  # (the fresh driver serves what comes from here)
         with self._going:
             self._restarting = True  # (from here, the recovery says go: go_first won't)
         self._dead_gone()
@@ -315,14 +317,81 @@ class DirectSpec(ClassSpec):
             inc.proc.wait(DEAD_WAIT)
 
     def close(self) -> None:
+        self.stand_in.stop()
         if self.journal is not None:
             self.journal.close()
 
     def status(self) -> dict[str, Any]:
         journal = self.journal.status() if self.journal is not None else {}
-        return {**journal, "direct": {"resent": self.resent, "in_flight": [
+        return {**journal, "direct": {"resent": self.resent,
+                                      "answered_eio_while_down": self.stand_in.answered,
+                                      "in_flight": [
             {"unique": t.unique & ~RESEND, "opcode": t.opcode}
             for t in self.session.inflight.taken()]}}
+
+
+class StandIn:
+    """Answers the kernel while no driver can be brought back (the engine's recovery
+    failed; it tries again after a pause): every request gets EIO at once, as in host
+    mode, instead of waiting in the kernel, uninterruptibly, for a server that may
+    never come. Stopped before each fresh driver is built."""
+
+    POLL_MS = 50  # how soon a stop is seen
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.answered = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._stop.clear()
+                self._thread = threading.Thread(target=self._run, name="nooks-direct-stand-in",
+                                                daemon=True)
+                self._thread.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._stop.set()
+            thread.join()
+
+    def _run(self) -> None:
+        import select
+
+        conn = self.session.conn
+        if conn is None:
+            return
+        buf = bytearray(BUFFER)
+        p = select.poll()
+        p.register(conn.fd, select.POLLIN)
+        while not self._stop.is_set():
+            try:
+                if not p.poll(self.POLL_MS) or self._stop.is_set():
+                    continue
+                n = os.readv(conn.fd, [buf])
+            except OSError as e:
+                if e.errno in (errno.EINTR, errno.ENOENT, errno.EAGAIN):
+                    continue
+                return  # (ENODEV: unmounted)
+            try:
+                op, unique = kp.header(buf, n)[:2]
+            except kp.Malformed:
+                continue
+            if op in NO_REPLY:
+                continue
+            body = kp.reply(unique, error=errno.EIO)
+            with contextlib.suppress(OSError):  # (its caller was interrupted: gone)
+                os.write(conn.fd, body)
+                self.answered += 1
+
+
+# requests the kernel wants no answer to
+NO_REPLY = frozenset({kp.Op.FORGET, kp.Op.BATCH_FORGET, kp.Op.INTERRUPT})
 
 
 class Watch:
@@ -346,6 +415,7 @@ class Watch:
             if domain is None or shadow is None:
                 continue
             if shadow.dead is not None:  # (no request comes through the engine to try)
+                self.spec.stand_in.start()  # (meanwhile, requests are answered EIO)
                 shadow.revive(domain.failures[-1] if domain.failures else None)
                 continue
             inc, generation = domain.current, shadow.generation

@@ -90,6 +90,7 @@ _ENTRY_AFTER = frozenset({kp.Op.MKNOD, kp.Op.MKDIR, kp.Op.SYMLINK, kp.Op.LINK})
 SUSPECT = frozenset({errno.EIO, errno.EFAULT, errno.ENOSPC, errno.EMFILE, errno.ENFILE,
                      errno.ENOMEM})
 OUT_OF = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})  # its domain's own limits
+_ON_DIRECTORIES = frozenset({kp.Op.OPENDIR, kp.Op.READDIR, kp.Op.RMDIR})
 # requests that look a name up: ENOENT is an answer (the kernel looked up the others)
 _LOOKING = frozenset({kp.Op.LOOKUP, kp.Op.GETATTR, kp.Op.ACCESS, kp.Op.STATFS})
 # handles the kernel passes (it passes only those it was given), by where they are
@@ -169,6 +170,7 @@ class Server:
         self.ctx: Ctx = (0, 0, 0)  # the caller of the request being served
         # a block device's writes are one request's from here to the reply
         self._begin = ops.request_started if ops.stores_per_request() else None
+        self._done = ops.request_done if ops.stores_per_request() else None
         self.resent = False  # whether the request being served is sent again
         self.calling = ""  # the driver's method being called
         self.lenient: set[tuple[str, str]] = set()
@@ -221,7 +223,6 @@ class Server:
     def serve(self) -> None:
         """Serve until the mount goes away."""
         buf = bytearray(BUFFER)
-        done = self.ops.request_done if self.ops.stores_per_request() else None
         while True:
             try:
                 n = os.readv(self.fd, [buf])
@@ -231,6 +232,9 @@ class Server:
                 if e.errno in (errno.EINTR, errno.ENOENT, errno.EAGAIN):
                     continue  # (ENOENT: a request interrupted before it was read)
                 raise
+            if self.ops is None:
+                return  # (detached: the domain is exiting)
+            done = self._done
             with self.hold:
                 out = self.handle(buf, n)
                 if done is not None:
@@ -248,6 +252,14 @@ class Server:
             if self.pause_wanted.is_set():  # (the host waits to check the image)
                 self.pause_wanted.clear()
                 self._pause(False)
+
+    def detach(self) -> None:
+        """Let go of the driver (the domain exits: its finalizers must run); the loop
+        ends at the next request."""
+        self.ops = None
+        self._bound, self._stat_op = {}, None
+        self._begin = self._done = None
+        self.journal = self.pause = None
 
     def handle(self, buf: bytearray, n: int) -> bytes | None:
         """The reply to the request in ``buf[:n]`` (None for those that get none)."""
@@ -307,7 +319,7 @@ class Server:
                 # out of processes: a *resource* failure, and a fresh driver's answer
                 raise OutOfTasks(f"{kp.Op(op).name.lower()} answered EAGAIN: the domain's "
                                  "task limit refused a fork") from None
-            if self.second_opinions and self._suspect(op, code, buf, n) \
+            if self.second_opinions and self._suspect(op, code, node, buf, n) \
                     and not self._trusted(op, code):
                 if not self.resent:
                     if code in OUT_OF:
@@ -369,11 +381,19 @@ class Server:
             else:
                 self.lenient.add((name, exc))
 
-    def _suspect(self, op: int, code: int, buf: bytearray, n: int) -> bool:
+    def _suspect(self, op: int, code: int, node: int, buf: bytearray, n: int) -> bool:
         if code in SUSPECT:
             return True
         if code == errno.ENOENT:
             return op not in _LOOKING
+        if code == errno.ENOTDIR and op in _ON_DIRECTORIES:
+            # "not a directory" for what the driver itself says is one (as host mode)
+            try:
+                path = self._path(node, self._name(buf, n)) if op == kp.Op.RMDIR \
+                    else self._path(node)
+                return stat.S_ISDIR(self._stat(path).st_mode)
+            except (OSError, kp.Malformed):
+                return False
         if code in (errno.EBADF, errno.EINVAL):
             layout = _FH_ARGS.get(op)
             if layout is None:

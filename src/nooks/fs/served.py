@@ -115,6 +115,16 @@ class ServedFs(FsAdapter):
             self._held = False
             server.hold.release()
 
+    def release_for_exit(self) -> None:
+        """The domain exits (``nooks.domain.child``): let go of the driver, from the
+        serving thread too, so that what it does when it ends (``__del__``, its
+        buffered files) happens, as when mfusepy lets it go."""
+        if self._server is not None:
+            self._server.detach()
+            self._server = None
+        self.driver = None
+        self._ops.clear()
+
     def serve(self) -> None:
         self._go.wait()  # (the host's word)
         assert self._server is not None
