@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+from typing import Any
 
 from mfusepy import FuseOSError
 
@@ -46,7 +47,8 @@ class FlakyPassthrough(_FirstIncarnation):
 class QuietlyWrongPassthrough(_FirstIncarnation):
     """A first incarnation that answers success but does not do the work: mkdir of
     ``lost*`` makes nothing, unlink of ``stuck*`` removes nothing, reads of
-    ``short*`` stop half-way, and root is refused entry to ``locked*``."""
+    ``short*`` stop half-way, root is refused entry to ``locked*``, and a listing
+    of the directory ``listless*`` is refused as not a directory."""
 
     @property
     def wrong(self) -> bool:
@@ -67,6 +69,11 @@ class QuietlyWrongPassthrough(_FirstIncarnation):
         if self.wrong and os.path.basename(path).startswith("short"):
             return data[: len(data) // 2]
         return data
+
+    def readdir(self, path: str, fh: int) -> Any:
+        if self.wrong and os.path.basename(path).startswith("listless"):
+            raise FuseOSError(errno.ENOTDIR)
+        return super().readdir(path, fh)
 
     def access(self, path: str, amode: int) -> int:
         if self.wrong and os.path.basename(path).startswith("locked"):

@@ -190,7 +190,7 @@ def test_suspect_errors_get_a_second_opinion(tmp_path: Path, mode: str) -> None:
 
 
 @pytest.mark.parametrize("mode", ["host", "direct"])
-@pytest.mark.parametrize("case", ["mkdir", "unlink", "read", "access"])
+@pytest.mark.parametrize("case", ["mkdir", "unlink", "read", "access", "readdir"])
 def test_wrong_answers_get_a_second_opinion(tmp_path: Path, case: str, mode: str) -> None:
     """A driver that answers success without doing the work: the shadow's
     postcondition (checked with the driver's own getattr) fails, a fresh driver
@@ -201,6 +201,8 @@ def test_wrong_answers_get_a_second_opinion(tmp_path: Path, case: str, mode: str
     (backing / "stuck.txt").write_text("remove me")
     (backing / "short.bin").write_bytes(data)
     (backing / "locked").mkdir()
+    (backing / "listless").mkdir()
+    (backing / "listless" / "in-it.txt").write_text("listed")
     with mounted(str(tmp_path), "tests.drivers.flaky:QuietlyWrongPassthrough",
                  extra=("--state", "persistent", "--mode", mode), ctor=(str(backing),)) as m:
         root = Path(m.path)
@@ -212,6 +214,8 @@ def test_wrong_answers_get_a_second_opinion(tmp_path: Path, case: str, mode: str
             assert not (backing / "stuck.txt").exists()
         elif case == "read":
             assert (root / "short.bin").read_bytes() == data
+        elif case == "readdir":
+            assert os.listdir(root / "listless") == ["in-it.txt"]
         else:
             assert os.access(root / "locked", os.X_OK)
             subprocess.run(["sh", "-c", "cd locked && pwd"], cwd=root, check=True,

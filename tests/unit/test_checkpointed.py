@@ -4,16 +4,20 @@ it, and the pause's hand-over between the server and the checkpoints' thread."""
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from types import SimpleNamespace
 from typing import Any
 
+from nooks.fs import kernelproto as kp
 from nooks.fs.checkpointed import CheckedImagePort, Pause
 from nooks.fs.handles import Handles
 from nooks.fs.journal import Journal
-from nooks.fs.serve import Server
+from nooks.fs.nodes import Nodes
+from nooks.fs.serve import RESEND, Server
 from nooks.fs.statelog import StateLog, size_for
+from tests.conftest import anonymous_log
 
 CTX = [0, 0, 1]
 T = 1_700_000_000_000_000_000
@@ -164,3 +168,44 @@ def test_a_server_that_asked_is_let_go_by_the_second_round_if_none_holds_it() ->
     pause.let_go_waiting()  # (the next one could not hold it: it goes on)
     server.join(10)
     assert result == [False]
+
+
+class MadeBefore:
+    """A driver whose mkdir finds what the first try (in a driver that failed before
+    answering) made: EEXIST; getattr says it is a directory."""
+
+    def implemented(self) -> list[str]:
+        return ["mkdir", "getattr"]
+
+    def uses_ns(self) -> bool:
+        return False
+
+    def stores_per_request(self) -> bool:
+        return False
+
+    def mkdir(self, ctx: Any, path: str, mode: int) -> int:
+        raise OSError(errno.EEXIST, "made by the first try")
+
+    def stat(self, ctx: Any, path: str, fh: int | None) -> Any:
+        from nooks.fs.attrs import Stat
+
+        return Stat(st_mode=0o40755, st_nlink=2)
+
+    def getattr(self, ctx: Any, path: str, fh: int | None = None) -> Any:
+        return {"st_mode": 0o40755, "st_nlink": 2}
+
+
+def test_a_resent_request_answered_as_done_is_journaled_as_the_first_try_made_it() -> None:
+    """The first try's effect is in the image, but its driver failed before the call
+    was journaled: a rollback's redo must make it too (found: a tree lost at a
+    rollback, vfat #89)."""
+    sent: list[list[Any]] = []
+    with anonymous_log(4096) as nodes:
+        server = Server(-1, MadeBefore(), Nodes(nodes))
+        server.journal = sent.extend
+        body = kp.MKDIR_IN.pack(0o755, 0) + b"tree\0"
+        buf = bytearray(kp.IN_HEADER.pack(kp.IN_HEADER.size + len(body), kp.Op.MKDIR,
+                                          7 | RESEND, 1, 0, 0, 1, 0, 0) + body)
+        out = server.handle(buf, len(buf))
+    assert out is not None and kp.OUT_HEADER.unpack_from(out)[1] == 0  # (done: no error)
+    assert [(r[0], r[3][1:]) for r in sent] == [("mkdir", ["/tree", 0o755])]
