@@ -87,7 +87,7 @@ class FakeDomain:
     """What ``Pause.hold`` asks of a domain: its incarnation's port, and the upcalls."""
 
     def __init__(self, port: CheckedImagePort, at_once: bool) -> None:
-        self.current = SimpleNamespace(kernel_impl=port)
+        self.current = SimpleNamespace(kernel_impl=port, alive=True)
         self.at_once = at_once
         self.calls: list[tuple[Any, ...]] = []
 

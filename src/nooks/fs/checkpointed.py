@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -139,11 +140,14 @@ class Pause:
                     with contextlib.suppress(*_GONE), port.quiet():
                         domain.call("served_resume", taken)
             return self._held(resume)
+        end = time.monotonic() + HOLD_WAIT
         with self._cond:  # (it finishes its request, then waits in fs_pause)
-            if not self._cond.wait_for(lambda: (port.waiting and port.released is None)
-                                       or port.closed, HOLD_WAIT) or port.closed:
-                self._holding = False
-                return None
+            while not (port.waiting and port.released is None):
+                # (a driver that fails meanwhile -- found hung, say -- is not waited for)
+                if port.closed or inc is None or not inc.alive or time.monotonic() > end:
+                    self._holding = False
+                    return None
+                self._cond.wait(0.05)
             return self._held(lambda taken: self._release(port, taken))
 
     def _held(self, resume: Callable[[bool], None]) -> Callable[[], None]:

@@ -33,6 +33,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from nooks.domain.host import Domain
@@ -42,6 +43,7 @@ from nooks.errors import FailureKind
 from nooks.fs import kernelproto as kp
 from nooks.fs.checkpointed import Pause
 from nooks.fs.devfuse import Connection
+from nooks.fs.handles import Handles
 from nooks.fs.inflight import InFlight
 from nooks.fs.inflight import size_for as inflight_size
 from nooks.fs.interface import ServedInterface
@@ -67,6 +69,12 @@ CACHE_OPTIONS = ("attr_timeout", "entry_timeout", "negative_timeout", "direct_io
 MOUNT_OPTIONS = ("allow_other", "default_permissions")
 
 
+@dataclass
+class Tables:
+    nodes: Nodes
+    handles: Handles
+
+
 class Session:
     """What the host holds for a direct mount: the connection and the shared memory."""
 
@@ -85,6 +93,8 @@ class Session:
         self.memfds: dict[str, tuple[int, int]] = {}
         self.conn: Connection | None = None
         self._nodes_map: mmap.mmap | None = None
+        self._handles_map: mmap.mmap | None = None
+        self._tables: Tables | None = None
         try:
             for name, size in ((NODES, size_for(NODES_BUFFER)),
                                (HANDLES, size_for(HANDLES_BUFFER)),
@@ -119,6 +129,21 @@ class Session:
     def descriptors(self) -> tuple[Descriptor, ...]:
         assert self.conn is not None
         return (Descriptor(FUSE, self.conn.fd),)
+
+    def tables(self) -> Tables:
+        """The node and handle tables, from their logs, for the host to write while no
+        domain serves (``StandIn``): one writer at a time."""
+        if self._tables is None:
+            fd, size = self.memfds[HANDLES]
+            self._handles_map = mmap.mmap(fd, size)
+            assert self._nodes_map is not None
+            self._tables = Tables(Nodes(StateLog(memoryview(self._nodes_map))),
+                                  Handles(StateLog(memoryview(self._handles_map))))
+        return self._tables
+
+    def forget_tables(self) -> None:
+        """A domain serves again: what it writes, the host does not know."""
+        self._tables = None
 
     def serving(self) -> str | None:
         """The request the domain is serving, as the in-flight record has it."""
@@ -209,6 +234,7 @@ class DirectSpec(ClassSpec):
         self.journal = journal
         self.pause = pause
         self._rolling_back = False  # the recovery under way is a checkpoint's rollback
+        self._this_rollback = False  # (as the recovery under way read it)
         self._rewind: Callable[[], object] | None = None
         self.stand_in = StandIn(session)  # (while no driver could be brought back)
         self.domain: Domain | None = None
@@ -224,7 +250,8 @@ class DirectSpec(ClassSpec):
         with self._going:
             self._restarting = True  # (from here, the recovery says go: go_first won't)
         self._dead_gone()
-        if self._rolling_back and self._rewind is not None:
+        self._this_rollback = self._rolling_back  # (read once: replay redoes if so)
+        if self._this_rollback and self._rewind is not None:
             self._rewind()  # (the image as at the checkpoint; the dead domain wrote last)
         report = self.domain.report if self.domain is not None else None
         if report is not None and report.detail.startswith("Suspect:") \
@@ -260,7 +287,7 @@ class DirectSpec(ClassSpec):
         """A volatile driver's journal (or, in a rollback, the journal since the
         checkpoint), redone; then the fresh domain may serve."""
         redo = self.journal is not None and (not self.journal.since_checkpoint
-                                             or self._rolling_back)
+                                             or self._this_rollback)
         handles = self.journal.redo(domain.call) if redo and self.journal is not None else {}
         self.go(domain, handles)
         return len(self.journal) if redo and self.journal is not None else 0
@@ -282,8 +309,7 @@ class DirectSpec(ClassSpec):
     def go(self, domain: Domain, handles: dict[int, int] | None = None) -> None:
         """Let the current domain serve (its driver's ``init`` has been called)."""
         assert self.session.conn is not None
-        journaled = sorted(self.journal.open) if self.journal is not None else []
-        written = sorted(self.journal.written.files) if self.journal is not None else []
+        journaled, written = self.journal.handed() if self.journal is not None else ([], [])
         domain.call("served_go", bool(self.session.conn.can_resend), handles or {},
                     journaled, written)
         with self._going:
@@ -356,9 +382,10 @@ class StandIn:
     def stop(self) -> None:
         with self._lock:
             thread, self._thread = self._thread, None
-        if thread is not None:
-            self._stop.set()
-            thread.join()
+            if thread is not None:
+                self._stop.set()
+                thread.join()
+                self.session.forget_tables()
 
     def _run(self) -> None:
         import select
@@ -379,15 +406,40 @@ class StandIn:
                     continue
                 return  # (ENODEV: unmounted)
             try:
-                op, unique = kp.header(buf, n)[:2]
+                op, unique, node = kp.header(buf, n)[:3]
             except kp.Malformed:
                 continue
             if op in NO_REPLY:
+                with contextlib.suppress(kp.Malformed):
+                    self._forgotten(op, node, buf, n)
                 continue
-            body = kp.reply(unique, error=errno.EIO)
+            error = errno.EIO
+            if op in (kp.Op.RELEASE, kp.Op.RELEASEDIR):
+                # (the kernel has closed it: the next driver must not think it open)
+                with contextlib.suppress(kp.Malformed):
+                    self.session.tables().handles.closed(kp.args(kp.RELEASE_IN, buf, n)[0])
+                error = 0
+            body = kp.reply(unique, error=error)
             with contextlib.suppress(OSError):  # (its caller was interrupted: gone)
                 os.write(conn.fd, body)
                 self.answered += 1
+
+    def _forgotten(self, op: int, node: int, buf: bytearray, n: int) -> None:
+        nodes = self.session.tables().nodes
+        if op == kp.Op.FORGET:
+            nodes.forget(node, kp.args(kp.FORGET_IN, buf, n)[0])
+        elif op == kp.Op.BATCH_FORGET:
+            count, _ = kp.args(kp.BATCH_FORGET_IN, buf, n)
+            at = kp.IN_HEADER.size + kp.BATCH_FORGET_IN.size
+            for i in range(count):
+                nodeid, nlookup = kp.args(kp.FORGET_ONE, buf, n, at + i * kp.FORGET_ONE.size)
+                nodes.forget(nodeid, nlookup)
+
+
+def _guard(shadow: Shadow[Any]) -> contextlib.AbstractContextManager[Any]:
+    """What a recovery holds while it runs (a checkpoint's lock: a fresh driver must not
+    start serving while the image is checked, nor in the middle of a rollback)."""
+    return shadow.idle_guard if shadow.idle_guard is not None else contextlib.nullcontext()
 
 
 # requests the kernel wants no answer to
@@ -423,8 +475,9 @@ class Watch:
                 continue  # (being replaced)
             if not inc.alive and inc.report is not None and shadow.mode == "passive":
                 # it failed and nobody is recovering it (a failure seen while the last
-                # recovery was ending): recover it now
-                shadow.recover_now(inc.report, generation)
+                # recovery was ending): recover it now -- not during a checkpoint
+                with _guard(shadow):
+                    shadow.recover_now(inc.report, generation)
                 continue
             record = self.spec.session.inflight
             taken = record.taken()
@@ -452,7 +505,8 @@ class Watch:
                                         FailureKind.HUNG)
             except Exception:  # (being replaced or closed: whoever does so knows)
                 continue
-            shadow.recover_now(report, generation)
+            with _guard(shadow):
+                shadow.recover_now(report, generation)
 
     def close(self) -> None:
         self._stop.set()

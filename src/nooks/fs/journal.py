@@ -277,6 +277,12 @@ class Journal:
         self.written.clear()
         self._spill.reset()
 
+    def handed(self) -> tuple[list[int], list[str]]:
+        """What a fresh server is told: the virtual handles whose open is journaled, and
+        the files written since the checkpoint."""
+        with self._lock:
+            return sorted(self.open), sorted(self.written.files)
+
     def paths(self) -> list[str]:
         with self._lock:
             return named_paths(self.entries)

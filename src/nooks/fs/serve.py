@@ -232,8 +232,12 @@ class Server:
                 if e.errno in (errno.EINTR, errno.ENOENT, errno.EAGAIN):
                     continue  # (ENOENT: a request interrupted before it was read)
                 raise
-            if self.ops is None:
-                return  # (detached: the domain is exiting)
+            if self.ops is None:  # (detached: the domain is exiting)
+                with contextlib.suppress(OSError, kp.Malformed):
+                    op, unique = kp.header(buf, n)[:2]
+                    if op not in (kp.Op.FORGET, kp.Op.BATCH_FORGET, kp.Op.INTERRUPT):
+                        os.write(self.fd, kp.reply(unique, error=errno.EIO))
+                return
             done = self._done
             with self.hold:
                 out = self.handle(buf, n)
@@ -253,9 +257,19 @@ class Server:
                 self.pause_wanted.clear()
                 self._pause(False)
 
-    def detach(self) -> None:
-        """Let go of the driver (the domain exits: its finalizers must run); the loop
-        ends at the next request."""
+    def detach(self) -> bool:
+        """Let go of the driver (the domain exits: its finalizers must run), unless a
+        request is being served (it cannot be waited for: its kernel calls' replies
+        come through the exiting thread); the loop ends at the next request."""
+        if not self.hold.acquire(blocking=False):
+            return False
+        try:
+            self._detach()
+        finally:
+            self.hold.release()
+        return True
+
+    def _detach(self) -> None:
         self.ops = None
         self._bound, self._stat_op = {}, None
         self._begin = self._done = None

@@ -119,9 +119,9 @@ class ServedFs(FsAdapter):
         """The domain exits (``nooks.domain.child``): let go of the driver, from the
         serving thread too, so that what it does when it ends (``__del__``, its
         buffered files) happens, as when mfusepy lets it go."""
-        if self._server is not None:
-            self._server.detach()
-            self._server = None
+        if self._server is not None and not self._server.detach():
+            return  # (a request is under way: the driver stays, as it is using it)
+        self._server = None
         self.driver = None
         self._ops.clear()
 
