@@ -66,6 +66,8 @@ def fail_and_wait(name: str, fault: str, timeout: float = 30.0) -> None:
     st = request(path, {"cmd": "status"})
     before = len(st["recoveries"])
     if fault == "sigkill":
+        if st["domain_pid"] is None:  # (being replaced: there is nothing to kill now)
+            raise ProcessLookupError(f"{name}: no domain to kill while it is replaced")
         os.kill(st["domain_pid"], signal.SIGKILL)
     else:
         request(path, {"cmd": "inject", "fault": fault})
