@@ -425,14 +425,9 @@ class StandIn:
                 self.answered += 1
 
     def _forgotten(self, op: int, node: int, buf: bytearray, n: int) -> None:
-        nodes = self.session.tables().nodes
-        if op == kp.Op.FORGET:
-            nodes.forget(node, kp.args(kp.FORGET_IN, buf, n)[0])
-        elif op == kp.Op.BATCH_FORGET:
-            count, _ = kp.args(kp.BATCH_FORGET_IN, buf, n)
-            at = kp.IN_HEADER.size + kp.BATCH_FORGET_IN.size
-            for i in range(count):
-                nodeid, nlookup = kp.args(kp.FORGET_ONE, buf, n, at + i * kp.FORGET_ONE.size)
+        if op != kp.Op.INTERRUPT:
+            nodes = self.session.tables().nodes
+            for nodeid, nlookup in kp.forgets(op, node, buf, n):
                 nodes.forget(nodeid, nlookup)
 
 

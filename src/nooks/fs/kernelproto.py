@@ -233,3 +233,17 @@ def init_out(minor: int, max_readahead: int, *, flags: int, max_write: int,
              max_pages: int = 32, flags2: int = 0) -> bytes:
     return INIT_OUT.pack(KERNEL_MAJOR, minor, max_readahead, flags, 16, 12, max_write, 1,
                          max_pages, 0, flags2, 0)
+
+
+def forgets(op: int, node: int, buf: bytes | bytearray | memoryview,
+            n: int) -> list[tuple[int, int]]:
+    """The (node, lookups) a FORGET or BATCH_FORGET request lets go of."""
+    if op == Op.FORGET:
+        return [(node, args(FORGET_IN, buf, n)[0])]
+    count, _ = args(BATCH_FORGET_IN, buf, n)
+    at = IN_HEADER.size + BATCH_FORGET_IN.size
+    out = []
+    for i in range(count):
+        nodeid, nlookup = args(FORGET_ONE, buf, n, at + i * FORGET_ONE.size)
+        out.append((nodeid, nlookup))
+    return out

@@ -300,14 +300,8 @@ class Server:
     def _answer(self, op: int, unique: int, node: int, buf: bytearray, n: int) -> bytes | None:
         self._vfh = 0
         self._attempt = None
-        if op == kp.Op.FORGET:
-            self.nodes.forget(node, kp.args(kp.FORGET_IN, buf, n)[0])
-            return None
-        if op == kp.Op.BATCH_FORGET:
-            count, _ = kp.args(kp.BATCH_FORGET_IN, buf, n)
-            at = kp.IN_HEADER.size + kp.BATCH_FORGET_IN.size
-            for i in range(count):
-                nodeid, nlookup = kp.args(kp.FORGET_ONE, buf, n, at + i * kp.FORGET_ONE.size)
+        if op in (kp.Op.FORGET, kp.Op.BATCH_FORGET):
+            for nodeid, nlookup in kp.forgets(op, node, buf, n):
                 self.nodes.forget(nodeid, nlookup)
             return None
         if op == kp.Op.INTERRUPT:
